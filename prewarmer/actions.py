@@ -1,0 +1,50 @@
+"""What an agent may do, as arrays over functions: the same verbs the live actuators implement.
+
+- `keep_alive_s`: how long an instance stays warm after it idles (applies to instances that idle
+  from now on); `inf` keeps it until released by another action.
+- `prewarm_delay_s`: > 0 releases an instance as soon as it idles and starts a fresh one that many
+  seconds later (the hybrid policy's pre-warming window); 0 disables.
+- `prewarm`: start k more instances now (they idle under the keep-alive once ready).
+- `scale_to`: start or release (idle ones, oldest first) instances to reach n in total.
+- `release_idle`: release up to k idle instances now, oldest first.
+
+Entries that mean "no change": NaN for the float arrays, 0 for prewarm/release_idle, -1 for scale_to.
+A field left as None means no change for every function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NO_CHANGE = np.nan
+
+
+@dataclass
+class Actions:
+    keep_alive_s: np.ndarray | None = None
+    prewarm_delay_s: np.ndarray | None = None
+    prewarm: np.ndarray | None = None
+    scale_to: np.ndarray | None = None
+    release_idle: np.ndarray | None = None
+
+    @classmethod
+    def none(cls) -> Actions:
+        return cls()
+
+    def validate(self, n_functions: int) -> None:
+        for name in ("keep_alive_s", "prewarm_delay_s", "prewarm", "scale_to", "release_idle"):
+            a = getattr(self, name)
+            if a is not None and np.shape(a) != (n_functions,):
+                raise ValueError(f"Actions.{name} has shape {np.shape(a)}, expected ({n_functions},)")
+
+    def counts(self) -> dict[str, int]:
+        """How many functions each verb touched (for logs and metrics)."""
+        out = {}
+        for name, a in (("keep_alive", self.keep_alive_s), ("prewarm_delay", self.prewarm_delay_s)):
+            out[name] = 0 if a is None else int(np.count_nonzero(~np.isnan(a)))
+        out["prewarm"] = 0 if self.prewarm is None else int(np.count_nonzero(self.prewarm > 0))
+        out["scale_to"] = 0 if self.scale_to is None else int(np.count_nonzero(self.scale_to >= 0))
+        out["release_idle"] = 0 if self.release_idle is None else int(np.count_nonzero(self.release_idle > 0))
+        return out

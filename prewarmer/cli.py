@@ -1,0 +1,193 @@
+"""The `prewarmer` command line: `replay` policies over a trace or a generated workload, `bench` speed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from prewarmer.units import parse_duration
+from prewarmer.workloads.base import TraceError
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on one line, exit code 2."""
+
+
+def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload (one of --trace / --workload; default: --workload azure-like)")
+    g.add_argument("--trace", metavar="PATH",
+                   help="Azure Functions 2019 directory (or one of its invocation files) or a 2021 CSV")
+    g.add_argument("--workload", metavar="NAME", choices=["azure-like", "poisson"],
+                   help="built-in seeded generator: azure-like (default) or poisson")
+    g.add_argument("--days", metavar="LIST", help="2019 trace days, e.g. 1,2 or 1-3 (default: all present)")
+    g.add_argument("--functions", metavar="SLICE",
+                   help="trace: functions START:STOP or first N; azure-like: number of functions (200)")
+    g.add_argument("--minutes", metavar="A:B", help="trace minutes [A, B) from the start, e.g. 720:1440")
+    g.add_argument("--duration", metavar="TIME", help="generated workload length, e.g. 6h (azure-like: 6h, "
+                                                      "poisson: 1h)")
+    g.add_argument("--function", metavar="SPEC", action="append", default=[],
+                   help="poisson function, repeatable: name=api,rate=5,service=120ms,cold=1.2s,memory=256")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("replay model (BENCHMARKS.md defaults)")
+    g.add_argument("--seed", type=int, default=0, help="seed of arrivals, durations and start-up draws (0)")
+    g.add_argument("--startup", default="constant:1s",
+                   help="start-up time model: constant:1s | per-function | memory:base=0.5,per_gb=1 | "
+                        "lognormal:median=1,sigma=0.5")
+    g.add_argument("--concurrency", type=int, default=1, help="requests one instance serves at once (1)")
+    g.add_argument("--memory-cap", metavar="GB", type=float, help="total memory for instances (default: none)")
+    g.add_argument("--deadline", metavar="TIME", help="queued requests time out after this (with --memory-cap)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prewarmer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rp = sub.add_parser("replay", help="replay policies over the same arrivals and compare them",
+                        description="Replay policies over the same arrivals; fixed (10 min) is always run "
+                                    "as the reference of cold_start_ratio and waste_ratio.")
+    _add_workload_args(rp)
+    _add_model_args(rp)
+    rp.add_argument("--policy", action="append", default=[], metavar="P",
+                    help="fixed[:10m] | hybrid | kpa | always-warm (repeatable; default: all four)")
+    rp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    rp.add_argument("--json", metavar="OUT", help="write the JSON report here")
+    rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    bp = sub.add_parser("bench", help="benchmarks")
+    bsub = bp.add_subparsers(dest="bench", required=True)
+    br = bsub.add_parser("replay", help="simulated invocations per wall-second and peak RSS, per policy")
+    br.add_argument("--trace", default=None, help="default: ../shared/traces/azure2019-d01-sample1000")
+    br.add_argument("--policy", action="append", default=[], help="default: all four baselines")
+    br.add_argument("--workers", default="1,2", help="worker counts to measure (1,2)")
+    br.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is shown")
+    br.add_argument("--json", metavar="OUT")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "bench":
+            from prewarmer.bench import cmd_bench_replay
+
+            return cmd_bench_replay(args)
+    except (TraceError, UsageError, ValueError) as e:
+        print(f"prewarmer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prewarmer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def load_workload(args: argparse.Namespace):
+    """The workload the workload arguments describe."""
+    from prewarmer.workloads import detect, synthetic
+
+    if args.trace and args.workload:
+        raise UsageError("give either --trace or --workload, not both")
+    if args.trace:
+        if args.function or args.duration:
+            raise UsageError("--function and --duration are for generated workloads, not --trace")
+        days = _parse_days(args.days) if args.days else None
+        return detect.open_trace(args.trace, days=days,
+                                 functions=detect.parse_slice(args.functions) if args.functions else None,
+                                 minutes=detect.parse_minutes(args.minutes) if args.minutes else None)
+    if args.days or args.minutes:
+        raise UsageError("--days and --minutes slice a --trace")
+    name = args.workload or "azure-like"
+    if name == "poisson":
+        if args.functions:
+            raise UsageError("--functions is not used by poisson: give --function specs")
+        specs = args.function or ["name=api,rate=2,service=200ms,cold=1s,memory=256",
+                                  "name=batch,rate=0.01,service=5s,cold=3s,memory=1024"]
+        return synthetic.PoissonWorkload([synthetic.parse_poisson_function(s) for s in specs],
+                                         parse_duration(args.duration or "1h"))
+    if args.function:
+        raise UsageError("--function is for --workload poisson")
+    try:
+        n = int(args.functions) if args.functions else 200
+    except ValueError:
+        raise UsageError(f"--functions for azure-like is a count, got {args.functions!r}") from None
+    return synthetic.azure_like(n_functions=n, duration_s=parse_duration(args.duration or "6h"), seed=args.seed)
+
+
+def _parse_days(text: str) -> list[int]:
+    days: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip().lower().lstrip("d")
+            if "-" in part:
+                a, b = part.split("-")
+                days.extend(range(int(a.lstrip("d")), int(b.lstrip("d")) + 1))
+            else:
+                days.append(int(part))
+    except ValueError:
+        raise UsageError(f"--days: expected e.g. 1,2 or 1-3 or d01-d03, got {text!r}") from None
+    return days
+
+
+def replay_config(args: argparse.Namespace):
+    from prewarmer.sim.replay import ReplayConfig
+    from prewarmer.sim.startup import parse_startup
+
+    if args.deadline and args.memory_cap is None:
+        raise UsageError("--deadline only applies with --memory-cap")
+    return ReplayConfig(seed=args.seed, startup=parse_startup(args.startup), container_concurrency=args.concurrency,
+                        memory_cap_gb=args.memory_cap,
+                        queue_deadline_s=parse_duration(args.deadline) if args.deadline else None)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from prewarmer import report
+    from prewarmer.policies import BASELINES, policy_factory
+    from prewarmer.sim.replay import default_workers, replay
+
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be >= 1")
+    specs = list(dict.fromkeys(["fixed"] + (args.policy or list(BASELINES))))
+    factories = {s: policy_factory(s) for s in specs}  # validate every spec before any work
+    cfg = replay_config(args)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    workload = load_workload(args)
+    console.print(f"workload: {workload.describe().get('model', workload.describe().get('format'))}, "
+                  f"{len(workload.functions)} functions, {workload.horizon_s / 3600:.2f} h "
+                  f"(loaded in {time.perf_counter() - t0:.1f} s)")
+    workers = args.workers or default_workers()
+    total = workload.total_invocations()
+    results, runs = {}, {}
+    show = not args.quiet and console.is_terminal
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not show) as progress:
+        for spec in specs:
+            task = progress.add_task(f"{spec:>14}", total=total)
+            t = time.perf_counter()
+            results[spec] = replay(workload, factories[spec], cfg, workers=workers,
+                                   progress=lambda n, task=task: progress.advance(task, n))
+            runs[spec] = {"wall_s": round(time.perf_counter() - t, 3), "workers": workers,
+                          "policy": factories[spec]().describe(), "events": results[spec].events}
+    metrics = report.with_ratios(results)
+    report.print_table(metrics, Console())
+    workload_doc = {**workload.describe(), "replay_model": cfg.describe(),
+                    "reference": "fixed keep-alive 10 min"}
+    if args.json:
+        report.write_json(args.json, workload_doc, metrics, runs)
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(args.plot, results, metrics, workload.functions.names)
+        console.print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Replay reports: the metrics table, the JSON document and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from prewarmer.sim.replay import SimResult
+
+REFERENCE = "fixed"  # fixed keep-alive 10 minutes: every ratio is against it (BENCHMARKS.md)
+
+METRICS = ("invocations", "cold_starts", "cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s",
+           "busy_gb_s", "p50_latency_ms", "p99_latency_ms", "throughput_rps", "timed_out", "peak_memory_gb")
+
+
+def with_ratios(results: dict[str, SimResult]) -> dict[str, dict[str, float]]:
+    """Metrics per policy plus cold_start_ratio and waste_ratio against the reference."""
+    out = {spec: r.metrics() for spec, r in results.items()}
+    ref = out[REFERENCE]
+    for m in out.values():
+        m["cold_start_ratio"] = _ratio(m["cold_start_rate"], ref["cold_start_rate"])
+        m["waste_ratio"] = _ratio(m["wasted_gb_s"], ref["wasted_gb_s"])
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return 1.0 if a == 0 else math.inf
+    return a / b
+
+
+def print_table(metrics: dict[str, dict[str, float]], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title="Replay results (ratios against fixed keep-alive 10 min)")
+    cols = [("policy", None), ("invocations", "{:,}"), ("cold_starts", "{:,}"), ("cold_start_rate", "{:.4%}"),
+            ("p75_fn_cold_%", "{:.1f}"), ("wasted_gb_s", "{:,.0f}"), ("busy_gb_s", "{:,.0f}"),
+            ("p50_ms", "{:,.1f}"), ("p99_ms", "{:,.0f}"), ("rps", "{:,.2f}"), ("timed_out", "{:,}"),
+            ("peak_gb", "{:,.1f}"), ("cold_ratio", "{:.3f}"), ("waste_ratio", "{:.3f}")]
+    keys = [None, "invocations", "cold_starts", "cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s",
+            "busy_gb_s", "p50_latency_ms", "p99_latency_ms", "throughput_rps", "timed_out", "peak_memory_gb",
+            "cold_start_ratio", "waste_ratio"]
+    for name, _ in cols:
+        table.add_column(name, justify="left" if name == "policy" else "right")
+    for spec, m in metrics.items():
+        table.add_row(spec, *[fmt.format(m[k]) for (_, fmt), k in zip(cols[1:], keys[1:], strict=True)])
+    console.print(table)
+
+
+def write_json(path: str | Path, workload: dict, metrics: dict[str, dict[str, float]], runs: dict) -> None:
+    doc = {"workload": workload, "policies": metrics, "runs": runs}
+    Path(path).write_text(json.dumps(doc, indent=2, default=_jsonable, allow_nan=True) + "\n")
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dict[str, float]],
+         names: list[str]) -> None:
+    """Cold-start rate vs wasted GB-s per policy, and warm instances over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    n_top = min(4, len(first.top))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    ax = axes[0, 0]
+    for spec, m in metrics.items():
+        ax.scatter(m["wasted_gb_s"], 100 * m["cold_start_rate"], s=60)
+        ax.annotate(spec, (m["wasted_gb_s"], 100 * m["cold_start_rate"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=9)
+    ax.set_xlabel("wasted memory (GB-s)")
+    ax.set_ylabel("cold-start rate (%)")
+    ax.set_title("cold starts vs waste (lower-left is better)")
+    ax.grid(alpha=0.3)
+    ax = axes[0, 1]
+    for spec, r in results.items():
+        ax.plot(r.sample_t / 3600, r.alive_total, label=spec, lw=1)
+    ax.set_title("instances alive, all functions")
+    ax.set_xlabel("trace time (h)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    for k, ax in enumerate([axes[0, 2], axes[1, 0], axes[1, 1], axes[1, 2]]):
+        if k >= n_top:
+            ax.axis("off")
+            continue
+        for spec, r in results.items():
+            col = list(r.top).index(first.top[k])
+            ax.step(r.sample_t / 3600, r.alive_top[:, col], where="post", label=spec, lw=1)
+        ax.set_title(f"warm instances: {_short(names[int(first.top[k])])} (#{k + 1} busiest)", fontsize=9)
+        ax.set_xlabel("trace time (h)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 20 else name[:12] + "…"

@@ -1,0 +1,599 @@
+"""Compiled event loop of the replay simulator.
+
+All state lives in flat numpy arrays (see `SimState`) so that one numba-compiled loop can process
+millions of events without a Python call per event. Python only steps in at control ticks, where a
+policy reads the per-function counters and hands back arrays of actions (`apply_actions`).
+
+Model (BENCHMARKS.md): instances are starting, ready-idle or ready-busy; a request that finds no
+ready instance with a free slot binds to a starting one (or starts one) and waits for it: a cold
+start. Idle instances expire after the function's keep-alive; with a prewarm delay an instance is
+released as soon as it idles and a fresh one is started that long after. With a memory cap,
+requests that cannot get memory (after evicting idle instances, least recently used first) queue
+in FIFO order and are dropped at the deadline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Per-function int columns (fi).
+F_ALIVE, F_BUSY, F_STARTING, F_IDLE, F_REQ, F_ARRIVALS, F_COLD, F_DONE, F_TIMEOUT = range(9)
+F_STARTS, F_STARTS_SERVED, F_RELEASED, F_PEND, F_PGEN, F_QLEN, F_CC, F_QUEUED = range(9, 17)
+NFI = 17
+# Per-function float columns (fs).
+S_MEM_GB, S_STARTUP, S_KA, S_PWD, S_LAST_T, S_WASTE, S_BUSY, S_CONC, S_LAST_DONE, S_SIGMA = range(10)
+S_LAT_SUM = 10
+NFS = 11
+# Instance columns.
+I_CREATED, I_READY, I_IDLE_SINCE = range(3)
+NIF = 3
+I_FUNC, I_STATE, I_INFLIGHT, I_CLAIMED, I_VER, I_PREV, I_NEXT, I_GPREV, I_GNEXT, I_LIST, I_BOUND = range(11)
+NII = 11
+# Instance states and per-function list kinds (an instance sits in at most one of these lists).
+ST_FREE, ST_STARTING, ST_READY = 0, 1, 2
+L_NONE, L_IDLE, L_PARTIAL, L_STARTAVAIL = -1, 0, 1, 2
+NLISTS = 3
+# Request columns (only requests that wait: bound to a starting instance, or queued for memory).
+R_ARR, R_DUR = 0, 1
+NRF = 2
+R_FUNC, R_STATE, R_FPREV, R_FNEXT, R_GPREV, R_GNEXT = range(6)
+NRI = 6
+RQ_FREE, RQ_BOUND, RQ_QUEUED = 0, 1, 2
+# Globals.
+G_FREE, G_NFREE, G_RFREE, G_NRFREE, G_HSIZE, G_QHEAD, G_QTAIL, G_GHEAD, G_GTAIL = range(9)
+G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
+NGI = 12
+G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
+NGF = 4
+# Event kinds.
+EV_READY, EV_DONE, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
+# Latency histogram: 1000 log bins per decade from 1 microsecond to 1e8 ms (0.23% resolution).
+LAT_BINS_PER_DECADE = 1000
+LAT_MIN_EXP = -3
+LAT_NBINS = 11 * LAT_BINS_PER_DECADE
+
+STATUS_DONE, STATUS_GROW = 0, 1
+
+
+# ---------------------------------------------------------------- heap of (time, kind, id, version)
+@njit(cache=True)
+def _hless(hk, hkind, i, j):
+    # Ties: completions before other events at the same instant, so a freed slot serves a same-time arrival.
+    if hk[i] != hk[j]:
+        return hk[i] < hk[j]
+    return hkind[i] > hkind[j]
+
+
+@njit(cache=True)
+def _hswap(hk, hid, hkind, hver, i, j):
+    hk[i], hk[j] = hk[j], hk[i]
+    hid[i], hid[j] = hid[j], hid[i]
+    hkind[i], hkind[j] = hkind[j], hkind[i]
+    hver[i], hver[j] = hver[j], hver[i]
+
+
+@njit(cache=True)
+def heap_push(hk, hid, hkind, hver, gi, t, kind, ident, ver):
+    n = gi[G_HSIZE]
+    hk[n], hid[n], hkind[n], hver[n] = t, ident, kind, ver
+    gi[G_HSIZE] = n + 1
+    while n > 0:
+        p = (n - 1) >> 1
+        if _hless(hk, hkind, n, p):
+            _hswap(hk, hid, hkind, hver, n, p)
+            n = p
+        else:
+            break
+
+
+@njit(cache=True)
+def heap_pop(hk, hid, hkind, hver, gi):
+    n = gi[G_HSIZE] - 1
+    gi[G_HSIZE] = n
+    _hswap(hk, hid, hkind, hver, 0, n)
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _hless(hk, hkind, c + 1, c):
+            c += 1
+        if _hless(hk, hkind, c, i):
+            _hswap(hk, hid, hkind, hver, c, i)
+            i = c
+        else:
+            break
+    return hk[n], hkind[n], hid[n], hver[n]
+
+
+# ---------------------------------------------------------------- intrusive doubly linked lists
+@njit(cache=True)
+def _ll_push(prev, nxt, heads, tails, lid, node):
+    t = tails[lid]
+    prev[node] = t
+    nxt[node] = -1
+    if t >= 0:
+        nxt[t] = node
+    else:
+        heads[lid] = node
+    tails[lid] = node
+
+
+@njit(cache=True)
+def _ll_remove(prev, nxt, heads, tails, lid, node):
+    p, n = prev[node], nxt[node]
+    if p >= 0:
+        nxt[p] = n
+    else:
+        heads[lid] = n
+    if n >= 0:
+        prev[n] = p
+    else:
+        tails[lid] = p
+    prev[node] = -1
+    nxt[node] = -1
+
+
+@njit(cache=True)
+def _list_add(isi, lh, lt, i, kind):
+    f = isi[i, I_FUNC]
+    _ll_push(isi[:, I_PREV], isi[:, I_NEXT], lh, lt, f * NLISTS + kind, i)
+    isi[i, I_LIST] = kind
+
+
+@njit(cache=True)
+def _list_del(isi, lh, lt, i):
+    kind = isi[i, I_LIST]
+    if kind >= 0:
+        f = isi[i, I_FUNC]
+        _ll_remove(isi[:, I_PREV], isi[:, I_NEXT], lh, lt, f * NLISTS + kind, i)
+        isi[i, I_LIST] = L_NONE
+
+
+@njit(cache=True)
+def _gidle_add(isi, gi, i):
+    t = gi[G_GTAIL]
+    isi[i, I_GPREV] = t
+    isi[i, I_GNEXT] = -1
+    if t >= 0:
+        isi[t, I_GNEXT] = i
+    else:
+        gi[G_GHEAD] = i
+    gi[G_GTAIL] = i
+
+
+@njit(cache=True)
+def _gidle_del(isi, gi, i):
+    p, n = isi[i, I_GPREV], isi[i, I_GNEXT]
+    if p >= 0:
+        isi[p, I_GNEXT] = n
+    else:
+        gi[G_GHEAD] = n
+    if n >= 0:
+        isi[n, I_GPREV] = p
+    else:
+        gi[G_GTAIL] = p
+    isi[i, I_GPREV] = -1
+    isi[i, I_GNEXT] = -1
+
+
+# ---------------------------------------------------------------- accounting
+@njit(cache=True)
+def _touch(fs, fi, f, t):
+    """Integrate the function's memory and concurrency up to t (piecewise-constant counts)."""
+    dt = t - fs[f, S_LAST_T]
+    if dt > 0.0:
+        alive, busy = fi[f, F_ALIVE], fi[f, F_BUSY]
+        fs[f, S_WASTE] += (alive - busy) * fs[f, S_MEM_GB] * dt
+        fs[f, S_BUSY] += busy * fs[f, S_MEM_GB] * dt
+        fs[f, S_CONC] += fi[f, F_REQ] * dt
+        fs[f, S_LAST_T] = t
+
+
+@njit(cache=True)
+def _record_latency(lat_hist, fs, f, seconds):
+    fs[f, S_LAT_SUM] += seconds
+    ms = seconds * 1000.0
+    if ms <= 10.0 ** LAT_MIN_EXP:
+        b = 0
+    else:
+        b = int(np.floor((np.log10(ms) - LAT_MIN_EXP) * LAT_BINS_PER_DECADE))
+        if b >= LAT_NBINS:
+            b = LAT_NBINS - 1
+    lat_hist[b] += 1
+
+
+# ---------------------------------------------------------------- instances
+@njit(cache=True)
+def _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t):
+    f = isi[i, I_FUNC]
+    _touch(fs, fi, f, t)
+    if isi[i, I_LIST] == L_IDLE:
+        _gidle_del(isi, gi, i)
+    _list_del(isi, lh, lt, i)
+    isi[i, I_STATE] = ST_FREE
+    isi[i, I_VER] += 1
+    fi[f, F_ALIVE] -= 1
+    fi[f, F_IDLE] -= 1
+    fi[f, F_RELEASED] += 1
+    gf[G_MEM] -= fs[f, S_MEM_GB]
+    isi[i, I_NEXT] = gi[G_FREE]
+    gi[G_FREE] = i
+    gi[G_NFREE] += 1
+
+
+@njit(cache=True)
+def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
+    """Make room for one instance of f by evicting idle instances (LRU); False if impossible."""
+    need = fs[f, S_MEM_GB]
+    while gf[G_MEM] + need > gf[G_CAP] + 1e-9:
+        v = gi[G_GHEAD]
+        if v < 0:
+            return False
+        _release(fs, fi, isf, isi, gi, gf, lh, lt, v, t)
+    return True
+
+
+@njit(cache=True)
+def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t):
+    """Start an instance of f at t; returns its index or -1 when memory or slots are lacking."""
+    if gf[G_CAP] < np.inf and not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
+        return -1
+    i = gi[G_FREE]
+    if i < 0:
+        gi[G_OVERFLOW] += 1
+        return -1
+    gi[G_FREE] = isi[i, I_NEXT]
+    gi[G_NFREE] -= 1
+    _touch(fs, fi, f, t)
+    isi[i, I_FUNC] = f
+    isi[i, I_STATE] = ST_STARTING
+    isi[i, I_INFLIGHT] = 0
+    isi[i, I_CLAIMED] = 0
+    isi[i, I_VER] += 1
+    isi[i, I_BOUND] = -1
+    isi[i, I_LIST] = L_NONE
+    isi[i, I_GPREV] = -1
+    isi[i, I_GNEXT] = -1
+    dur = fs[f, S_STARTUP]
+    if fs[f, S_SIGMA] > 0.0:
+        dur *= np.exp(fs[f, S_SIGMA] * np.random.standard_normal())
+    isf[i, I_CREATED] = t
+    isf[i, I_READY] = t + dur
+    fi[f, F_ALIVE] += 1
+    fi[f, F_IDLE] += 1  # "idle" here counts alive instances not executing: starting or ready-idle
+    fi[f, F_STARTING] += 1
+    fi[f, F_STARTS] += 1
+    gf[G_MEM] += fs[f, S_MEM_GB]
+    if gf[G_MEM] > gf[G_PEAK]:
+        gf[G_PEAK] = gf[G_MEM]
+    _list_add(isi, lh, lt, i, L_STARTAVAIL)
+    heap_push(hk, hid, hkind, hver, gi, t + dur, EV_READY, i, isi[i, I_VER])
+    return i
+
+
+@njit(cache=True)
+def _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, arr, dur):
+    """One request starts executing on ready instance i at t."""
+    f = isi[i, I_FUNC]
+    _touch(fs, fi, f, t)
+    if isi[i, I_INFLIGHT] == 0:
+        fi[f, F_BUSY] += 1
+        fi[f, F_IDLE] -= 1
+    if isi[i, I_LIST] == L_IDLE:
+        _gidle_del(isi, gi, i)
+    isi[i, I_INFLIGHT] += 1
+    _list_del(isi, lh, lt, i)
+    if isi[i, I_INFLIGHT] < fi[f, F_CC]:
+        _list_add(isi, lh, lt, i, L_PARTIAL)
+    _record_latency(lat_hist, fs, f, t - arr + dur)
+    heap_push(hk, hid, hkind, hver, gi, t + dur, EV_DONE, i, 0)
+
+
+@njit(cache=True)
+def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
+    """Instance i has no request left: keep it for the keep-alive, or release it and prewarm later."""
+    f = isi[i, I_FUNC]
+    pwd = fs[f, S_PWD]
+    if pwd > 0.0:
+        fi[f, F_PEND] += 1
+        fi[f, F_PGEN] += 1
+        _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
+        heap_push(hk, hid, hkind, hver, gi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
+        return
+    ka = fs[f, S_KA]
+    if ka <= 0.0:
+        _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
+        return
+    isf[i, I_IDLE_SINCE] = t
+    isi[i, I_VER] += 1
+    _list_del(isi, lh, lt, i)
+    _list_add(isi, lh, lt, i, L_IDLE)
+    _gidle_add(isi, gi, i)
+    if ka < np.inf:
+        heap_push(hk, hid, hkind, hver, gi, t + ka, EV_EXPIRE, i, isi[i, I_VER])
+
+
+# ---------------------------------------------------------------- waiting requests
+@njit(cache=True)
+def _req_new(rqf, rqi, gi, f, arr, dur):
+    r = gi[G_RFREE]
+    if r < 0:
+        gi[G_OVERFLOW] += 1
+        return -1
+    gi[G_RFREE] = rqi[r, R_FNEXT]
+    gi[G_NRFREE] -= 1
+    rqf[r, R_ARR] = arr
+    rqf[r, R_DUR] = dur
+    rqi[r, R_FUNC] = f
+    rqi[r, R_FPREV] = -1
+    rqi[r, R_FNEXT] = -1
+    rqi[r, R_GPREV] = -1
+    rqi[r, R_GNEXT] = -1
+    return r
+
+
+@njit(cache=True)
+def _req_free(rqi, gi, r):
+    rqi[r, R_STATE] = RQ_FREE
+    rqi[r, R_FNEXT] = gi[G_RFREE]
+    gi[G_RFREE] = r
+    gi[G_NRFREE] += 1
+
+
+@njit(cache=True)
+def _bind(fs, fi, isi, lh, lt, rqi, r, i):
+    """Request r waits for starting instance i: a cold start."""
+    f = isi[i, I_FUNC]
+    rqi[r, R_STATE] = RQ_BOUND
+    rqi[r, R_FNEXT] = isi[i, I_BOUND]
+    isi[i, I_BOUND] = r
+    isi[i, I_CLAIMED] += 1
+    fi[f, F_COLD] += 1
+    if isi[i, I_CLAIMED] >= fi[f, F_CC]:
+        _list_del(isi, lh, lt, i)
+
+
+@njit(cache=True)
+def _unqueue(fi, rqi, gi, qh, qt, r):
+    f = rqi[r, R_FUNC]
+    _ll_remove(rqi[:, R_FPREV], rqi[:, R_FNEXT], qh, qt, f, r)
+    _ll_remove(rqi[:, R_GPREV], rqi[:, R_GNEXT], gi[G_QHEAD:G_QHEAD + 1], gi[G_QTAIL:G_QTAIL + 1], 0, r)
+    fi[f, F_QLEN] -= 1
+
+
+@njit(cache=True)
+def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t):
+    """Give freed memory to queued requests in arrival order (head of line blocks the rest)."""
+    while gi[G_QHEAD] >= 0:
+        r = gi[G_QHEAD]
+        f = rqi[r, R_FUNC]
+        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t)
+        if i < 0:
+            return
+        _unqueue(fi, rqi, gi, qh, qt, r)
+        _bind(fs, fi, isi, lh, lt, rqi, r, i)
+
+
+# ---------------------------------------------------------------- one arrival
+@njit(cache=True)
+def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt,
+            lat_hist, it_f, it_v, f, t, dur):
+    _touch(fs, fi, f, t)
+    fi[f, F_ARRIVALS] += 1
+    fi[f, F_REQ] += 1
+    gi[G_REQ_TOTAL] += 1
+    if fs[f, S_LAST_DONE] >= 0.0:
+        n = gi[G_ITN]
+        it_f[n] = f
+        it_v[n] = max(0.0, t - fs[f, S_LAST_DONE])
+        gi[G_ITN] = n + 1
+    if fi[f, F_PEND] > 0:
+        fi[f, F_PEND] -= 1  # the instance a prewarm was meant for is being started now instead
+    base = f * NLISTS
+    i = lh[base + L_PARTIAL]
+    if i < 0:
+        i = lt[base + L_IDLE]  # most recently used idle instance: lets the oldest ones expire
+    if i >= 0:
+        _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, t, dur)
+        return
+    r = _req_new(rqf, rqi, gi, f, t, dur)
+    if r < 0:
+        return
+    i = lh[base + L_STARTAVAIL]
+    if i < 0 and fi[f, F_QLEN] == 0:
+        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t)
+    if i >= 0:
+        _bind(fs, fi, isi, lh, lt, rqi, r, i)
+        return
+    rqi[r, R_STATE] = RQ_QUEUED
+    _ll_push(rqi[:, R_FPREV], rqi[:, R_FNEXT], qh, qt, f, r)
+    _ll_push(rqi[:, R_GPREV], rqi[:, R_GNEXT], gi[G_QHEAD:G_QHEAD + 1], gi[G_QTAIL:G_QTAIL + 1], 0, r)
+    fi[f, F_QLEN] += 1
+    fi[f, F_QUEUED] += 1
+    if gf[G_DEADLINE] < np.inf:
+        heap_push(hk, hid, hkind, hver, gi, t + gf[G_DEADLINE], EV_TIMEOUT, r, 0)
+
+
+# ---------------------------------------------------------------- one heap event
+@njit(cache=True)
+def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt, lat_hist,
+           t, kind, ident, ver):
+    capped = gf[G_CAP] < np.inf
+    if kind == EV_DONE:
+        i = ident
+        f = isi[i, I_FUNC]
+        _touch(fs, fi, f, t)
+        fi[f, F_DONE] += 1
+        fi[f, F_REQ] -= 1
+        gi[G_REQ_TOTAL] -= 1
+        if t > fs[f, S_LAST_DONE]:
+            fs[f, S_LAST_DONE] = t
+        isi[i, I_INFLIGHT] -= 1
+        if fi[f, F_QLEN] > 0:  # a queued request of the same function takes the slot at once
+            r = qh[f]
+            _unqueue(fi, rqi, gi, qh, qt, r)
+            _begin_queued(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, rqf, rqi, i, t, r)
+            return
+        if isi[i, I_INFLIGHT] == 0:
+            fi[f, F_BUSY] -= 1
+            fi[f, F_IDLE] += 1
+            _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+        elif isi[i, I_LIST] != L_PARTIAL:
+            _list_add(isi, lh, lt, i, L_PARTIAL)
+        if capped:
+            _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+    elif kind == EV_READY:
+        i = ident
+        if isi[i, I_VER] != ver or isi[i, I_STATE] != ST_STARTING:
+            return
+        f = isi[i, I_FUNC]
+        _touch(fs, fi, f, t)
+        isi[i, I_STATE] = ST_READY
+        fi[f, F_STARTING] -= 1
+        _list_del(isi, lh, lt, i)
+        r = isi[i, I_BOUND]
+        isi[i, I_BOUND] = -1
+        if r >= 0:
+            fi[f, F_STARTS_SERVED] += 1
+        while r >= 0:
+            nxt = rqi[r, R_FNEXT]
+            _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, rqf[r, R_ARR], rqf[r, R_DUR])
+            _req_free(rqi, gi, r)
+            r = nxt
+        isi[i, I_CLAIMED] = 0
+        if isi[i, I_INFLIGHT] == 0:
+            # A prewarmed instance: its keep-alive window starts now that it is loaded.
+            _becomes_idle_ready(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+            if capped:
+                _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+    elif kind == EV_EXPIRE:
+        i = ident
+        if isi[i, I_VER] == ver and isi[i, I_STATE] == ST_READY and isi[i, I_INFLIGHT] == 0:
+            _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
+            if capped:
+                _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+    elif kind == EV_PREWARM:
+        f = ident
+        if ver == fi[f, F_PGEN]:
+            k = fi[f, F_PEND]
+            fi[f, F_PEND] = 0
+            for _ in range(k):
+                if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t) < 0:
+                    break
+    elif kind == EV_TIMEOUT:
+        r = ident
+        if rqi[r, R_STATE] == RQ_QUEUED:
+            f = rqi[r, R_FUNC]
+            _touch(fs, fi, f, t)
+            _unqueue(fi, rqi, gi, qh, qt, r)
+            fi[f, F_TIMEOUT] += 1
+            fi[f, F_REQ] -= 1
+            gi[G_REQ_TOTAL] -= 1
+            _req_free(rqi, gi, r)
+
+
+@njit(cache=True)
+def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, rqf, rqi, i, t, r):
+    """A queued request takes a slot that just freed on its own function's instance (no cold start)."""
+    f = isi[i, I_FUNC]
+    arr, dur = rqf[r, R_ARR], rqf[r, R_DUR]
+    _req_free(rqi, gi, r)
+    # The instance stays busy: the slot passes straight from one request to the next.
+    isi[i, I_INFLIGHT] += 1
+    _record_latency(lat_hist, fs, f, t - arr + dur)
+    heap_push(hk, hid, hkind, hver, gi, t + dur, EV_DONE, i, 0)
+
+
+@njit(cache=True)
+def _becomes_idle_ready(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
+    """A freshly started instance with no request: idle for the keep-alive (never re-prewarmed)."""
+    f = isi[i, I_FUNC]
+    ka = fs[f, S_KA]
+    isf[i, I_IDLE_SINCE] = t
+    isi[i, I_VER] += 1
+    _list_add(isi, lh, lt, i, L_IDLE)
+    _gidle_add(isi, gi, i)
+    if ka <= 0.0:
+        heap_push(hk, hid, hkind, hver, gi, t, EV_EXPIRE, i, isi[i, I_VER])
+    elif ka < np.inf:
+        heap_push(hk, hid, hkind, hver, gi, t + ka, EV_EXPIRE, i, isi[i, I_VER])
+
+
+# ---------------------------------------------------------------- the loop
+@njit(cache=True)
+def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver,
+            rqf, rqi, qh, qt, lat_hist, it_f, it_v, min_free, drain):
+    """Process arrivals from `pos` and events strictly before t_end.
+
+    With `drain`, stop instead as soon as no request is left in the system (end of a replay).
+    Returns (new pos, status, time reached); STATUS_GROW asks the caller for bigger pools.
+    """
+    n = arr_t.shape[0]
+    while True:
+        if gi[G_NFREE] < min_free or gi[G_NRFREE] < min_free or gi[G_HSIZE] + 4 * min_free > hk.shape[0] \
+                or gi[G_ITN] >= it_f.shape[0]:
+            return pos, STATUS_GROW, 0.0
+        ta = arr_t[pos] if pos < n else np.inf
+        th = hk[0] if gi[G_HSIZE] > 0 else np.inf
+        if drain and gi[G_REQ_TOTAL] == 0:
+            return pos, STATUS_DONE, -1.0
+        if th <= ta:
+            if th >= t_end:
+                return pos, STATUS_DONE, t_end
+            t, kind, ident, ver = heap_pop(hk, hid, hkind, hver, gi)
+            _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt, lat_hist,
+                   t, kind, ident, ver)
+            if drain and gi[G_REQ_TOTAL] == 0:
+                return pos, STATUS_DONE, t
+        else:
+            if ta >= t_end:
+                return pos, STATUS_DONE, t_end
+            _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt,
+                    lat_hist, it_f, it_v, arr_f[pos], ta, arr_d[pos])
+            pos += 1
+
+
+@njit(cache=True)
+def touch_all(fs, fi, t):
+    for f in range(fs.shape[0]):
+        _touch(fs, fi, f, t)
+
+
+@njit(cache=True)
+def apply_actions(t, keep_alive, prewarm_delay, prewarm, scale_to, release, fs, fi, isf, isi, gi, gf,
+                  lh, lt, hk, hid, hkind, hver, rqi, qh, qt):
+    """Apply one tick's actions for every function. NaN / negative entries mean "no change"."""
+    nf = fs.shape[0]
+    for f in range(nf):
+        if keep_alive.shape[0] and not np.isnan(keep_alive[f]):
+            fs[f, S_KA] = keep_alive[f]
+        if prewarm_delay.shape[0] and not np.isnan(prewarm_delay[f]):
+            fs[f, S_PWD] = prewarm_delay[f]
+        want = 0
+        if prewarm.shape[0] and prewarm[f] > 0:
+            want = prewarm[f]
+        if scale_to.shape[0] and scale_to[f] >= 0:
+            want = max(want, scale_to[f] - fi[f, F_ALIVE])
+        for _ in range(want):
+            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t) < 0:
+                break
+        drop = 0
+        if release.shape[0] and release[f] > 0:
+            drop = release[f]
+        if scale_to.shape[0] and scale_to[f] >= 0:
+            drop = max(drop, fi[f, F_ALIVE] - scale_to[f])
+        while drop > 0:
+            i = lh[f * NLISTS + L_IDLE]  # oldest idle first
+            if i < 0:
+                break
+            _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
+            drop -= 1
+    if gf[G_CAP] < np.inf:
+        _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+
+
+@njit(cache=True)
+def seed_engine(seed):
+    np.random.seed(seed)

@@ -1,0 +1,174 @@
+"""The simulator's arrays and the Python-side calls into the compiled loop (growing pools as needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prewarmer.actions import Actions
+from prewarmer.observation import Observation
+from prewarmer.sim import engine as E
+
+
+class PoolOverflow(RuntimeError):
+    pass
+
+
+class SimState:
+    """Every instance, waiting request, pending event and per-function counter of one simulation."""
+
+    def __init__(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray,
+                 concurrency: int = 1, memory_cap_gb: float | None = None,
+                 queue_deadline_s: float | None = None) -> None:
+        n = len(memory_mb)
+        self.n = n
+        self.fs = np.zeros((n, E.NFS))
+        self.fi = np.zeros((n, E.NFI), np.int64)
+        self.fs[:, E.S_MEM_GB] = memory_mb / 1024.0
+        self.fs[:, E.S_STARTUP] = startup_s
+        self.fs[:, E.S_SIGMA] = startup_sigma
+        self.fs[:, E.S_KA] = 600.0
+        self.fs[:, E.S_LAST_DONE] = -1.0
+        self.fi[:, E.F_CC] = max(1, int(concurrency))
+        self.lh = np.full(n * E.NLISTS, -1, np.int64)
+        self.lt = np.full(n * E.NLISTS, -1, np.int64)
+        self.qh = np.full(n, -1, np.int64)
+        self.qt = np.full(n, -1, np.int64)
+        self.gi = np.zeros(E.NGI, np.int64)
+        self.gf = np.zeros(E.NGF)
+        self.gi[[E.G_FREE, E.G_RFREE, E.G_QHEAD, E.G_QTAIL, E.G_GHEAD, E.G_GTAIL]] = -1
+        self.gf[E.G_CAP] = np.inf if memory_cap_gb is None else memory_cap_gb
+        self.gf[E.G_DEADLINE] = np.inf if queue_deadline_s is None else queue_deadline_s
+        self.lat_hist = np.zeros(E.LAT_NBINS, np.int64)
+        self.isf = np.zeros((0, E.NIF))
+        self.isi = np.zeros((0, E.NII), np.int64)
+        self.rqf = np.zeros((0, E.NRF))
+        self.rqi = np.zeros((0, E.NRI), np.int64)
+        self.hk = np.zeros(0)
+        self.hid = np.zeros(0, np.int64)
+        self.hkind = np.zeros(0, np.int64)
+        self.hver = np.zeros(0, np.int64)
+        self.it_f = np.zeros(4096, np.int32)
+        self.it_v = np.zeros(4096)
+        self.min_free = 256
+        self._grow_instances(4096)
+        self._grow_requests(4096)
+        self._grow_heap(16384)
+        self._prev = self._counters()
+
+    # ------------------------------------------------------------------ pools
+    def _grow_instances(self, new: int) -> None:
+        old = self.isi.shape[0]
+        self.isf = np.concatenate([self.isf, np.zeros((new - old, E.NIF))])
+        add = np.zeros((new - old, E.NII), np.int64)
+        add[:, [E.I_PREV, E.I_GPREV, E.I_GNEXT, E.I_BOUND, E.I_LIST, E.I_FUNC]] = -1
+        add[:, E.I_NEXT] = np.arange(old + 1, new + 1)
+        add[-1, E.I_NEXT] = self.gi[E.G_FREE]
+        self.isi = np.concatenate([self.isi, add])
+        self.gi[E.G_FREE] = old
+        self.gi[E.G_NFREE] += new - old
+
+    def _grow_requests(self, new: int) -> None:
+        old = self.rqi.shape[0]
+        self.rqf = np.concatenate([self.rqf, np.zeros((new - old, E.NRF))])
+        add = np.full((new - old, E.NRI), -1, np.int64)
+        add[:, E.R_STATE] = E.RQ_FREE
+        add[:, E.R_FNEXT] = np.arange(old + 1, new + 1)
+        add[-1, E.R_FNEXT] = self.gi[E.G_RFREE]
+        self.rqi = np.concatenate([self.rqi, add])
+        self.gi[E.G_RFREE] = old
+        self.gi[E.G_NRFREE] += new - old
+
+    def _grow_heap(self, new: int) -> None:
+        def g(a):
+            b = np.zeros(new, a.dtype)
+            b[: len(a)] = a
+            return b
+        self.hk, self.hid, self.hkind, self.hver = g(self.hk), g(self.hid), g(self.hkind), g(self.hver)
+
+    def _ensure(self, extra: int = 0) -> None:
+        if self.gi[E.G_OVERFLOW]:
+            raise PoolOverflow("simulator pool overflow (an internal bug): please report it")
+        need = self.min_free + extra
+        if self.gi[E.G_NFREE] < need:
+            self._grow_instances(max(2 * self.isi.shape[0], self.isi.shape[0] + need))
+        if self.gi[E.G_NRFREE] < need:
+            self._grow_requests(max(2 * self.rqi.shape[0], self.rqi.shape[0] + need))
+        if self.gi[E.G_HSIZE] + 4 * need > len(self.hk):
+            self._grow_heap(max(2 * len(self.hk), self.gi[E.G_HSIZE] + 8 * need))
+        if self.gi[E.G_ITN] >= len(self.it_f) - 1:
+            self.it_f = np.concatenate([self.it_f, np.zeros_like(self.it_f)])
+            self.it_v = np.concatenate([self.it_v, np.zeros_like(self.it_v)])
+
+    # ------------------------------------------------------------------ stepping
+    def advance(self, t_end: float, arr_t: np.ndarray, arr_f: np.ndarray, arr_d: np.ndarray,
+                pos: int, drain: bool = False) -> tuple[int, float]:
+        while True:
+            self._ensure()
+            pos, status, reached = E.advance(
+                t_end, arr_t, arr_f, arr_d, pos, self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
+                self.lh, self.lt, self.hk, self.hid, self.hkind, self.hver, self.rqf, self.rqi, self.qh,
+                self.qt, self.lat_hist, self.it_f, self.it_v, self.min_free, drain)
+            if status == E.STATUS_DONE:
+                return pos, reached
+
+    def touch_all(self, t: float) -> None:
+        E.touch_all(self.fs, self.fi, t)
+
+    def apply(self, now: float, actions: Actions) -> None:
+        actions.validate(self.n)
+        extra = 0
+        if actions.prewarm is not None:
+            extra += int(np.clip(actions.prewarm, 0, None).sum())
+        if actions.scale_to is not None:
+            extra += int(np.clip(actions.scale_to - self.fi[:, E.F_ALIVE], 0, None).sum())
+        self._ensure(extra)
+        e0, i0 = np.empty(0), np.empty(0, np.int64)
+
+        def f64(a):
+            return e0 if a is None else np.ascontiguousarray(a, np.float64)
+
+        def i64(a):
+            return i0 if a is None else np.ascontiguousarray(a, np.int64)
+
+        E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.prewarm_delay_s), i64(actions.prewarm),
+                        i64(actions.scale_to), i64(actions.release_idle), self.fs, self.fi, self.isf,
+                        self.isi, self.gi, self.gf, self.lh, self.lt, self.hk, self.hid, self.hkind,
+                        self.hver, self.rqi, self.qh, self.qt)
+
+    # ------------------------------------------------------------------ observing
+    def _counters(self) -> dict[str, np.ndarray]:
+        fi, fs = self.fi, self.fs
+        return {"arrivals": fi[:, E.F_ARRIVALS].copy(), "cold": fi[:, E.F_COLD].copy(),
+                "done": fi[:, E.F_DONE].copy(), "timeout": fi[:, E.F_TIMEOUT].copy(),
+                "conc": fs[:, E.S_CONC].copy(), "waste": fs[:, E.S_WASTE].copy()}
+
+    def observe(self, now: float, dt: float) -> Observation:
+        """Counters since the previous call; call `touch_all(now)` first."""
+        cur = self._counters()
+        prev, self._prev = self._prev, cur
+        fi = self.fi
+        n_it = int(self.gi[E.G_ITN])
+        self.gi[E.G_ITN] = 0
+        return Observation(
+            now=now, dt=dt,
+            arrivals=cur["arrivals"] - prev["arrivals"], cold_starts=cur["cold"] - prev["cold"],
+            completions=cur["done"] - prev["done"], timed_out=cur["timeout"] - prev["timeout"],
+            alive=fi[:, E.F_ALIVE].copy(), starting=fi[:, E.F_STARTING].copy(), busy=fi[:, E.F_BUSY].copy(),
+            idle_warm=fi[:, E.F_IDLE] - fi[:, E.F_STARTING], in_flight=fi[:, E.F_REQ].copy(),
+            concurrency=(cur["conc"] - prev["conc"]) / dt if dt > 0 else fi[:, E.F_REQ].astype(float),
+            wasted_gb_s=cur["waste"] - prev["waste"], memory_mb=self.fs[:, E.S_MEM_GB] * 1024.0,
+            idle_time_func=self.it_f[:n_it].copy(), idle_time_s=self.it_v[:n_it].copy(),
+            memory_used_gb=float(self.gf[E.G_MEM]), memory_cap_gb=float(self.gf[E.G_CAP]))
+
+    def drop_idle_times(self) -> None:
+        self.gi[E.G_ITN] = 0
+
+    @property
+    def memory_gb(self) -> float:
+        return float(self.gf[E.G_MEM])
+
+    def take_peak_memory_gb(self) -> float:
+        """Peak total memory since the previous call (per-interval peaks let shards be merged)."""
+        peak = float(self.gf[E.G_PEAK])
+        self.gf[E.G_PEAK] = self.gf[E.G_MEM]
+        return peak
