@@ -2,6 +2,8 @@
 
 - `keep_alive_s`: how long an instance stays warm after it idles (applies to instances that idle
   from now on); `inf` keeps it until released by another action.
+- `surplus_keep_alive_s`: a cap on the keep-alive of a function's instances other than its last
+  one (scale-out instances); `inf` (the default) means they follow `keep_alive_s` too.
 - `prewarm_delay_s`: > 0 releases an instance as soon as it idles and starts a fresh one that many
   seconds later (the hybrid policy's pre-warming window); 0 disables.
 - `prewarm`: start k more instances now (they idle under the keep-alive once ready).
@@ -24,6 +26,7 @@ NO_CHANGE = np.nan
 @dataclass
 class Actions:
     keep_alive_s: np.ndarray | None = None
+    surplus_keep_alive_s: np.ndarray | None = None
     prewarm_delay_s: np.ndarray | None = None
     prewarm: np.ndarray | None = None
     scale_to: np.ndarray | None = None
@@ -34,7 +37,7 @@ class Actions:
         return cls()
 
     def validate(self, n_functions: int) -> None:
-        for name in ("keep_alive_s", "prewarm_delay_s", "prewarm", "scale_to", "release_idle"):
+        for name in ("keep_alive_s", "surplus_keep_alive_s", "prewarm_delay_s", "prewarm", "scale_to", "release_idle"):
             a = getattr(self, name)
             if a is not None and np.shape(a) != (n_functions,):
                 raise ValueError(f"Actions.{name} has shape {np.shape(a)}, expected ({n_functions},)")

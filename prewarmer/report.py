@@ -33,20 +33,21 @@ def _ratio(a: float, b: float) -> float:
     return a / b
 
 
+_FORMATS = {"invocations": "{:,}", "cold_starts": "{:,}", "cold_start_rate": "{:.4%}",
+            "p75_function_cold_start_pct": "{:.2f}", "wasted_gb_s": "{:,.0f}", "busy_gb_s": "{:,.0f}",
+            "p50_latency_ms": "{:,.1f}", "p99_latency_ms": "{:,.0f}", "throughput_rps": "{:,.3f}",
+            "timed_out": "{:,}", "peak_memory_gb": "{:,.1f}", "cold_start_ratio": "{:.3f}", "waste_ratio": "{:.3f}"}
+
+
 def print_table(metrics: dict[str, dict[str, float]], console: Console | None = None) -> None:
+    """One row per metric, one column per policy (stays readable in an 80-column terminal)."""
     console = console or Console()
-    table = Table(title="Replay results (ratios against fixed keep-alive 10 min)")
-    cols = [("policy", None), ("invocations", "{:,}"), ("cold_starts", "{:,}"), ("cold_start_rate", "{:.4%}"),
-            ("p75_fn_cold_%", "{:.1f}"), ("wasted_gb_s", "{:,.0f}"), ("busy_gb_s", "{:,.0f}"),
-            ("p50_ms", "{:,.1f}"), ("p99_ms", "{:,.0f}"), ("rps", "{:,.2f}"), ("timed_out", "{:,}"),
-            ("peak_gb", "{:,.1f}"), ("cold_ratio", "{:.3f}"), ("waste_ratio", "{:.3f}")]
-    keys = [None, "invocations", "cold_starts", "cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s",
-            "busy_gb_s", "p50_latency_ms", "p99_latency_ms", "throughput_rps", "timed_out", "peak_memory_gb",
-            "cold_start_ratio", "waste_ratio"]
-    for name, _ in cols:
-        table.add_column(name, justify="left" if name == "policy" else "right")
-    for spec, m in metrics.items():
-        table.add_row(spec, *[fmt.format(m[k]) for (_, fmt), k in zip(cols[1:], keys[1:], strict=True)])
+    table = Table(title="Replay metrics (ratios against fixed keep-alive 10 min; < 1 is better)")
+    table.add_column("metric")
+    for spec in metrics:
+        table.add_column(spec, justify="right")
+    for key, fmt in _FORMATS.items():
+        table.add_row(key, *[fmt.format(m[key]) for m in metrics.values()])
     console.print(table)
 
 
@@ -77,7 +78,8 @@ def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dic
         ax.scatter(m["wasted_gb_s"], 100 * m["cold_start_rate"], s=60)
         ax.annotate(spec, (m["wasted_gb_s"], 100 * m["cold_start_rate"]), textcoords="offset points",
                     xytext=(5, 5), fontsize=9)
-    ax.set_xlabel("wasted memory (GB-s)")
+    ax.set_xscale("log")
+    ax.set_xlabel("wasted memory (GB-s, log scale)")
     ax.set_ylabel("cold-start rate (%)")
     ax.set_title("cold starts vs waste (lower-left is better)")
     ax.grid(alpha=0.3)

@@ -52,7 +52,7 @@ def policy_factory(spec: str) -> Callable[[], Policy]:
         elif name == "hybrid":
             p = _params(rest)
             kw = {}
-            for key, conv in (("range", "range_s"), ("bin", "bin_s")):
+            for key, conv in (("range", "range_s"), ("bin", "bin_s"), ("surplus", "surplus_keep_alive_s")):
                 if key in p:
                     kw[conv] = parse_duration(p.pop(key))
             for key in ("cv_threshold", "oob_threshold", "head", "tail", "hist_margin", "arima_margin"):

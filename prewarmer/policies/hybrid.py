@@ -7,6 +7,9 @@ last completion). Each tick every app gets its windows:
 - not representative (CV < 2): no pre-warming, keep-alive = the histogram range (4 h);
 - too many idle times beyond the range (>= 50%): ARIMA (statsmodels) forecasts the next idle time;
   pre-warm = forecast x 0.85, keep-alive = forecast x 0.15 x 2.
+The paper's windows decide whether the *application* is loaded. On a platform that scales out, the
+windows govern a function's last instance; scale-out instances beyond it idle no longer than the
+platform default (10 min) and never longer than the window (`surplus_keep_alive_s`).
 The parameters and the percentile convention follow the paper, as reimplemented in dslab-faas.
 """
 
@@ -26,13 +29,14 @@ class HybridHistogramPolicy(Policy):
     def __init__(self, range_s: float = 4 * 3600.0, bin_s: float = 60.0, cv_threshold: float = 2.0,
                  oob_threshold: float = 0.5, head: float = 0.05, tail: float = 0.99, hist_margin: float = 0.1,
                  arima_margin: float = 0.15, arima_history: int = 64, arima_min_samples: int = 4,
-                 tick_s: float = 60.0) -> None:
+                 surplus_keep_alive_s: float = 600.0, tick_s: float = 60.0) -> None:
         self.range_s, self.bin_s = range_s, bin_s
         self.n_bins = int(round(range_s / bin_s))
         self.cv_threshold, self.oob_threshold = cv_threshold, oob_threshold
         self.head, self.tail = head, tail
         self.hist_margin, self.arima_margin = hist_margin, arima_margin
         self.arima_history, self.arima_min_samples = arima_history, arima_min_samples
+        self.surplus_keep_alive_s = surplus_keep_alive_s
         self.tick_s = tick_s
         self.spec = "hybrid"
         self.arima_fits = 0
@@ -51,7 +55,9 @@ class HybridHistogramPolicy(Policy):
         return self._actions()
 
     def _actions(self) -> Actions:
-        return Actions(keep_alive_s=self.keep_alive[self.apps], prewarm_delay_s=self.prewarm[self.apps])
+        keep = self.keep_alive[self.apps]
+        return Actions(keep_alive_s=keep, surplus_keep_alive_s=np.minimum(keep, self.surplus_keep_alive_s),
+                       prewarm_delay_s=self.prewarm[self.apps])
 
     # ------------------------------------------------------------------ histogram upkeep
     def observe_idle_times(self, func: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -154,4 +160,4 @@ class HybridHistogramPolicy(Policy):
                 "cv_threshold": self.cv_threshold, "oob_threshold": self.oob_threshold, "head": self.head,
                 "tail": self.tail, "hist_margin": self.hist_margin, "arima_margin": self.arima_margin,
                 "arima": f"statsmodels ARIMA(1,0,1) on the last {self.arima_history} idle times",
-                "tick_s": self.tick_s}
+                "surplus_keep_alive_s": self.surplus_keep_alive_s, "tick_s": self.tick_s}

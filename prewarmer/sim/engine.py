@@ -23,8 +23,8 @@ F_STARTS, F_STARTS_SERVED, F_RELEASED, F_PEND, F_PGEN, F_QLEN, F_CC, F_QUEUED = 
 NFI = 17
 # Per-function float columns (fs).
 S_MEM_GB, S_STARTUP, S_KA, S_PWD, S_LAST_T, S_WASTE, S_BUSY, S_CONC, S_LAST_DONE, S_SIGMA = range(10)
-S_LAT_SUM = 10
-NFS = 11
+S_LAT_SUM, S_KA_SURPLUS = 10, 11
+NFS = 12
 # Instance columns.
 I_CREATED, I_READY, I_IDLE_SINCE = range(3)
 NIF = 3
@@ -302,8 +302,18 @@ def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
         heap_push(hk, hid, hkind, hver, gi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
         return
+    _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+
+
+@njit(cache=True)
+def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
+    """Keep idle instance i warm: the function's last instance for the keep-alive, any other one for
+    min(keep-alive, surplus keep-alive). A window policy like hybrid speaks for the function (is *an*
+    instance needed?), so scale-out instances need not be held as long as the last one."""
+    f = isi[i, I_FUNC]
     ka = fs[f, S_KA]
-    if ka <= 0.0:
+    limit = ka if fi[f, F_ALIVE] == 1 else min(ka, fs[f, S_KA_SURPLUS])
+    if limit <= 0.0:
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
         return
     isf[i, I_IDLE_SINCE] = t
@@ -311,8 +321,8 @@ def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
     _list_del(isi, lh, lt, i)
     _list_add(isi, lh, lt, i, L_IDLE)
     _gidle_add(isi, gi, i)
-    if ka < np.inf:
-        heap_push(hk, hid, hkind, hver, gi, t + ka, EV_EXPIRE, i, isi[i, I_VER])
+    if limit < np.inf:
+        heap_push(hk, hid, hkind, hver, gi, t + limit, EV_EXPIRE, i, isi[i, I_VER])
 
 
 # ---------------------------------------------------------------- waiting requests
@@ -465,12 +475,18 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh,
         isi[i, I_CLAIMED] = 0
         if isi[i, I_INFLIGHT] == 0:
             # A prewarmed instance: its keep-alive window starts now that it is loaded.
-            _becomes_idle_ready(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+            _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
             if capped:
                 _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
     elif kind == EV_EXPIRE:
         i = ident
         if isi[i, I_VER] == ver and isi[i, I_STATE] == ST_READY and isi[i, I_INFLIGHT] == 0:
+            f = isi[i, I_FUNC]
+            until = isf[i, I_IDLE_SINCE] + fs[f, S_KA]
+            if fi[f, F_ALIVE] == 1 and until > t + 1e-9:  # it became the last one: full keep-alive
+                if until < np.inf:
+                    heap_push(hk, hid, hkind, hver, gi, until, EV_EXPIRE, i, ver)
+                return
             _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             if capped:
                 _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
@@ -504,21 +520,6 @@ def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, rqf, 
     isi[i, I_INFLIGHT] += 1
     _record_latency(lat_hist, fs, f, t - arr + dur)
     heap_push(hk, hid, hkind, hver, gi, t + dur, EV_DONE, i, 0)
-
-
-@njit(cache=True)
-def _becomes_idle_ready(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
-    """A freshly started instance with no request: idle for the keep-alive (never re-prewarmed)."""
-    f = isi[i, I_FUNC]
-    ka = fs[f, S_KA]
-    isf[i, I_IDLE_SINCE] = t
-    isi[i, I_VER] += 1
-    _list_add(isi, lh, lt, i, L_IDLE)
-    _gidle_add(isi, gi, i)
-    if ka <= 0.0:
-        heap_push(hk, hid, hkind, hver, gi, t, EV_EXPIRE, i, isi[i, I_VER])
-    elif ka < np.inf:
-        heap_push(hk, hid, hkind, hver, gi, t + ka, EV_EXPIRE, i, isi[i, I_VER])
 
 
 # ---------------------------------------------------------------- the loop
@@ -562,13 +563,15 @@ def touch_all(fs, fi, t):
 
 
 @njit(cache=True)
-def apply_actions(t, keep_alive, prewarm_delay, prewarm, scale_to, release, fs, fi, isf, isi, gi, gf,
-                  lh, lt, hk, hid, hkind, hver, rqi, qh, qt):
+def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, fs, fi, isf, isi,
+                  gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt):
     """Apply one tick's actions for every function. NaN / negative entries mean "no change"."""
     nf = fs.shape[0]
     for f in range(nf):
         if keep_alive.shape[0] and not np.isnan(keep_alive[f]):
             fs[f, S_KA] = keep_alive[f]
+        if surplus_keep_alive.shape[0] and not np.isnan(surplus_keep_alive[f]):
+            fs[f, S_KA_SURPLUS] = surplus_keep_alive[f]
         if prewarm_delay.shape[0] and not np.isnan(prewarm_delay[f]):
             fs[f, S_PWD] = prewarm_delay[f]
         want = 0

@@ -62,6 +62,20 @@ class SimResult:
     top: np.ndarray  # global indices of the sampled busiest functions
     alive_top: np.ndarray  # (samples, len(top))
     events: list[str] = field(default_factory=list)
+    #: The shard's simulator, kept (parallel replay only) so that it can be run on to the merged end.
+    state: SimState | None = field(default=None, repr=False, compare=False)
+
+    def extend_to(self, t_end: float) -> None:
+        """Run this shard on to t_end, a later shard's end: no arrivals, but instances still expire
+        (or get prewarmed) and hold memory, exactly as in a single-process run that ends at t_end."""
+        st = self.state
+        if st is None or t_end <= self.t_final:
+            return
+        none_t = np.empty(0)
+        st.advance(t_end, none_t, np.empty(0, np.int64), none_t, 0)
+        st.touch_all(t_end)
+        self.fi, self.fs, self.t_final = st.fi.copy(), st.fs.copy(), t_end
+        self.interval_peak_gb[-1] = max(self.interval_peak_gb[-1], st.take_peak_memory_gb())
 
     # ------------------------------------------------------------------ merging shards
     @staticmethod
@@ -124,8 +138,13 @@ def _pick_top(workload: Workload, idx: np.ndarray, k: int) -> np.ndarray:
 
 
 def run_shard(workload: Workload, policy: Policy, cfg: ReplayConfig, idx: np.ndarray | None = None,
-              top: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> SimResult:
-    """Replay the functions `idx` (all by default) under `policy` in this process."""
+              top: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
+              keep_state: bool = False) -> SimResult:
+    """Replay the functions `idx` (all by default) under `policy` in this process.
+
+    The shard ends at max(horizon, its own last completion); `keep_state` keeps the simulator in the
+    result so that `SimResult.extend_to` can carry it on to the end of the whole run.
+    """
     n_all = len(workload.functions)
     idx = np.arange(n_all) if idx is None else np.asarray(idx, np.int64)
     table = workload.functions.subset(idx) if len(idx) != n_all else workload.functions
@@ -189,7 +208,7 @@ def run_shard(workload: Workload, policy: Policy, cfg: ReplayConfig, idx: np.nda
         t_final=t_final, sample_t=np.asarray(sample_t), interval_peak_gb=np.asarray(peaks),
         alive_total=np.asarray(alive_tot), top=top,
         alive_top=np.asarray(alive_top).reshape(len(sample_t), len(top)),
-        events=list(getattr(policy, "events", [])))
+        events=list(getattr(policy, "events", [])), state=st if keep_state else None)
 
 
 # ---------------------------------------------------------------------- parallel replay
@@ -199,7 +218,7 @@ _WORK: dict = {}
 def _shard_worker(i: int) -> SimResult:
     w = _WORK
     return run_shard(w["workload"], w["make_policy"](), w["cfg"], w["shards"][i], w["tops"][i],
-                     progress=lambda n: w["counter"].__setitem__(i, w["counter"][i] + n))
+                     progress=lambda n: w["counter"].__setitem__(i, w["counter"][i] + n), keep_state=True)
 
 
 def shard_functions(workload: Workload, workers: int) -> list[np.ndarray]:
@@ -243,6 +262,13 @@ def replay(workload: Workload, make_policy: Callable[[], Policy], cfg: ReplayCon
                 progress(sum(counter) - seen)
     finally:
         _WORK.clear()
+    # The run ends at max(horizon, last completion) over all functions, as in one process: shards that
+    # finished earlier go on holding (and expiring) instances until then.
+    t_end = max(p.t_final for p in parts)
+    E.seed_engine(cfg.seed)  # start-up draws of prewarms in these tails (random start-up models)
+    for p in parts:
+        p.extend_to(t_end)
+        p.state = None
     merged = SimResult.merge(parts)
     cols = [int(np.flatnonzero(merged.top == t)[0]) for t in top_all]
     merged.top, merged.alive_top = top_all, merged.alive_top[:, cols]

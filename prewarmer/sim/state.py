@@ -27,6 +27,7 @@ class SimState:
         self.fs[:, E.S_STARTUP] = startup_s
         self.fs[:, E.S_SIGMA] = startup_sigma
         self.fs[:, E.S_KA] = 600.0
+        self.fs[:, E.S_KA_SURPLUS] = np.inf
         self.fs[:, E.S_LAST_DONE] = -1.0
         self.fi[:, E.F_CC] = max(1, int(concurrency))
         self.lh = np.full(n * E.NLISTS, -1, np.int64)
@@ -130,10 +131,10 @@ class SimState:
         def i64(a):
             return i0 if a is None else np.ascontiguousarray(a, np.int64)
 
-        E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.prewarm_delay_s), i64(actions.prewarm),
-                        i64(actions.scale_to), i64(actions.release_idle), self.fs, self.fi, self.isf,
-                        self.isi, self.gi, self.gf, self.lh, self.lt, self.hk, self.hid, self.hkind,
-                        self.hver, self.rqi, self.qh, self.qt)
+        E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.surplus_keep_alive_s),
+                        f64(actions.prewarm_delay_s), i64(actions.prewarm), i64(actions.scale_to),
+                        i64(actions.release_idle), self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
+                        self.lh, self.lt, self.hk, self.hid, self.hkind, self.hver, self.rqi, self.qh, self.qt)
 
     # ------------------------------------------------------------------ observing
     def _counters(self) -> dict[str, np.ndarray]:
