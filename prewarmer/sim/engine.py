@@ -47,7 +47,7 @@ NGI = 12
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
 NGF = 4
 # Event kinds.
-EV_READY, EV_DONE, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
+EV_DONE, EV_READY, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
 # Latency histogram: 1000 log bins per decade from 1 microsecond to 1e8 ms (0.23% resolution).
 LAT_BINS_PER_DECADE = 1000
 LAT_MIN_EXP = -3
@@ -56,59 +56,59 @@ LAT_NBINS = 11 * LAT_BINS_PER_DECADE
 STATUS_DONE, STATUS_GROW = 0, 1
 
 
-# ---------------------------------------------------------------- heap of (time, kind, id, version)
-@njit(cache=True)
-def _hless(hk, hkind, i, j):
-    # Ties: completions before other events at the same instant, so a freed slot serves a same-time arrival.
+# ---------------------------------------------------------------- heap of (time, payload)
+# The payload packs kind (3 bits), version (28 bits) and id (32 bits) into one int64, so the heap is two
+# arrays and ties at the same instant resolve by kind: completions first, timeouts last.
+_ID_MASK = (1 << 32) - 1
+VER_MASK = (1 << 28) - 1
+
+
+@njit(cache=True, inline="always")
+def _hless(hk, hp, i, j):
     if hk[i] != hk[j]:
         return hk[i] < hk[j]
-    return hkind[i] > hkind[j]
+    return hp[i] < hp[j]
 
 
 @njit(cache=True)
-def _hswap(hk, hid, hkind, hver, i, j):
-    hk[i], hk[j] = hk[j], hk[i]
-    hid[i], hid[j] = hid[j], hid[i]
-    hkind[i], hkind[j] = hkind[j], hkind[i]
-    hver[i], hver[j] = hver[j], hver[i]
-
-
-@njit(cache=True)
-def heap_push(hk, hid, hkind, hver, gi, t, kind, ident, ver):
+def heap_push(hk, hp, gi, t, kind, ident, ver):
     n = gi[G_HSIZE]
-    hk[n], hid[n], hkind[n], hver[n] = t, ident, kind, ver
+    payload = (np.int64(kind) << 60) | ((np.int64(ver) & VER_MASK) << 32) | np.int64(ident)
     gi[G_HSIZE] = n + 1
     while n > 0:
         p = (n - 1) >> 1
-        if _hless(hk, hkind, n, p):
-            _hswap(hk, hid, hkind, hver, n, p)
+        if hk[p] > t or (hk[p] == t and hp[p] > payload):
+            hk[n], hp[n] = hk[p], hp[p]
             n = p
         else:
             break
+    hk[n], hp[n] = t, payload
 
 
 @njit(cache=True)
-def heap_pop(hk, hid, hkind, hver, gi):
+def heap_pop(hk, hp, gi):
+    t, payload = hk[0], hp[0]
     n = gi[G_HSIZE] - 1
     gi[G_HSIZE] = n
-    _hswap(hk, hid, hkind, hver, 0, n)
+    lk, lp = hk[n], hp[n]
     i = 0
     while True:
         c = 2 * i + 1
         if c >= n:
             break
-        if c + 1 < n and _hless(hk, hkind, c + 1, c):
+        if c + 1 < n and _hless(hk, hp, c + 1, c):
             c += 1
-        if _hless(hk, hkind, c, i):
-            _hswap(hk, hid, hkind, hver, c, i)
+        if hk[c] < lk or (hk[c] == lk and hp[c] < lp):
+            hk[i], hp[i] = hk[c], hp[c]
             i = c
         else:
             break
-    return hk[n], hkind[n], hid[n], hver[n]
+    hk[i], hp[i] = lk, lp
+    return t, payload >> 60, payload & _ID_MASK, (payload >> 32) & VER_MASK
 
 
 # ---------------------------------------------------------------- intrusive doubly linked lists
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ll_push(prev, nxt, heads, tails, lid, node):
     t = tails[lid]
     prev[node] = t
@@ -120,7 +120,7 @@ def _ll_push(prev, nxt, heads, tails, lid, node):
     tails[lid] = node
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ll_remove(prev, nxt, heads, tails, lid, node):
     p, n = prev[node], nxt[node]
     if p >= 0:
@@ -135,14 +135,14 @@ def _ll_remove(prev, nxt, heads, tails, lid, node):
     nxt[node] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _list_add(isi, lh, lt, i, kind):
     f = isi[i, I_FUNC]
     _ll_push(isi[:, I_PREV], isi[:, I_NEXT], lh, lt, f * NLISTS + kind, i)
     isi[i, I_LIST] = kind
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _list_del(isi, lh, lt, i):
     kind = isi[i, I_LIST]
     if kind >= 0:
@@ -151,7 +151,7 @@ def _list_del(isi, lh, lt, i):
         isi[i, I_LIST] = L_NONE
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _gidle_add(isi, gi, i):
     t = gi[G_GTAIL]
     isi[i, I_GPREV] = t
@@ -163,7 +163,7 @@ def _gidle_add(isi, gi, i):
     gi[G_GTAIL] = i
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _gidle_del(isi, gi, i):
     p, n = isi[i, I_GPREV], isi[i, I_GNEXT]
     if p >= 0:
@@ -179,7 +179,7 @@ def _gidle_del(isi, gi, i):
 
 
 # ---------------------------------------------------------------- accounting
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _touch(fs, fi, f, t):
     """Integrate the function's memory and concurrency up to t (piecewise-constant counts)."""
     dt = t - fs[f, S_LAST_T]
@@ -191,7 +191,7 @@ def _touch(fs, fi, f, t):
         fs[f, S_LAST_T] = t
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _record_latency(lat_hist, fs, f, seconds):
     fs[f, S_LAT_SUM] += seconds
     ms = seconds * 1000.0
@@ -236,7 +236,7 @@ def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
 
 
 @njit(cache=True)
-def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t):
+def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     """Start an instance of f at t; returns its index or -1 when memory or slots are lacking."""
     if gf[G_CAP] < np.inf and not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
         return -1
@@ -269,12 +269,12 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t):
     if gf[G_MEM] > gf[G_PEAK]:
         gf[G_PEAK] = gf[G_MEM]
     _list_add(isi, lh, lt, i, L_STARTAVAIL)
-    heap_push(hk, hid, hkind, hver, gi, t + dur, EV_READY, i, isi[i, I_VER])
+    heap_push(hk, hp, gi, t + dur, EV_READY, i, isi[i, I_VER])
     return i
 
 
 @njit(cache=True)
-def _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, arr, dur):
+def _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, i, t, arr, dur):
     """One request starts executing on ready instance i at t."""
     f = isi[i, I_FUNC]
     _touch(fs, fi, f, t)
@@ -288,11 +288,11 @@ def _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, arr, d
     if isi[i, I_INFLIGHT] < fi[f, F_CC]:
         _list_add(isi, lh, lt, i, L_PARTIAL)
     _record_latency(lat_hist, fs, f, t - arr + dur)
-    heap_push(hk, hid, hkind, hver, gi, t + dur, EV_DONE, i, 0)
+    heap_push(hk, hp, gi, t + dur, EV_DONE, i, 0)
 
 
 @njit(cache=True)
-def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
+def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     """Instance i has no request left: keep it for the keep-alive, or release it and prewarm later."""
     f = isi[i, I_FUNC]
     pwd = fs[f, S_PWD]
@@ -300,13 +300,13 @@ def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
         fi[f, F_PEND] += 1
         fi[f, F_PGEN] += 1
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
-        heap_push(hk, hid, hkind, hver, gi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
+        heap_push(hk, hp, gi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
         return
-    _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+    _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t)
 
 
 @njit(cache=True)
-def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
+def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     """Keep idle instance i warm: the function's last instance for the keep-alive, any other one for
     min(keep-alive, surplus keep-alive). A window policy like hybrid speaks for the function (is *an*
     instance needed?), so scale-out instances need not be held as long as the last one."""
@@ -322,7 +322,7 @@ def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t):
     _list_add(isi, lh, lt, i, L_IDLE)
     _gidle_add(isi, gi, i)
     if limit < np.inf:
-        heap_push(hk, hid, hkind, hver, gi, t + limit, EV_EXPIRE, i, isi[i, I_VER])
+        heap_push(hk, hp, gi, t + limit, EV_EXPIRE, i, isi[i, I_VER])
 
 
 # ---------------------------------------------------------------- waiting requests
@@ -374,12 +374,12 @@ def _unqueue(fi, rqi, gi, qh, qt, r):
 
 
 @njit(cache=True)
-def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t):
+def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
     """Give freed memory to queued requests in arrival order (head of line blocks the rest)."""
     while gi[G_QHEAD] >= 0:
         r = gi[G_QHEAD]
         f = rqi[r, R_FUNC]
-        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t)
+        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t)
         if i < 0:
             return
         _unqueue(fi, rqi, gi, qh, qt, r)
@@ -388,7 +388,7 @@ def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh
 
 # ---------------------------------------------------------------- one arrival
 @njit(cache=True)
-def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt,
+def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
             lat_hist, it_f, it_v, f, t, dur):
     _touch(fs, fi, f, t)
     fi[f, F_ARRIVALS] += 1
@@ -406,14 +406,14 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh
     if i < 0:
         i = lt[base + L_IDLE]  # most recently used idle instance: lets the oldest ones expire
     if i >= 0:
-        _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, t, dur)
+        _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, i, t, t, dur)
         return
     r = _req_new(rqf, rqi, gi, f, t, dur)
     if r < 0:
         return
     i = lh[base + L_STARTAVAIL]
     if i < 0 and fi[f, F_QLEN] == 0:
-        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t)
+        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t)
     if i >= 0:
         _bind(fs, fi, isi, lh, lt, rqi, r, i)
         return
@@ -423,12 +423,12 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh
     fi[f, F_QLEN] += 1
     fi[f, F_QUEUED] += 1
     if gf[G_DEADLINE] < np.inf:
-        heap_push(hk, hid, hkind, hver, gi, t + gf[G_DEADLINE], EV_TIMEOUT, r, 0)
+        heap_push(hk, hp, gi, t + gf[G_DEADLINE], EV_TIMEOUT, r, 0)
 
 
 # ---------------------------------------------------------------- one heap event
 @njit(cache=True)
-def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt, lat_hist,
+def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
            t, kind, ident, ver):
     capped = gf[G_CAP] < np.inf
     if kind == EV_DONE:
@@ -444,19 +444,19 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh,
         if fi[f, F_QLEN] > 0:  # a queued request of the same function takes the slot at once
             r = qh[f]
             _unqueue(fi, rqi, gi, qh, qt, r)
-            _begin_queued(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, rqf, rqi, i, t, r)
+            _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rqf, rqi, i, t, r)
             return
         if isi[i, I_INFLIGHT] == 0:
             fi[f, F_BUSY] -= 1
             fi[f, F_IDLE] += 1
-            _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+            _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t)
         elif isi[i, I_LIST] != L_PARTIAL:
             _list_add(isi, lh, lt, i, L_PARTIAL)
         if capped:
-            _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+            _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
     elif kind == EV_READY:
         i = ident
-        if isi[i, I_VER] != ver or isi[i, I_STATE] != ST_STARTING:
+        if (isi[i, I_VER] & VER_MASK) != ver or isi[i, I_STATE] != ST_STARTING:
             return
         f = isi[i, I_FUNC]
         _touch(fs, fi, f, t)
@@ -469,34 +469,34 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh,
             fi[f, F_STARTS_SERVED] += 1
         while r >= 0:
             nxt = rqi[r, R_FNEXT]
-            _begin(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, i, t, rqf[r, R_ARR], rqf[r, R_DUR])
+            _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, i, t, rqf[r, R_ARR], rqf[r, R_DUR])
             _req_free(rqi, gi, r)
             r = nxt
         isi[i, I_CLAIMED] = 0
         if isi[i, I_INFLIGHT] == 0:
             # A prewarmed instance: its keep-alive window starts now that it is loaded.
-            _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, i, t)
+            _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t)
             if capped:
-                _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+                _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
     elif kind == EV_EXPIRE:
         i = ident
-        if isi[i, I_VER] == ver and isi[i, I_STATE] == ST_READY and isi[i, I_INFLIGHT] == 0:
+        if (isi[i, I_VER] & VER_MASK) == ver and isi[i, I_STATE] == ST_READY and isi[i, I_INFLIGHT] == 0:
             f = isi[i, I_FUNC]
             until = isf[i, I_IDLE_SINCE] + fs[f, S_KA]
             if fi[f, F_ALIVE] == 1 and until > t + 1e-9:  # it became the last one: full keep-alive
                 if until < np.inf:
-                    heap_push(hk, hid, hkind, hver, gi, until, EV_EXPIRE, i, ver)
+                    heap_push(hk, hp, gi, until, EV_EXPIRE, i, ver)
                 return
             _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             if capped:
-                _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+                _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
     elif kind == EV_PREWARM:
         f = ident
-        if ver == fi[f, F_PGEN]:
+        if ver == (fi[f, F_PGEN] & VER_MASK):
             k = fi[f, F_PEND]
             fi[f, F_PEND] = 0
             for _ in range(k):
-                if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t) < 0:
+                if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
                     break
     elif kind == EV_TIMEOUT:
         r = ident
@@ -511,7 +511,7 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh,
 
 
 @njit(cache=True)
-def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, rqf, rqi, i, t, r):
+def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rqf, rqi, i, t, r):
     """A queued request takes a slot that just freed on its own function's instance (no cold start)."""
     f = isi[i, I_FUNC]
     arr, dur = rqf[r, R_ARR], rqf[r, R_DUR]
@@ -519,12 +519,12 @@ def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hid, hkind, hver, lat_hist, rqf, 
     # The instance stays busy: the slot passes straight from one request to the next.
     isi[i, I_INFLIGHT] += 1
     _record_latency(lat_hist, fs, f, t - arr + dur)
-    heap_push(hk, hid, hkind, hver, gi, t + dur, EV_DONE, i, 0)
+    heap_push(hk, hp, gi, t + dur, EV_DONE, i, 0)
 
 
 # ---------------------------------------------------------------- the loop
 @njit(cache=True)
-def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver,
+def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp,
             rqf, rqi, qh, qt, lat_hist, it_f, it_v, min_free, drain):
     """Process arrivals from `pos` and events strictly before t_end.
 
@@ -543,15 +543,15 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
         if th <= ta:
             if th >= t_end:
                 return pos, STATUS_DONE, t_end
-            t, kind, ident, ver = heap_pop(hk, hid, hkind, hver, gi)
-            _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt, lat_hist,
+            t, kind, ident, ver = heap_pop(hk, hp, gi)
+            _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
                    t, kind, ident, ver)
             if drain and gi[G_REQ_TOTAL] == 0:
                 return pos, STATUS_DONE, t
         else:
             if ta >= t_end:
                 return pos, STATUS_DONE, t_end
-            _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqf, rqi, qh, qt,
+            _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
                     lat_hist, it_f, it_v, arr_f[pos], ta, arr_d[pos])
             pos += 1
 
@@ -564,7 +564,7 @@ def touch_all(fs, fi, t):
 
 @njit(cache=True)
 def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, fs, fi, isf, isi,
-                  gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt):
+                  gi, gf, lh, lt, hk, hp, rqi, qh, qt):
     """Apply one tick's actions for every function. NaN / negative entries mean "no change"."""
     nf = fs.shape[0]
     for f in range(nf):
@@ -580,7 +580,7 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
         if scale_to.shape[0] and scale_to[f] >= 0:
             want = max(want, scale_to[f] - fi[f, F_ALIVE])
         for _ in range(want):
-            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, f, t) < 0:
+            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
                 break
         drop = 0
         if release.shape[0] and release[f] > 0:
@@ -594,7 +594,7 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             drop -= 1
     if gf[G_CAP] < np.inf:
-        _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hid, hkind, hver, rqi, qh, qt, t)
+        _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
 
 
 @njit(cache=True)

@@ -45,9 +45,7 @@ class SimState:
         self.rqf = np.zeros((0, E.NRF))
         self.rqi = np.zeros((0, E.NRI), np.int64)
         self.hk = np.zeros(0)
-        self.hid = np.zeros(0, np.int64)
-        self.hkind = np.zeros(0, np.int64)
-        self.hver = np.zeros(0, np.int64)
+        self.hp = np.zeros(0, np.int64)
         self.it_f = np.zeros(4096, np.int32)
         self.it_v = np.zeros(4096)
         self.min_free = 256
@@ -84,7 +82,7 @@ class SimState:
             b = np.zeros(new, a.dtype)
             b[: len(a)] = a
             return b
-        self.hk, self.hid, self.hkind, self.hver = g(self.hk), g(self.hid), g(self.hkind), g(self.hver)
+        self.hk, self.hp = g(self.hk), g(self.hp)
 
     def _ensure(self, extra: int = 0) -> None:
         if self.gi[E.G_OVERFLOW]:
@@ -107,7 +105,7 @@ class SimState:
             self._ensure()
             pos, status, reached = E.advance(
                 t_end, arr_t, arr_f, arr_d, pos, self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
-                self.lh, self.lt, self.hk, self.hid, self.hkind, self.hver, self.rqf, self.rqi, self.qh,
+                self.lh, self.lt, self.hk, self.hp, self.rqf, self.rqi, self.qh,
                 self.qt, self.lat_hist, self.it_f, self.it_v, self.min_free, drain)
             if status == E.STATUS_DONE:
                 return pos, reached
@@ -134,7 +132,7 @@ class SimState:
         E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.surplus_keep_alive_s),
                         f64(actions.prewarm_delay_s), i64(actions.prewarm), i64(actions.scale_to),
                         i64(actions.release_idle), self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
-                        self.lh, self.lt, self.hk, self.hid, self.hkind, self.hver, self.rqi, self.qh, self.qt)
+                        self.lh, self.lt, self.hk, self.hp, self.rqi, self.qh, self.qt)
 
     # ------------------------------------------------------------------ observing
     def _counters(self) -> dict[str, np.ndarray]:
