@@ -61,6 +61,8 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     specs = args.policy or list(BASELINES)
     workers = [int(w) for w in str(args.workers).split(",")]
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)  # a table in a log or CI output should not be squeezed to 80 columns
     console.print(f"warm-up (compile or load the engine): {_warm_up():.1f} s")
     rows = []
     for spec in specs:
