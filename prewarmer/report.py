@@ -69,16 +69,20 @@ def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     first = next(iter(results.values()))
     n_top = min(4, len(first.top))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     ax = axes[0, 0]
+    widest = max(m["wasted_gb_s"] for m in metrics.values())
     for spec, m in metrics.items():
         ax.scatter(m["wasted_gb_s"], 100 * m["cold_start_rate"], s=60)
+        right = m["wasted_gb_s"] == widest and len(metrics) > 1  # keep the rightmost label inside the axes
         ax.annotate(spec, (m["wasted_gb_s"], 100 * m["cold_start_rate"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=9)
+                    xytext=(-5 if right else 5, 5), ha="right" if right else "left", fontsize=9)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("wasted memory (GB-s, log scale)")
     ax.set_ylabel("cold-start rate (%)")
     ax.set_title("cold starts vs waste (lower-left is better)")
@@ -96,7 +100,7 @@ def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dic
             continue
         for spec, r in results.items():
             col = list(r.top).index(first.top[k])
-            ax.step(r.sample_t / 3600, r.alive_top[:, col], where="post", label=spec, lw=1)
+            ax.step(r.sample_t / 3600, r.alive_top[:, col], where="post", label=spec, lw=1, alpha=0.8)
         ax.set_title(f"warm instances: {_short(names[int(first.top[k])])} (#{k + 1} busiest)", fontsize=9)
         ax.set_xlabel("trace time (h)")
         ax.grid(alpha=0.3)
