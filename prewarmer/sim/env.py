@@ -1,0 +1,150 @@
+"""Replay as an environment with a small reset/step contract (as in Gymnasium).
+
+One step is one control tick for every function at once: the actions are applied at the current
+time, the simulation runs to the next tick, and the observation of that tick comes back. Replay of a
+policy (`run_shard`) and the training loop of learned agents both drive this one class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from prewarmer.actions import Actions
+from prewarmer.observation import Observation
+from prewarmer.sim import engine as E
+from prewarmer.sim.result import ReplayConfig, SimResult, pick_top
+from prewarmer.sim.state import SimState
+from prewarmer.workloads.base import ArrivalChunk, FunctionTable, Workload
+
+
+class ReplayEnv:
+    """A workload replayed for the functions `idx` (all by default), stepping every `tick_s` seconds.
+
+    `tick_s=None` runs from one step to the horizon (policies that only act at reset).
+    """
+
+    def __init__(self, workload: Workload, cfg: ReplayConfig, idx: np.ndarray | None = None,
+                 tick_s: float | None = 60.0, top: np.ndarray | None = None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        n_all = len(workload.functions)
+        self.workload, self.cfg, self.progress = workload, cfg, progress
+        self.idx = np.arange(n_all) if idx is None else np.asarray(idx, np.int64)
+        self.functions: FunctionTable = (workload.functions.subset(self.idx) if len(self.idx) != n_all
+                                         else workload.functions)
+        self._local = np.full(n_all, -1, np.int64)
+        self._local[self.idx] = np.arange(len(self.idx))
+        self.top = pick_top(workload, self.idx, cfg.top_functions) if top is None else top
+        self.tick_s = tick_s if tick_s else math.inf
+        self.horizon = workload.horizon_s
+
+    @property
+    def n_functions(self) -> int:
+        return len(self.idx)
+
+    def reset(self) -> Observation:
+        """A fresh simulation at t=0 (nothing arrived yet); returns its empty observation."""
+        cfg = self.cfg
+        startup, sigma = cfg.startup.per_function(self.functions)
+        self.state = SimState(self.functions.memory_mb, startup, sigma, cfg.container_concurrency,
+                              cfg.memory_cap_gb, cfg.queue_deadline_s)
+        E.seed_engine(cfg.seed)
+        self.now, self._last_tick = 0.0, 0.0
+        self._next_tick, self._next_sample = self.tick_s, cfg.sample_s
+        self._sample_t: list[float] = []
+        self._peaks: list[float] = []
+        self._alive_tot: list[int] = []
+        self._alive_top: list[np.ndarray] = []
+        self._chunks: Iterator[ArrivalChunk] = self.workload.chunks(
+            cfg.seed, cfg.chunk_s, None if len(self.idx) == len(self.workload.functions) else self.idx)
+        self._chunk: ArrivalChunk | None = None
+        self._arr_f = np.empty(0, np.int64)
+        self._pos = 0
+        self.done = False
+        return self.state.observe(0.0, 0.0)
+
+    def step(self, actions: Actions) -> tuple[Observation, bool]:
+        """Apply `actions` now, run to the next tick (or the end); returns (observation, done)."""
+        st = self.state
+        st.apply(self.now, actions)
+        while True:
+            if not self._run_to(min(self._next_tick, self._next_sample)):
+                return self._finish_observation(), True
+            if self.now >= self._next_sample:
+                self._sample()
+            if self.now >= self._next_tick:
+                obs = st.observe(self.now, self.now - self._last_tick)
+                self._last_tick = self.now
+                self._next_tick += self.tick_s
+                return obs, False
+
+    # ------------------------------------------------------------------ internals
+    def _run_to(self, t_stop: float) -> bool:
+        """Advance to min(t_stop, horizon) across chunk boundaries; False once past the horizon."""
+        st, none_t, none_f = self.state, np.empty(0), np.empty(0, np.int64)
+        if t_stop > self.horizon:
+            return False
+        while True:
+            if self._chunk is None:
+                self._chunk = next(self._chunks, None)
+                if self._chunk is None:
+                    st.advance(t_stop, none_t, none_f, none_t, 0)
+                    break
+                self._arr_f, self._pos = self._local[self._chunk.func], 0
+            c = self._chunk
+            end = min(c.end, self.horizon)
+            self._pos, _ = st.advance(min(t_stop, end), c.t, self._arr_f, c.duration, self._pos)
+            if t_stop < end:
+                break
+            if self.progress is not None:
+                self.progress(len(c))
+            self._chunk = None
+            if t_stop == end:
+                break
+        self.now = t_stop
+        st.touch_all(t_stop)
+        return True
+
+    def _sample(self) -> None:
+        st = self.state
+        self._sample_t.append(self.now)
+        self._peaks.append(st.take_peak_memory_gb())
+        self._alive_tot.append(int(st.fi[:, E.F_ALIVE].sum()))
+        self._alive_top.append(st.fi[self._local[self.top], E.F_ALIVE].copy())
+        self._next_sample += self.cfg.sample_s
+        if math.isinf(self.tick_s):
+            st.drop_idle_times()
+
+    def _finish_observation(self) -> Observation:
+        """Run out the horizon (remaining samples), then let running requests complete."""
+        st, none_t, none_f = self.state, np.empty(0), np.empty(0, np.int64)
+        while self._chunk is not None or (c := next(self._chunks, None)) is not None:
+            if self._chunk is None:
+                self._chunk, self._arr_f, self._pos = c, self._local[c.func], 0
+            ch = self._chunk
+            self._pos, _ = st.advance(min(ch.end, self.horizon), ch.t, self._arr_f, ch.duration, self._pos)
+            if self.progress is not None:
+                self.progress(len(ch))
+            self._chunk = None
+        st.advance(self.horizon, none_t, none_f, none_t, 0)
+        self.now = self.horizon
+        st.touch_all(self.horizon)
+        obs = st.observe(self.horizon, self.horizon - self._last_tick)
+        # Requests still running at the horizon finish; memory is accounted up to the last completion.
+        st.advance(math.inf, none_t, none_f, none_t, 0, drain=True)
+        self.t_final = max(self.horizon, float(st.fs[:, E.S_LAST_DONE].max(initial=0.0)))
+        st.touch_all(self.t_final)
+        self._peaks.append(st.take_peak_memory_gb())  # the tail after the last sample
+        self.done = True
+        return obs
+
+    def result(self, events: list[str] | None = None, keep_state: bool = False) -> SimResult:
+        st = self.state
+        return SimResult(
+            functions=self.idx, fi=st.fi.copy(), fs=st.fs.copy(), lat_hist=st.lat_hist.copy(),
+            horizon_s=self.horizon, t_final=self.t_final, sample_t=np.asarray(self._sample_t),
+            interval_peak_gb=np.asarray(self._peaks), alive_total=np.asarray(self._alive_tot), top=self.top,
+            alive_top=np.asarray(self._alive_top).reshape(len(self._sample_t), len(self.top)),
+            events=events or [], state=st if keep_state else None)
