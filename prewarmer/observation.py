@@ -29,11 +29,13 @@ class Observation:
     in_flight: np.ndarray  # requests in the system now (waiting or executing)
     concurrency: np.ndarray  # float64 time-averaged requests in the system over the tick
     wasted_gb_s: np.ndarray  # float64 over the tick
+    busy_gb_s: np.ndarray  # float64 over the tick
     memory_mb: np.ndarray  # float64 profile
     idle_time_func: np.ndarray  # int32
     idle_time_s: np.ndarray  # float64
     memory_used_gb: float = 0.0
     memory_cap_gb: float = float("inf")
+    startup_s: np.ndarray | None = None  # float64 profile: median start-up time of a new instance
 
     @property
     def n_functions(self) -> int:

@@ -139,7 +139,8 @@ class SimState:
         fi, fs = self.fi, self.fs
         return {"arrivals": fi[:, E.F_ARRIVALS].copy(), "cold": fi[:, E.F_COLD].copy(),
                 "done": fi[:, E.F_DONE].copy(), "timeout": fi[:, E.F_TIMEOUT].copy(),
-                "conc": fs[:, E.S_CONC].copy(), "waste": fs[:, E.S_WASTE].copy()}
+                "conc": fs[:, E.S_CONC].copy(), "waste": fs[:, E.S_WASTE].copy(),
+                "busy": fs[:, E.S_BUSY].copy()}
 
     def observe(self, now: float, dt: float) -> Observation:
         """Counters since the previous call; call `touch_all(now)` first."""
@@ -155,7 +156,8 @@ class SimState:
             alive=fi[:, E.F_ALIVE].copy(), starting=fi[:, E.F_STARTING].copy(), busy=fi[:, E.F_BUSY].copy(),
             idle_warm=fi[:, E.F_IDLE] - fi[:, E.F_STARTING], in_flight=fi[:, E.F_REQ].copy(),
             concurrency=(cur["conc"] - prev["conc"]) / dt if dt > 0 else fi[:, E.F_REQ].astype(float),
-            wasted_gb_s=cur["waste"] - prev["waste"], memory_mb=self.fs[:, E.S_MEM_GB] * 1024.0,
+            wasted_gb_s=cur["waste"] - prev["waste"], busy_gb_s=cur["busy"] - prev["busy"],
+            memory_mb=self.fs[:, E.S_MEM_GB] * 1024.0, startup_s=self.fs[:, E.S_STARTUP].copy(),
             idle_time_func=self.it_f[:n_it].copy(), idle_time_s=self.it_v[:n_it].copy(),
             memory_used_gb=float(self.gf[E.G_MEM]), memory_cap_gb=float(self.gf[E.G_CAP]))
 
