@@ -100,5 +100,57 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_inference(args: argparse.Namespace) -> int:
+    """Latency of one marl control tick (features + one batched forward pass + actions) for N functions."""
+    import numpy as np
+    import torch
+
+    from prewarmer.agents.action_space import N_CHOICES
+    from prewarmer.agents.marl import MARLPolicy
+    from prewarmer.agents.network import ActorCritic
+    from prewarmer.observation import Observation
+    from prewarmer.workloads.base import FunctionTable
+
+    torch.manual_seed(0)
+    console = Console() if Console().is_terminal else Console(width=150)
+    table = Table(title="marl control tick, one core (median of repeats)")
+    for c in ("functions", "tick ms (median)", "p90 ms", "features ms", "forward ms"):
+        table.add_column(c, justify="right")
+    rng = np.random.default_rng(0)
+    for n in [int(x) for x in str(args.functions).split(",")]:
+        model = ActorCritic(N_CHOICES) if args.random_model else None
+        policy = MARLPolicy(model=model)
+        fns = FunctionTable(names=[f"f{i}" for i in range(n)], apps=np.arange(n, dtype=np.int32),
+                            app_names=[f"f{i}" for i in range(n)], memory_mb=np.full(n, 256.0),
+                            cold_start_s=np.full(n, np.nan))
+        policy.reset(fns, 0.0)
+        ticks, feat_ms, fwd_ms = [], [], []
+        for k in range(args.repeat + 5):
+            arr = rng.poisson(0.5, n)
+            z = np.zeros(n, np.int64)
+            obs = Observation(now=60.0 * (k + 1), dt=60.0, arrivals=arr, cold_starts=z, completions=arr,
+                              timed_out=z, alive=z + 1, starting=z, busy=z, idle_warm=z + 1, in_flight=z,
+                              concurrency=np.zeros(n), wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n),
+                              memory_mb=np.full(n, 256.0), idle_time_func=np.empty(0, np.int32),
+                              idle_time_s=np.empty(0), startup_s=np.ones(n))
+            t0 = time.perf_counter()
+            feats = policy.features.update(obs, policy.keep_alive)
+            t1 = time.perf_counter()
+            policy.act(feats)
+            t2 = time.perf_counter()
+            policy.features.k -= 1  # undo, then time the whole decide() path the simulator and sidecar call
+            t3 = time.perf_counter()
+            policy.decide(obs.now, obs)
+            t4 = time.perf_counter()
+            if k >= 5:
+                ticks.append((t4 - t3) * 1e3)
+                feat_ms.append((t1 - t0) * 1e3)
+                fwd_ms.append((t2 - t1) * 1e3)
+        table.add_row(f"{n:,}", f"{statistics.median(ticks):.2f}", f"{sorted(ticks)[int(0.9 * len(ticks))]:.2f}",
+                      f"{statistics.median(feat_ms):.2f}", f"{statistics.median(fwd_ms):.2f}")
+    console.print(table)
+    return 0
+
+
 if __name__ == "__main__":
     print(json.dumps(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))))

@@ -57,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    tp = sub.add_parser("train", help="train the shared agent network (PPO) in the simulator",
+                        description="Centralized training of the marl policy on an explicit training workload.")
+    _add_workload_args(tp)
+    tp.add_argument("--out", required=True, metavar="MODEL.pt", help="checkpoint to write (also periodically)")
+    tp.add_argument("--episodes", type=int, default=200, help="training episodes (200)")
+    tp.add_argument("--window-minutes", type=int, default=360, help="minutes replayed per episode (360)")
+    tp.add_argument("--functions-per-episode", type=int, default=256, help="agents per episode (256)")
+    tp.add_argument("--checkpoint-every", type=int, default=10, help="episodes between checkpoints (10)")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--config", metavar="JSON", help="training config overrides, e.g. reward weights")
+    tp.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
+    tp.add_argument("--plot", metavar="CURVE.png", help="learning curve (default: next to --out)")
+    tp.add_argument("--quiet", action="store_true")
+
     bp = sub.add_parser("bench", help="benchmarks")
     bsub = bp.add_subparsers(dest="bench", required=True)
     br = bsub.add_parser("replay", help="simulated invocations per wall-second and peak RSS, per policy")
@@ -65,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--workers", default="1,2", help="worker counts to measure (1,2)")
     br.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is shown")
     br.add_argument("--json", metavar="OUT")
+    bi = bsub.add_parser("inference", help="latency of one marl control tick for N functions (one core)")
+    bi.add_argument("--functions", default="1000,10000", help="function counts (1000,10000)")
+    bi.add_argument("--repeat", type=int, default=50)
+    bi.add_argument("--random-model", action="store_true", help="untrained weights instead of the shipped ones")
     return parser
 
 
@@ -73,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command == "train":
+            return cmd_train(args)
         if args.command == "bench":
-            from prewarmer.bench import cmd_bench_replay
+            from prewarmer.bench import cmd_bench_inference, cmd_bench_replay
 
-            return cmd_bench_replay(args)
+            return cmd_bench_replay(args) if args.bench == "replay" else cmd_bench_inference(args)
     except (TraceError, UsageError, ValueError) as e:
         print(f"prewarmer: error: {e}", file=sys.stderr)
         return 2
@@ -186,6 +206,54 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(args.plot, results, metrics, workload.functions.names)
         console.print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from prewarmer.agents.train import TrainConfig, plot_curve, train
+
+    if not args.trace and not args.workload:
+        raise UsageError("train needs its training data explicitly: --trace PATH or --workload NAME")
+    overrides = {}
+    if args.config:
+        try:
+            overrides = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--config {args.config}: {e}") from None
+    try:
+        cfg = TrainConfig(**{"episodes": args.episodes, "window_minutes": args.window_minutes,
+                             "functions_per_episode": args.functions_per_episode, "seed": args.seed,
+                             "checkpoint_every": args.checkpoint_every, **overrides})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UsageError(f"training config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    workload = load_workload(args)
+    console = Console(stderr=True)
+    console.print(f"training on {len(workload.functions)} functions, {workload.horizon_s / 3600:.1f} h; "
+                  f"{cfg.episodes} episodes of {cfg.window_minutes} min x {cfg.functions_per_episode} agents")
+    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn(), console=console, disable=args.quiet or not console.is_terminal) as bar:
+        task = bar.add_task("train", total=cfg.episodes, info="")
+
+        def on_episode(ep: int, rec: dict) -> None:
+            bar.update(task, completed=ep, info=f"reward/tick {rec['reward_per_tick']:.3f} "
+                                                f"cold {rec['cold_start_rate']:.2%}")
+            if not console.is_terminal and not args.quiet and (ep % 10 == 0 or ep == cfg.episodes):
+                print(f"episode {ep}: reward/tick {rec['reward_per_tick']:.4f}, "
+                      f"cold-start rate {rec['cold_start_rate']:.3%}", file=sys.stderr)
+
+        history = train(workload, cfg, args.out, resume=args.resume, on_episode=on_episode)
+    curve = args.plot or str(Path(args.out).with_suffix(".png"))
+    if history:
+        plot_curve(history, curve)
+    console.print(f"wrote {args.out} and {curve}")
     return 0
 
 

@@ -36,6 +36,7 @@ class Observation:
     memory_used_gb: float = 0.0
     memory_cap_gb: float = float("inf")
     startup_s: np.ndarray | None = None  # float64 profile: median start-up time of a new instance
+    epoch_s: float = 0.0  # trace time of now=0 (a slice starting at minute 720 has 43200), for time of day
 
     @property
     def n_functions(self) -> int:

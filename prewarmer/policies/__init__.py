@@ -61,8 +61,15 @@ def policy_factory(spec: str) -> Callable[[], Policy]:
             if p:
                 raise ValueError(f"unknown parameter(s) {sorted(p)}")
             make = lambda: HybridHistogramPolicy(**kw)  # noqa: E731
+        elif name == "marl":
+            from prewarmer.agents import checkpoint
+            from prewarmer.agents.marl import MARLPolicy
+
+            path = rest or str(checkpoint.DEFAULT_CHECKPOINT)
+            checkpoint.load(path)  # fail now, with a clear message, rather than inside a worker
+            make = lambda: MARLPolicy(path=path)  # noqa: E731
         else:
-            raise ValueError(f"unknown policy (known: {', '.join(BASELINES)})")
+            raise ValueError(f"unknown policy (known: {', '.join(BASELINES)}, marl[:PATH])")
     except ValueError as e:
         raise ValueError(f"policy {spec!r}: {e}") from None
 

@@ -39,6 +39,7 @@ class ReplayEnv:
         self.top = pick_top(workload, self.idx, cfg.top_functions) if top is None else top
         self.tick_s = tick_s if tick_s else math.inf
         self.horizon = workload.horizon_s
+        self.epoch_s = 60.0 * float(getattr(workload, "start_minute", 0) or 0)
 
     @property
     def n_functions(self) -> int:
@@ -63,7 +64,7 @@ class ReplayEnv:
         self._arr_f = np.empty(0, np.int64)
         self._pos = 0
         self.done = False
-        return self.state.observe(0.0, 0.0)
+        return self._observe(0.0)
 
     def step(self, actions: Actions) -> tuple[Observation, bool]:
         """Apply `actions` now, run to the next tick (or the end); returns (observation, done)."""
@@ -75,8 +76,7 @@ class ReplayEnv:
             if self.now >= self._next_sample:
                 self._sample()
             if self.now >= self._next_tick:
-                obs = st.observe(self.now, self.now - self._last_tick)
-                self._last_tick = self.now
+                obs = self._observe(self.now)
                 self._next_tick += self.tick_s
                 return obs, False
 
@@ -107,6 +107,12 @@ class ReplayEnv:
         st.touch_all(t_stop)
         return True
 
+    def _observe(self, now: float) -> Observation:
+        obs = self.state.observe(now, now - self._last_tick)
+        obs.epoch_s = self.epoch_s
+        self._last_tick = now
+        return obs
+
     def _sample(self) -> None:
         st = self.state
         self._sample_t.append(self.now)
@@ -131,7 +137,7 @@ class ReplayEnv:
         st.advance(self.horizon, none_t, none_f, none_t, 0)
         self.now = self.horizon
         st.touch_all(self.horizon)
-        obs = st.observe(self.horizon, self.horizon - self._last_tick)
+        obs = self._observe(self.horizon)
         # Requests still running at the horizon finish; memory is accounted up to the last completion.
         st.advance(math.inf, none_t, none_f, none_t, 0, drain=True)
         self.t_final = max(self.horizon, float(st.fs[:, E.S_LAST_DONE].max(initial=0.0)))

@@ -1,0 +1,119 @@
+"""Per-function feature vectors built from tick observations: the agents' view of the world.
+
+One builder serves the simulator and the live sidecar: it only reads `Observation`s (one per
+control tick) and keeps small rolling state per function, updated for all functions at once.
+Local features describe the function (recent counts, idle time and its hazard, instances, its own
+cold starts and waste, time of day/week, profile); two global features summarize the platform
+(memory pressure, aggregate load). Every feature is scaled to roughly [-1, 3] for the networks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prewarmer.observation import Observation
+
+HISTORY = 60  # ticks of per-tick counts kept per function
+GAP_BINS = 241  # idle gaps in ticks: 0..239 and "240 or more"
+HAZARD_K = (1, 5, 15)
+
+FEATURE_NAMES = (
+    "log_count_1", "log_rate_5", "log_rate_60", "idle_ticks", "hazard_1", "hazard_5", "hazard_15",
+    "log_idle_warm", "log_busy", "log_starting", "cold_ewma", "waste_ewma", "tod_sin", "tod_cos", "dow_sin",
+    "dow_cos", "log_memory_gb", "log_duration_s", "log_startup_s", "last_keep_alive", "memory_pressure",
+    "global_load",
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+class FeatureBuilder:
+    """Rolling per-function state; `update(obs, keep_alive_s)` returns the (F, N_FEATURES) matrix."""
+
+    def __init__(self, n_functions: int) -> None:
+        n = n_functions
+        self.n = n
+        self.counts = np.zeros((n, HISTORY))
+        self.k = 0
+        self.idle_ticks = np.full(n, GAP_BINS - 1, np.int64)  # ticks since the last tick with arrivals
+        self.cum_gaps = np.zeros((n, GAP_BINS))  # cumulative histogram of gaps between ticks with arrivals
+        self.sum5 = np.zeros(n)
+        self.sum60 = np.zeros(n)
+        self.seen = np.zeros(n, bool)
+        self.cold_ewma = np.zeros(n)
+        self.waste_ewma = np.zeros(n)
+        self.duration_ewma = np.full(n, np.nan)
+
+    def update(self, obs: Observation, keep_alive_s: np.ndarray | None = None) -> np.ndarray:
+        n = self.n
+        arr = obs.arrivals.astype(np.float64)
+        slot = self.k % HISTORY
+        # Rolling sums: O(F) per tick instead of re-reading the history.
+        self.sum60 += arr - self.counts[:, slot]
+        self.sum5 += arr - (self.counts[:, (self.k - 5) % HISTORY] if self.k >= 5 else 0.0)
+        self.counts[:, slot] = arr
+        self.k += 1
+        hit = arr > 0
+        # A gap is the number of ticks between two ticks with arrivals (1 = consecutive ticks). The cumulative
+        # histogram is updated only for functions invoked this tick, which are few in a large fleet.
+        gap = np.minimum(self.idle_ticks + 1, GAP_BINS - 1)
+        rows = np.flatnonzero(hit & self.seen)
+        if len(rows):
+            self.cum_gaps[rows] += np.arange(GAP_BINS)[None, :] >= gap[rows][:, None]
+        self.seen |= hit
+        self.idle_ticks = np.where(hit, 0, np.minimum(self.idle_ticks + 1, GAP_BINS - 1))
+
+        a = 0.1
+        self.cold_ewma = (1 - a) * self.cold_ewma + a * obs.cold_starts
+        mem_gb = np.maximum(obs.memory_mb / 1024.0, 1e-3)
+        self.waste_ewma = (1 - a) * self.waste_ewma + a * obs.wasted_gb_s / mem_gb / 60.0
+        done = obs.completions > 0
+        dur = np.where(done, obs.busy_gb_s / mem_gb / np.maximum(obs.completions, 1), np.nan)
+        self.duration_ewma = np.where(done, np.where(np.isnan(self.duration_ewma), dur,
+                                                     0.8 * np.nan_to_num(self.duration_ewma) + 0.2 * dur),
+                                      self.duration_ewma)
+
+        filled = min(self.k, HISTORY)
+        f = np.empty((n, N_FEATURES))
+        f[:, 0] = np.log1p(arr)
+        f[:, 1] = np.log1p(np.maximum(self.sum5, 0.0) / min(self.k, 5))
+        f[:, 2] = np.log1p(np.maximum(self.sum60, 0.0) / filled)
+        f[:, 3] = np.log1p(self.idle_ticks) / np.log(GAP_BINS)
+        f[:, 4:7] = self.hazard(HAZARD_K)
+        f[:, 7] = np.log1p(obs.idle_warm)
+        f[:, 8] = np.log1p(obs.busy)
+        f[:, 9] = np.log1p(obs.starting)
+        f[:, 10] = np.log1p(self.cold_ewma)
+        f[:, 11] = np.log1p(self.waste_ewma)
+        t = obs.epoch_s + obs.now
+        day = 2 * np.pi * (t % 86400.0) / 86400.0
+        week = 2 * np.pi * (t % (7 * 86400.0)) / (7 * 86400.0)
+        f[:, 12], f[:, 13], f[:, 14], f[:, 15] = np.sin(day), np.cos(day), np.sin(week), np.cos(week)
+        f[:, 16] = np.log(mem_gb)
+        f[:, 17] = np.log1p(np.nan_to_num(self.duration_ewma, nan=1.0))
+        startup = obs.startup_s if obs.startup_s is not None else np.ones(n)
+        f[:, 18] = np.log(np.maximum(startup, 1e-3))
+        f[:, 19] = 0.0 if keep_alive_s is None else np.log1p(np.minimum(keep_alive_s, 86400.0) / 60.0) / 4.0
+        cap = obs.memory_cap_gb
+        f[:, 20] = obs.memory_used_gb / cap if np.isfinite(cap) and cap > 0 else 0.0
+        f[:, 21] = np.log1p(arr.sum()) / 10.0
+        return f.astype(np.float32)
+
+    def hazard(self, ks: tuple[int, ...]) -> np.ndarray:
+        """P(an arrival within the next k ticks | idle for m ticks so far), from each function's gaps.
+
+        Functions with fewer than 3 gaps fall back to the recent rate (Poisson)."""
+        cum = self.cum_gaps
+        total = cum[:, -1]
+        m = self.idle_ticks
+        rows = np.arange(self.n)
+        below = cum[rows, np.minimum(m, GAP_BINS - 1)]  # gaps <= m: already ruled out
+        survive = np.maximum(total - below, 0.0)
+        filled = max(min(self.k, HISTORY), 1)
+        rate = np.maximum(self.sum60, 0.0) / filled
+        out = np.empty((self.n, len(ks)))
+        for j, k in enumerate(ks):
+            within = cum[rows, np.minimum(m + k, GAP_BINS - 1)] - below
+            p_hist = np.where(survive > 0, within / np.maximum(survive, 1e-9), 0.0)
+            p_rate = 1.0 - np.exp(-rate * k)
+            out[:, j] = np.where(total >= 3, p_hist, p_rate)
+        return out

@@ -1,0 +1,68 @@
+"""The `marl` policy: one shared network, one agent per function, each acting on its own features.
+
+Inference is one batched forward pass for all functions per tick. Acting is greedy (argmax) and so
+deterministic; training samples from the same distribution (see `prewarmer.agents.train`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prewarmer.actions import Actions
+from prewarmer.agents import checkpoint
+from prewarmer.agents.action_space import N_CHOICES, to_actions
+from prewarmer.agents.features import FeatureBuilder
+from prewarmer.agents.network import ActorCritic
+from prewarmer.observation import Observation
+from prewarmer.policies.base import Policy
+from prewarmer.workloads.base import FunctionTable
+
+
+class MARLPolicy(Policy):
+    tick_s = 60.0
+
+    def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
+                 sample: bool = False, seed: int = 0) -> None:
+        if model is None:
+            model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
+            self.meta = doc.get("meta", {})
+        else:
+            self.meta = {}
+        torch.set_num_threads(1)  # a forward pass for 10k functions is ~1 ms of work: threads only add overhead
+        self.model = model
+        self.path = str(path) if path else str(checkpoint.DEFAULT_CHECKPOINT)
+        self.sample = sample
+        self.generator = torch.Generator().manual_seed(seed)
+        self.spec = "marl"
+        self.last: dict[str, np.ndarray] = {}
+
+    def reset(self, functions: FunctionTable, now: float) -> Actions:
+        n = len(functions)
+        self.features = FeatureBuilder(n)
+        self.keep_alive = np.full(n, 600.0)
+        return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
+                       prewarm_delay_s=np.zeros(n))
+
+    @torch.no_grad()
+    def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(choices, log-probabilities) for every function in one forward pass."""
+        logits = self.model.logits(torch.from_numpy(feats))
+        if self.sample:
+            choice = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=self.generator).squeeze(1)
+        else:
+            choice = logits.argmax(dim=1)
+        logp = torch.log_softmax(logits, dim=1).gather(1, choice[:, None]).squeeze(1)
+        return choice.numpy(), logp.numpy()
+
+    def decide(self, now: float, obs: Observation) -> Actions:
+        feats = self.features.update(obs, self.keep_alive)
+        choice, logp = self.act(feats)
+        actions, self.keep_alive = to_actions(choice, obs, self.keep_alive)
+        self.last = {"features": feats, "choice": choice, "logp": logp}
+        return actions
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": self.meta}

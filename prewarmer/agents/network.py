@@ -1,0 +1,34 @@
+"""The shared actor (local features only) and the centralized critic (local + global summary).
+
+Every agent runs the same actor on its own function's features: decentralized execution. During
+training the critic also sees a summary of all agents (the mean feature vector), which is the
+"centralized" half of centralized training with decentralized execution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prewarmer.agents.features import N_FEATURES
+
+
+def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                         nn.Linear(hidden, n_out))
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, n_actions: int, hidden: int = 64, n_features: int = N_FEATURES) -> None:
+        super().__init__()
+        self.n_features, self.n_actions, self.hidden = n_features, n_actions, hidden
+        self.actor = mlp(n_features, n_actions, hidden)
+        self.critic = mlp(2 * n_features, 1, hidden)
+
+    def logits(self, local: torch.Tensor) -> torch.Tensor:
+        return self.actor(local)
+
+    def value(self, local: torch.Tensor, global_summary: torch.Tensor) -> torch.Tensor:
+        g = global_summary.expand(local.shape[0], -1) if global_summary.dim() == 2 and global_summary.shape[0] == 1 \
+            else global_summary
+        return self.critic(torch.cat([local, g], dim=1)).squeeze(1)

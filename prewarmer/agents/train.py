@@ -1,0 +1,231 @@
+"""Centralized training of the shared agent network with PPO, in the replay simulator.
+
+Read top to bottom: each episode replays a random window of the training workload for a random
+subset of functions; every function's agent acts on its local features with the shared actor
+(sampling); rewards come from each function's own cold starts and waste; advantages use GAE with a
+critic that also sees the mean features of all agents (centralized value); then a few PPO epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from prewarmer.agents import checkpoint
+from prewarmer.agents.action_space import N_CHOICES
+from prewarmer.agents.marl import MARLPolicy
+from prewarmer.agents.network import ActorCritic
+from prewarmer.observation import Observation
+from prewarmer.sim.env import ReplayEnv
+from prewarmer.sim.result import ReplayConfig
+from prewarmer.workloads.base import MinuteCountWorkload, Workload
+
+
+class RewardWeights(BaseModel):
+    """Reward of one agent for one tick = -(penalties) + bonus, from its own function's outcomes."""
+
+    cold_start: float = Field(1.0, ge=0, description="per cold start")
+    latency_per_s: float = Field(0.0, ge=0, description="per second of start-up delay added to requests")
+    sla_violation: float = Field(0.0, ge=0, description="per cold start whose delay exceeds sla_s")
+    sla_s: float = Field(0.5, gt=0)
+    waste_per_gb_min: float = Field(0.03, ge=0, description="per GB-minute held idle (energy)")
+    utilization_bonus: float = Field(0.0, ge=0, description="times busy / (busy + idle) memory over the tick")
+
+
+class TrainConfig(BaseModel):
+    episodes: int = Field(200, ge=1)
+    window_minutes: int = Field(360, ge=10)
+    functions_per_episode: int = Field(256, ge=1)
+    gamma: float = 0.95
+    gae_lambda: float = 0.9
+    lr: float = 3e-4
+    clip: float = 0.2
+    epochs: int = 3
+    minibatch: int = 4096
+    entropy: float = 0.01
+    value_coef: float = 0.5
+    hidden: int = 64
+    seed: int = 0
+    checkpoint_every: int = 10
+    reward: RewardWeights = Field(default_factory=RewardWeights)
+
+
+def reward(obs: Observation, w: RewardWeights) -> np.ndarray:
+    startup = obs.startup_s if obs.startup_s is not None else np.ones(len(obs.arrivals))
+    mem_gb = obs.memory_mb / 1024.0
+    r = -w.cold_start * obs.cold_starts
+    r -= w.latency_per_s * obs.cold_starts * startup
+    r -= w.sla_violation * obs.cold_starts * (startup > w.sla_s)
+    r -= w.waste_per_gb_min * obs.wasted_gb_s / 60.0
+    held = obs.busy_gb_s + obs.wasted_gb_s
+    r += w.utilization_bonus * np.where(held > 0, obs.busy_gb_s / np.maximum(held, 1e-12), 0.0)
+    del mem_gb
+    return r.astype(np.float32)
+
+
+def window(workload: Workload, m0: int, m1: int) -> Workload:
+    """Minutes [m0, m1) of a per-minute workload (other workloads are used whole)."""
+    if not isinstance(workload, MinuteCountWorkload):
+        return workload
+    return MinuteCountWorkload(workload.functions, workload.counts[:, m0:m1], workload.duration_pct_ms,
+                               start_minute=workload.start_minute + m0, description=workload.describe())
+
+
+def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: TrainConfig, seed: int,
+                sample: bool = True) -> dict[str, np.ndarray]:
+    """One rollout: per tick the features, choices, log-probs, values and the rewards that followed."""
+    env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0), idx=idx, tick_s=60.0)
+    env.reset()
+    policy = MARLPolicy(model=model, sample=sample, seed=seed)
+    actions = policy.reset(env.functions, 0.0)
+    feats, choices, logps, rewards, colds, wastes, arrivals = [], [], [], [], [], [], []
+    while True:
+        obs, done = env.step(actions)
+        if feats:  # the outcome of the previous tick's choices
+            rewards.append(reward(obs, cfg.reward))
+            colds.append(obs.cold_starts.sum())
+            wastes.append(obs.wasted_gb_s.sum())
+            arrivals.append(obs.arrivals.sum())
+        if done:
+            break
+        actions = policy.decide(obs.now, obs)
+        feats.append(policy.last["features"])
+        choices.append(policy.last["choice"])
+        logps.append(policy.last["logp"])
+    return {"features": np.stack(feats), "choices": np.stack(choices), "logp": np.stack(logps),
+            "rewards": np.stack(rewards), "cold_starts": float(np.sum(colds)), "wasted_gb_s": float(np.sum(wastes)),
+            "invocations": float(np.sum(arrivals))}
+
+
+def advantages(model: ActorCritic, roll: dict[str, np.ndarray], gamma: float, lam: float) -> tuple[np.ndarray, ...]:
+    """GAE over time for every agent at once; values come from the centralized critic."""
+    feats = torch.from_numpy(roll["features"])  # (T, F, D)
+    T, F, D = feats.shape
+    with torch.no_grad():
+        glob = feats.mean(dim=1, keepdim=True).expand(T, F, D)
+        values = model.value(feats.reshape(T * F, D), glob.reshape(T * F, D)).reshape(T, F).numpy()
+    rewards = roll["rewards"]
+    adv = np.zeros((T, F), np.float32)
+    last = np.zeros(F, np.float32)
+    for t in range(T - 1, -1, -1):
+        next_v = values[t + 1] if t + 1 < T else 0.0
+        delta = rewards[t] + gamma * next_v - values[t]
+        last = delta + gamma * lam * last
+        adv[t] = last
+    return adv, adv + values, glob.reshape(T * F, D).numpy()
+
+
+def ppo_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict, adv: np.ndarray, returns: np.ndarray,
+               glob: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> dict[str, float]:
+    T, F, D = roll["features"].shape
+    x = torch.from_numpy(roll["features"].reshape(T * F, D))
+    g = torch.from_numpy(glob)
+    a = torch.from_numpy(roll["choices"].reshape(-1).astype(np.int64))
+    old_logp = torch.from_numpy(roll["logp"].reshape(-1))
+    adv_t = torch.from_numpy(adv.reshape(-1))
+    adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
+    ret = torch.from_numpy(returns.reshape(-1).astype(np.float32))
+    n = T * F
+    stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+    steps = 0
+    for _ in range(cfg.epochs):
+        for start in range(0, n, cfg.minibatch):
+            mb = torch.from_numpy(rng.permutation(n)[:cfg.minibatch]) if start == 0 else \
+                torch.from_numpy(rng.integers(0, n, size=min(cfg.minibatch, n)))
+            logits = model.logits(x[mb])
+            logp_all = torch.log_softmax(logits, dim=1)
+            logp = logp_all.gather(1, a[mb][:, None]).squeeze(1)
+            ratio = torch.exp(logp - old_logp[mb])
+            pg = -torch.min(ratio * adv_t[mb], torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * adv_t[mb]).mean()
+            v = model.value(x[mb], g[mb])
+            vl = ((v - ret[mb]) ** 2).mean()
+            ent = -(torch.softmax(logits, dim=1) * logp_all).sum(dim=1).mean()
+            loss = pg + cfg.value_coef * vl - cfg.entropy * ent
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+            stats["policy_loss"] += pg.item()
+            stats["value_loss"] += vl.item()
+            stats["entropy"] += ent.item()
+            steps += 1
+    return {k: v / max(steps, 1) for k, v in stats.items()}
+
+
+def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | Path | None = None,
+          on_episode: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train and write checkpoints to `out` (every `checkpoint_every` episodes and at the end)."""
+    torch.set_num_threads(1)  # tiny networks: threads cost more than they give (and keep training on one core)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = ActorCritic(N_CHOICES, hidden=cfg.hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    first = 0
+    if resume is not None:
+        model, doc = checkpoint.load(resume)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        if "optimizer" in doc:
+            opt.load_state_dict(doc["optimizer"])
+        history = list(doc["meta"].get("history", []))
+        first = len(history)
+        rng = np.random.default_rng([cfg.seed, first])
+    minutes = int(round(workload.horizon_s / 60))
+    counts = getattr(workload, "counts", None)
+    n_all = len(workload.functions)
+    for ep in range(first, cfg.episodes):
+        t0 = time.perf_counter()
+        span = min(cfg.window_minutes, minutes)
+        m0 = int(rng.integers(0, minutes - span + 1))
+        w = window(workload, m0, m0 + span)
+        pool = np.arange(n_all)
+        if counts is not None:  # functions that are invoked in the window teach something
+            active = np.flatnonzero(counts[:, m0:m0 + span].sum(axis=1) > 0)
+            pool = active if len(active) else pool
+        idx = np.sort(rng.choice(pool, size=min(cfg.functions_per_episode, len(pool)), replace=False))
+        roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)))
+        adv, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
+        stats = ppo_update(model, opt, roll, adv, returns, glob, cfg, rng)
+        rec = {"episode": ep + 1, "window": [m0, m0 + span], "functions": len(idx),
+               "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
+               "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0),
+               "wasted_gb_s": roll["wasted_gb_s"], "wall_s": time.perf_counter() - t0, **stats}
+        history.append(rec)
+        if on_episode is not None:
+            on_episode(ep + 1, rec)
+        if (ep + 1) % cfg.checkpoint_every == 0 or ep + 1 == cfg.episodes:
+            meta = {"config": json.loads(cfg.model_dump_json()), "history": history,
+                    "workload": workload.describe()}
+            checkpoint.save(out, model, meta, opt)
+    return history
+
+
+def plot_curve(history: list[dict], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["episode"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in zip(axes, ("reward_per_tick", "cold_start_rate", "wasted_gb_s"),
+                              ("reward per agent-tick", "cold-start rate (training windows)", "wasted GB-s"),
+                              strict=True):
+        y = np.array([h[key] for h in history])
+        ax.plot(ep, y, lw=0.8, alpha=0.5)
+        if len(y) >= 5:
+            k = max(2, len(y) // 20)
+            ax.plot(ep[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), lw=2)
+        ax.set_title(title)
+        ax.set_xlabel("episode")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
