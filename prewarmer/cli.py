@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(rp)
     rp.add_argument("--policy", action="append", default=[], metavar="P",
                     help="fixed[:10m] | hybrid | kpa | always-warm (repeatable; default: all four)")
+    rp.add_argument("--online", action="store_true",
+                    help="learned policies keep learning during the replay (per-function fallback to hybrid)")
     rp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     rp.add_argument("--json", metavar="OUT", help="write the JSON report here")
     rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
@@ -175,7 +177,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be >= 1")
     specs = list(dict.fromkeys(["fixed"] + (args.policy or list(BASELINES))))
-    factories = {s: policy_factory(s) for s in specs}  # validate every spec before any work
+    factories = {s: policy_factory(s, online=args.online) for s in specs}  # validate every spec before any work
     cfg = replay_config(args)
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -198,6 +200,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           "policy": factories[spec]().describe(), "events": results[spec].events}
     metrics = report.with_ratios(results)
     report.print_table(metrics, Console())
+    for spec, r in results.items():
+        if r.events:
+            console.print(f"{spec}: {len(r.events)} event(s), e.g. {r.events[0]}")
     workload_doc = {**workload.describe(), "replay_model": cfg.describe(),
                     "reference": "fixed keep-alive 10 min"}
     if args.json:

@@ -140,3 +140,27 @@ def test_training_improves_reward_on_a_small_workload(tmp_path) -> None:
     cfg2 = cfg.model_copy(update={"episodes": 14})
     history2 = train(w, cfg2, tmp_path / "m2.pt", resume=tmp_path / "m.pt")
     assert [h["episode"] for h in history2] == list(range(1, 15))
+
+
+def test_online_learning_updates_and_guard_falls_back_to_hybrid() -> None:
+    from prewarmer.agents.action_space import KA30
+    from prewarmer.agents.online import OnlineMARLPolicy
+    from prewarmer.sim.replay import run_shard
+
+    # An agent that always keeps idle instances 30 minutes wastes far more than hybrid on functions called
+    # every 10 minutes (hybrid learns to release and prewarm): the guard must hand them to hybrid.
+    w = periodic_workload(n=6, minutes=240, period=10, memory_mb=2048.0)
+    m = _model(5)
+    with torch.no_grad():
+        m.actor[-1].bias.fill_(-20.0)
+        m.actor[-1].bias[KA30] = 20.0
+    before = [p.detach().clone() for p in m.parameters()]
+    pol = OnlineMARLPolicy(model=m, update_every=20, min_gaps=8)
+    res = run_shard(w, pol, ReplayConfig(seed=2))
+    assert pol.updates >= 5
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters(), strict=True))
+    assert pol.fallback.all(), pol.events
+    assert len(res.events) == 6 and all("falls back to hybrid" in e and "waste" in e for e in res.events)
+    # After the fallback the platform follows hybrid: the functions' waste is far below 30-minute keep-alive.
+    fixed30 = replay(w, policy_factory("fixed:30m"), ReplayConfig(seed=2)).metrics()
+    assert res.metrics()["wasted_gb_s"] < 0.8 * fixed30["wasted_gb_s"]

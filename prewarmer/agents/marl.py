@@ -65,4 +65,7 @@ class MARLPolicy(Policy):
         return actions
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": self.meta}
+        meta = self.meta
+        trained = {"episodes": len(meta.get("history", [])), "config": meta.get("config"),
+                   "workload": meta.get("workload")} if meta else {}
+        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained}

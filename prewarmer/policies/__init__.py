@@ -23,8 +23,10 @@ def _params(rest: str) -> dict[str, str]:
     return out
 
 
-def policy_factory(spec: str) -> Callable[[], Policy]:
-    """A zero-argument constructor for the policy named by `spec` (checked now, built per run)."""
+def policy_factory(spec: str, online: bool = False) -> Callable[[], Policy]:
+    """A zero-argument constructor for the policy named by `spec` (checked now, built per run).
+
+    `online` makes learned policies keep learning from what they observe (guarded against hybrid)."""
     name, _, rest = spec.partition(":")
     try:
         if name == "fixed":
@@ -67,7 +69,12 @@ def policy_factory(spec: str) -> Callable[[], Policy]:
 
             path = rest or str(checkpoint.DEFAULT_CHECKPOINT)
             checkpoint.load(path)  # fail now, with a clear message, rather than inside a worker
-            make = lambda: MARLPolicy(path=path)  # noqa: E731
+            if online:
+                from prewarmer.agents.online import OnlineMARLPolicy
+
+                make = lambda: OnlineMARLPolicy(path=path)  # noqa: E731
+            else:
+                make = lambda: MARLPolicy(path=path)  # noqa: E731
         else:
             raise ValueError(f"unknown policy (known: {', '.join(BASELINES)}, marl[:PATH])")
     except ValueError as e:
