@@ -134,7 +134,7 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
                               memory_mb=np.full(n, 256.0), idle_time_func=np.empty(0, np.int32),
                               idle_time_s=np.empty(0), startup_s=np.ones(n))
             t0 = time.perf_counter()
-            feats = policy.features.update(obs, policy.keep_alive)
+            feats = policy.features.update(obs, policy.keep_alive, policy.hybrid_actions)
             t1 = time.perf_counter()
             policy.act(feats)
             t2 = time.perf_counter()

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--plot", metavar="CURVE.png", help="learning curve (default: next to --out)")
     tp.add_argument("--quiet", action="store_true")
 
+    from prewarmer.forecast.cli import add_forecast_eval_parser
+
+    add_forecast_eval_parser(sub)
+
     bp = sub.add_parser("bench", help="benchmarks")
     bsub = bp.add_subparsers(dest="bench", required=True)
     br = bsub.add_parser("replay", help="simulated invocations per wall-second and peak RSS, per policy")
@@ -95,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replay(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "forecast-eval":
+            from prewarmer.forecast.cli import cmd_forecast_eval
+
+            return cmd_forecast_eval(args)
         if args.command == "bench":
             from prewarmer.bench import cmd_bench_inference, cmd_bench_replay
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
-from prewarmer.agents.action_space import N_CHOICES, PREWARM, RELEASE, to_actions
+from prewarmer.agents.action_space import HYBRID, KEEP, N_CHOICES, PREWARM, RELEASE, to_actions
 from prewarmer.agents.features import FEATURE_NAMES, N_FEATURES, FeatureBuilder
 from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
@@ -57,10 +58,16 @@ def test_hazard_of_a_periodic_function() -> None:
 def test_action_translation() -> None:
     obs = obs_with(np.zeros(3), 60.0)
     obs.idle_warm[:] = [0, 2, 0]
-    acts, ka = to_actions(np.array([RELEASE, RELEASE, PREWARM]), obs, np.full(3, 600.0))
+    acts, ka, pw = to_actions(np.array([RELEASE, RELEASE, PREWARM]), obs, np.full(3, 600.0), np.zeros(3))
     assert list(acts.release_idle[:2] > 0) == [True, True]
     assert list(acts.prewarm) == [0, 0, 1]
-    assert ka.tolist() == [0.0, 0.0, 600.0]
+    assert ka.tolist() == [0.0, 0.0, 600.0] and pw.tolist() == [0.0, 0.0, 0.0]
+    hyb = Actions(keep_alive_s=np.array([66.0, 14400.0, 120.0]), surplus_keep_alive_s=np.array([66.0, 600.0, 120.0]),
+                  prewarm_delay_s=np.array([540.0, 0.0, 0.0]))
+    acts, ka, pw = to_actions(np.array([HYBRID, KEEP, HYBRID]), obs, np.full(3, 600.0), np.array([0.0, 30.0, 0.0]),
+                              hyb)
+    assert ka.tolist() == [66.0, 600.0, 120.0] and pw.tolist() == [540.0, 30.0, 0.0]
+    assert np.isnan(acts.keep_alive_s[1]) and acts.prewarm_delay_s[0] == 540.0 and np.isnan(acts.prewarm_delay_s[1])
 
 
 def _model(seed: int = 0) -> ActorCritic:

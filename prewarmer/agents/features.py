@@ -3,14 +3,16 @@
 One builder serves the simulator and the live sidecar: it only reads `Observation`s (one per
 control tick) and keeps small rolling state per function, updated for all functions at once.
 Local features describe the function (recent counts, idle time and its hazard, instances, its own
-cold starts and waste, time of day/week, profile); two global features summarize the platform
-(memory pressure, aggregate load). Every feature is scaled to roughly [-1, 3] for the networks.
+cold starts and waste, time of day/week, profile, the hybrid policy's current windows); two global
+features summarize the platform (memory pressure, aggregate load). Features are scaled to roughly
+[-1, 3] for the networks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from prewarmer.actions import Actions
 from prewarmer.observation import Observation
 
 HISTORY = 60  # ticks of per-tick counts kept per function
@@ -20,8 +22,8 @@ HAZARD_K = (1, 5, 15)
 FEATURE_NAMES = (
     "log_count_1", "log_rate_5", "log_rate_60", "idle_ticks", "hazard_1", "hazard_5", "hazard_15",
     "log_idle_warm", "log_busy", "log_starting", "cold_ewma", "waste_ewma", "tod_sin", "tod_cos", "dow_sin",
-    "dow_cos", "log_memory_gb", "log_duration_s", "log_startup_s", "last_keep_alive", "memory_pressure",
-    "global_load",
+    "dow_cos", "log_memory_gb", "log_duration_s", "log_startup_s", "last_keep_alive", "hybrid_keep_alive",
+    "hybrid_prewarm", "memory_pressure", "global_load",
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -43,7 +45,8 @@ class FeatureBuilder:
         self.waste_ewma = np.zeros(n)
         self.duration_ewma = np.full(n, np.nan)
 
-    def update(self, obs: Observation, keep_alive_s: np.ndarray | None = None) -> np.ndarray:
+    def update(self, obs: Observation, keep_alive_s: np.ndarray | None = None,
+               hybrid: Actions | None = None) -> np.ndarray:
         n = self.n
         arr = obs.arrivals.astype(np.float64)
         slot = self.k % HISTORY
@@ -93,9 +96,14 @@ class FeatureBuilder:
         startup = obs.startup_s if obs.startup_s is not None else np.ones(n)
         f[:, 18] = np.log(np.maximum(startup, 1e-3))
         f[:, 19] = 0.0 if keep_alive_s is None else np.log1p(np.minimum(keep_alive_s, 86400.0) / 60.0) / 4.0
+        if hybrid is not None:  # the hybrid histogram's current windows for this function, in log-minutes
+            f[:, 20] = np.log1p(np.minimum(hybrid.keep_alive_s, 86400.0) / 60.0) / 4.0
+            f[:, 21] = np.log1p(hybrid.prewarm_delay_s / 60.0) / 4.0
+        else:
+            f[:, 20:22] = 0.0
         cap = obs.memory_cap_gb
-        f[:, 20] = obs.memory_used_gb / cap if np.isfinite(cap) and cap > 0 else 0.0
-        f[:, 21] = np.log1p(arr.sum()) / 10.0
+        f[:, 22] = obs.memory_used_gb / cap if np.isfinite(cap) and cap > 0 else 0.0
+        f[:, 23] = np.log1p(arr.sum()) / 10.0
         return f.astype(np.float32)
 
     def hazard(self, ks: tuple[int, ...]) -> np.ndarray:

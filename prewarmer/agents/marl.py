@@ -18,6 +18,7 @@ from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.network import ActorCritic
 from prewarmer.observation import Observation
 from prewarmer.policies.base import Policy
+from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.workloads.base import FunctionTable
 
 
@@ -43,6 +44,10 @@ class MARLPolicy(Policy):
         n = len(functions)
         self.features = FeatureBuilder(n)
         self.keep_alive = np.full(n, 600.0)
+        self.prewarm_delay = np.zeros(n)
+        # The hybrid histogram windows of every function, kept current: one of the agents' choices.
+        self.hybrid = HybridHistogramPolicy()
+        self.hybrid_actions = self.hybrid.reset(functions, now)
         return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
                        prewarm_delay_s=np.zeros(n))
 
@@ -58,9 +63,11 @@ class MARLPolicy(Policy):
         return choice.numpy(), logp.numpy()
 
     def decide(self, now: float, obs: Observation) -> Actions:
-        feats = self.features.update(obs, self.keep_alive)
+        self.hybrid_actions = self.hybrid.decide(now, obs)
+        feats = self.features.update(obs, self.keep_alive, self.hybrid_actions)
         choice, logp = self.act(feats)
-        actions, self.keep_alive = to_actions(choice, obs, self.keep_alive)
+        actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
+                                                                  self.hybrid_actions)
         self.last = {"features": feats, "choice": choice, "logp": logp}
         return actions
 
