@@ -131,8 +131,10 @@ class HybridHistogramPolicy(Policy):
         from statsmodels.tools.sm_exceptions import ConvergenceWarning
         from statsmodels.tsa.arima.model import ARIMA
 
+        from prewarmer.forecast.base import single_thread_blas
+
         self.arima_fits += 1
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), single_thread_blas():
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
