@@ -53,3 +53,13 @@ def load(path: str | Path) -> tuple[ActorCritic, dict]:
         raise CheckpointError(f"{path}: weights do not match the network ({str(e).splitlines()[0][:160]})") from None
     model.eval()
     return model, doc
+
+
+def export_for_inference(src: str | Path, dst: str | Path, note: str = "") -> None:
+    """Copy a training checkpoint without optimizer state and per-episode history (what ships)."""
+    model, doc = load(src)
+    meta = doc.get("meta", {})
+    history = meta.get("history", [])
+    slim = {"config": meta.get("config"), "workload": meta.get("workload"), "episodes": len(history),
+            "last_episode": history[-1] if history else None, "note": note}
+    save(dst, model, slim)

@@ -73,6 +73,6 @@ class MARLPolicy(Policy):
 
     def describe(self) -> dict:
         meta = self.meta
-        trained = {"episodes": len(meta.get("history", [])), "config": meta.get("config"),
-                   "workload": meta.get("workload")} if meta else {}
+        trained = {"episodes": meta.get("episodes", len(meta.get("history", []))), "config": meta.get("config"),
+                   "workload": meta.get("workload"), "note": meta.get("note", "")} if meta else {}
         return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained}
