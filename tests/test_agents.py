@@ -171,3 +171,16 @@ def test_online_learning_updates_and_guard_falls_back_to_hybrid() -> None:
     # After the fallback the platform follows hybrid: the functions' waste is far below 30-minute keep-alive.
     fixed30 = replay(w, policy_factory("fixed:30m"), ReplayConfig(seed=2)).metrics()
     assert res.metrics()["wasted_gb_s"] < 0.8 * fixed30["wasted_gb_s"]
+
+
+def test_reward_weights() -> None:
+    from prewarmer.agents.train import RewardWeights, reward
+
+    obs = obs_with(np.array([10, 0, 1]), 60.0)
+    obs.cold_starts[:] = [2, 0, 1]
+    obs.wasted_gb_s[:] = [0.0, 60.0 * 4, 0.0]  # 4 GB-minutes idle for the second function
+    obs.busy_gb_s[:] = [30.0, 0.0, 0.0]
+    w = RewardWeights(cold_start=1.0, waste_per_gb_min=0.5, latency_per_s=0.25, utilization_bonus=1.0)
+    assert reward(obs, w).tolist() == pytest.approx([-2 - 0.5 + 1.0, -2.0, -1 - 0.25])
+    per = reward(obs, w.model_copy(update={"per_invocation": True}))
+    assert per.tolist() == pytest.approx([(-2 - 0.5 + 1.0) / 10, -2.0, -1.25])

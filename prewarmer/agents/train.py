@@ -36,6 +36,8 @@ class RewardWeights(BaseModel):
     sla_s: float = Field(0.5, gt=0)
     waste_per_gb_min: float = Field(0.03, ge=0, description="per GB-minute held idle (energy)")
     utilization_bonus: float = Field(0.0, ge=0, description="times busy / (busy + idle) memory over the tick")
+    per_invocation: bool = Field(False, description="divide by the tick's invocations (at least 1), so a rare "
+                                                    "function's cold start weighs like a busy one's cold-start rate")
 
 
 class TrainConfig(BaseModel):
@@ -66,6 +68,8 @@ def reward(obs: Observation, w: RewardWeights) -> np.ndarray:
     held = obs.busy_gb_s + obs.wasted_gb_s
     r += w.utilization_bonus * np.where(held > 0, obs.busy_gb_s / np.maximum(held, 1e-12), 0.0)
     del mem_gb
+    if w.per_invocation:
+        r = r / np.maximum(obs.arrivals, 1)
     return r.astype(np.float32)
 
 
