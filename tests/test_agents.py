@@ -184,3 +184,13 @@ def test_reward_weights() -> None:
     assert reward(obs, w).tolist() == pytest.approx([-2 - 0.5 + 1.0, -2.0, -1 - 0.25])
     per = reward(obs, w.model_copy(update={"per_invocation": True}))
     assert per.tolist() == pytest.approx([(-2 - 0.5 + 1.0) / 10, -2.0, -1.25])
+
+
+def test_shipped_checkpoint_is_small_and_runs() -> None:
+    assert checkpoint.DEFAULT_CHECKPOINT.stat().st_size < 5 * 1024 * 1024
+    _, doc = checkpoint.load(checkpoint.DEFAULT_CHECKPOINT)
+    assert "optimizer" not in doc and doc["meta"]["episodes"] > 0 and "prewarmer train" in doc["meta"]["note"]
+    w = periodic_workload(n=8, minutes=120)
+    m1 = replay(w, policy_factory("marl"), ReplayConfig(seed=4)).metrics()
+    m2 = replay(w, policy_factory("marl"), ReplayConfig(seed=4)).metrics()
+    assert m1 == m2 and m1["invocations"] == int(w.counts.sum())
