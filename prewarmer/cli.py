@@ -190,7 +190,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     t0 = time.perf_counter()
     workload = load_workload(args)
-    console.print(f"workload: {workload.describe().get('model', workload.describe().get('format'))}, "
+    desc = workload.describe()
+    console.print(f"workload: {desc.get('model', desc.get('format'))}, "
                   f"{len(workload.functions)} functions, {workload.horizon_s / 3600:.2f} h "
                   f"(loaded in {time.perf_counter() - t0:.1f} s)")
     workers = args.workers or default_workers()
@@ -211,7 +212,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for spec, r in results.items():
         if r.events:
             console.print(f"{spec}: {len(r.events)} event(s), e.g. {r.events[0]}")
-    workload_doc = {**workload.describe(), "replay_model": cfg.describe(),
+    workload_doc = {**desc, "replay_model": cfg.describe(),
                     "reference": "fixed keep-alive 10 min"}
     if args.json:
         report.write_json(args.json, workload_doc, metrics, runs)

@@ -27,7 +27,6 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
 
     `hybrid` holds the shadow hybrid policy's current windows (needed for the `hybrid` choice)."""
     choice = np.asarray(choice, np.int64)
-    n = len(choice)
     ka = _KEEP_ALIVE[choice]
     surplus = ka.copy()
     pw = np.where(choice == KEEP, np.nan, 0.0)
@@ -47,6 +46,5 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     scale = np.where(choice == SCALE_OUT, np.maximum(want, 1), -1)
     # scale-out never shrinks: it only adds up to the recent concurrency.
     scale = np.where((scale >= 0) & (scale < obs.alive), -1, scale).astype(np.int64)
-    del n
     return Actions(keep_alive_s=ka, surplus_keep_alive_s=surplus, prewarm_delay_s=pw, prewarm=prewarm,
                    scale_to=scale, release_idle=release), new_ka, new_pw

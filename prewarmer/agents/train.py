@@ -60,14 +60,12 @@ class TrainConfig(BaseModel):
 
 def reward(obs: Observation, w: RewardWeights) -> np.ndarray:
     startup = obs.startup_s if obs.startup_s is not None else np.ones(len(obs.arrivals))
-    mem_gb = obs.memory_mb / 1024.0
     r = -w.cold_start * obs.cold_starts
     r -= w.latency_per_s * obs.cold_starts * startup
     r -= w.sla_violation * obs.cold_starts * (startup > w.sla_s)
     r -= w.waste_per_gb_min * obs.wasted_gb_s / 60.0
     held = obs.busy_gb_s + obs.wasted_gb_s
     r += w.utilization_bonus * np.where(held > 0, obs.busy_gb_s / np.maximum(held, 1e-12), 0.0)
-    del mem_gb
     if w.per_invocation:
         r = r / np.maximum(obs.arrivals, 1)
     return r.astype(np.float32)
@@ -139,9 +137,9 @@ def ppo_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict, adv: 
     stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
     steps = 0
     for _ in range(cfg.epochs):
+        order = torch.from_numpy(rng.permutation(n))
         for start in range(0, n, cfg.minibatch):
-            mb = torch.from_numpy(rng.permutation(n)[:cfg.minibatch]) if start == 0 else \
-                torch.from_numpy(rng.integers(0, n, size=min(cfg.minibatch, n)))
+            mb = order[start:start + cfg.minibatch]
             logits = model.logits(x[mb])
             logp_all = torch.log_softmax(logits, dim=1)
             logp = logp_all.gather(1, a[mb][:, None]).squeeze(1)

@@ -113,10 +113,11 @@ class HybridHistogramPolicy(Policy):
         keep = np.where(pattern == 0, self.range_s, keep)
         arima = pattern == 2
         if arima.any():
-            fc = self.forecast[idx[arima]]
-            prewarm[arima] = fc * (1.0 - self.arima_margin)
-            keep[arima] = fc * self.arima_margin * 2.0
+            prewarm[arima], keep[arima] = self._arima_windows(self.forecast[idx[arima]])
         return prewarm, keep, pattern
+
+    def _arima_windows(self, forecast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return forecast * (1.0 - self.arima_margin), forecast * self.arima_margin * 2.0
 
     def _refresh_forecasts(self, apps: np.ndarray) -> None:
         for a in apps:
@@ -151,9 +152,11 @@ class HybridHistogramPolicy(Policy):
         touched = self.observe_idle_times(obs.idle_time_func, obs.idle_time_s)
         if touched.any():
             apps = np.flatnonzero(touched)
-            _, _, pattern = self.windows(apps)
-            self._refresh_forecasts(apps[pattern == 2])
-            pre, keep, _ = self.windows(apps)
+            pre, keep, pattern = self.windows(apps)
+            arima = pattern == 2
+            if arima.any():  # their windows need the forecast refreshed with this tick's idle times
+                self._refresh_forecasts(apps[arima])
+                pre[arima], keep[arima] = self._arima_windows(self.forecast[apps[arima]])
             self.prewarm[apps], self.keep_alive[apps] = pre, keep
         return self._actions()
 

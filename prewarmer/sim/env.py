@@ -126,17 +126,7 @@ class ReplayEnv:
     def _finish_observation(self) -> Observation:
         """Run out the horizon (remaining samples), then let running requests complete."""
         st, none_t, none_f = self.state, np.empty(0), np.empty(0, np.int64)
-        while self._chunk is not None or (c := next(self._chunks, None)) is not None:
-            if self._chunk is None:
-                self._chunk, self._arr_f, self._pos = c, self._local[c.func], 0
-            ch = self._chunk
-            self._pos, _ = st.advance(min(ch.end, self.horizon), ch.t, self._arr_f, ch.duration, self._pos)
-            if self.progress is not None:
-                self.progress(len(ch))
-            self._chunk = None
-        st.advance(self.horizon, none_t, none_f, none_t, 0)
-        self.now = self.horizon
-        st.touch_all(self.horizon)
+        self._run_to(self.horizon)
         obs = self._observe(self.horizon)
         # Requests still running at the horizon finish; memory is accounted up to the last completion.
         st.advance(math.inf, none_t, none_f, none_t, 0, drain=True)
