@@ -1,0 +1,1 @@
+"""Invocation events on Redis Streams: the schema, a producer, a sharded consumer group, a dead-letter stream."""
