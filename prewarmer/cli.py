@@ -1,4 +1,5 @@
-"""The `prewarmer` command line: `replay` policies over a trace or a generated workload, `bench` speed."""
+"""The `prewarmer` command line: `replay` and `train` in the simulator, `run` the sidecar,
+`gateway` and `loadtest` locally, `bench` speed."""
 
 from __future__ import annotations
 
@@ -89,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--functions", default="1000,10000", help="function counts (1000,10000)")
     bi.add_argument("--repeat", type=int, default=50)
     bi.add_argument("--random-model", action="store_true", help="untrained weights instead of the shipped ones")
+    from prewarmer.gateway.cli import add_gateway_parser
+    from prewarmer.load.cli import add_loadtest_parser
+    from prewarmer.sidecar.bench import add_bench_parsers
+    from prewarmer.sidecar.cli import add_run_parser
+
+    add_bench_parsers(bsub)
+
+    add_run_parser(sub)
+    add_gateway_parser(sub)
+    add_loadtest_parser(sub)
     return parser
 
 
@@ -103,10 +114,25 @@ def main(argv: list[str] | None = None) -> int:
             from prewarmer.forecast.cli import cmd_forecast_eval
 
             return cmd_forecast_eval(args)
+        if args.command == "run":
+            from prewarmer.sidecar.cli import cmd_run
+
+            return cmd_run(args)
+        if args.command == "loadtest":
+            from prewarmer.load.cli import cmd_loadtest
+
+            return cmd_loadtest(args)
+        if args.command == "gateway":
+            from prewarmer.gateway.cli import cmd_gateway
+
+            return cmd_gateway(args)
         if args.command == "bench":
             from prewarmer.bench import cmd_bench_inference, cmd_bench_replay
+            from prewarmer.sidecar.bench import cmd_bench_ingest, cmd_bench_tick
 
-            return cmd_bench_replay(args) if args.bench == "replay" else cmd_bench_inference(args)
+            run = {"replay": cmd_bench_replay, "inference": cmd_bench_inference, "tick": cmd_bench_tick,
+                   "ingest": cmd_bench_ingest}[args.bench]
+            return run(args)
     except (TraceError, UsageError, ValueError) as e:
         print(f"prewarmer: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,124 @@
+"""One shard's agents: its functions, their policy, observer and warm fleet, checkpointed as one unit.
+
+Replicas own whole shards (see `prewarmer.stream.shards`), so everything a shard's functions have
+learned travels with the shard: a replica that takes a shard over loads its checkpoint and goes on
+where the previous owner stopped.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from prewarmer.actions import Actions
+from prewarmer.observation import Observation
+from prewarmer.policies.base import Policy
+from prewarmer.sidecar.fleet import WarmFleet
+from prewarmer.sidecar.observer import LiveObserver
+from prewarmer.workloads.base import FunctionTable
+
+CHECKPOINT_MAGIC = b"prewarmer-shard-v1\n"
+DEFAULT_MEMORY_MB = 128.0
+
+
+@dataclass
+class Decision:
+    """What one policy tick produced, for metrics, dry-run records and prediction scoring."""
+
+    now: float
+    obs: Observation
+    actions: Actions
+
+
+class ShardAgent:
+    def __init__(self, shard: int, make_policy: Callable[[], Policy], epoch_s: float) -> None:
+        self.shard = shard
+        self.make_policy = make_policy
+        self.epoch_s = epoch_s
+        self.names: list[str] = []
+        self.namespaces: list[str] = []
+        self.index: dict[str, int] = {}
+        self.memory_mb = np.zeros(0)
+        self.policy: Policy | None = None
+        self.observer = LiveObserver(self.memory_mb, epoch_s)
+        self.fleet = WarmFleet(0)
+        self.next_tick = -np.inf
+        self.events = 0  # events folded into this state (what a checkpoint vouches for)
+        self.resets = 0
+
+    # ---------------------------------------------------------------- functions
+    def add_functions(self, now: float, names: list[str], namespaces: list[str],
+                      memory_mb: list[float | None]) -> bool:
+        """Register functions not seen before; returns True if the policy had to start over for them."""
+        new = [(n, ns, m) for n, ns, m in zip(names, namespaces, memory_mb, strict=True) if n not in self.index]
+        if not new:
+            return False
+        for name, ns, mem in new:
+            self.index[name] = len(self.names)
+            self.names.append(name)
+            self.namespaces.append(ns)
+            self.memory_mb = np.append(self.memory_mb, float(mem or DEFAULT_MEMORY_MB))
+        self.observer.grow(self.memory_mb)
+        self.fleet.grow(len(self.names))
+        # Policies size their state at reset; a new function means a fresh policy for this shard.
+        # Its per-function state is rebuilt from the events that follow.
+        self.policy = self.make_policy()
+        self.fleet.apply(now, self.policy.reset(self.table(), now))
+        self.next_tick = now
+        self.resets += 1
+        return True
+
+    def table(self) -> FunctionTable:
+        n = len(self.names)
+        return FunctionTable(names=list(self.names), apps=np.arange(n, dtype=np.int32), app_names=list(self.names),
+                             memory_mb=self.memory_mb.copy(), cold_start_s=np.full(n, np.nan))
+
+    # ---------------------------------------------------------------- data path
+    def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
+               cold: np.ndarray, status: np.ndarray, instances: list[str]) -> None:
+        """Events (function indices into this shard, policy seconds) into the observer and the fleet."""
+        self.observer.ingest(func, arrival, duration, startup, cold, status)
+        self.fleet.completed_many(func, instances, arrival + startup + duration)
+        self.events += len(func)
+
+    def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray) -> Decision | None:
+        """Run the policy if its control period has come; None otherwise."""
+        if self.policy is None or now < self.next_tick:
+            return None
+        obs = self.observer.observe(now, replicas, ready)
+        actions = self.policy.decide(now, obs)
+        self.fleet.apply(now, actions)
+        period = self.policy.tick_s
+        self.next_tick = np.inf if period is None else now + period
+        return Decision(now, obs, actions)
+
+    def desired(self, now: float, lead: np.ndarray | float) -> np.ndarray:
+        return self.fleet.desired(now, lead)
+
+    def startup_s(self) -> np.ndarray:
+        s = self.observer.startup_s
+        return np.where(np.isnan(s), 1.0, s)
+
+    # ---------------------------------------------------------------- checkpoints
+    def dumps(self) -> bytes:
+        state = dict(self.__dict__)
+        state.pop("make_policy")
+        return CHECKPOINT_MAGIC + zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+    @classmethod
+    def loads(cls, blob: bytes, make_policy: Callable[[], Policy]) -> ShardAgent:
+        """Restore a checkpoint written by `dumps` (the policy object and all it learned included)."""
+        if not blob.startswith(CHECKPOINT_MAGIC):
+            raise ValueError("not a prewarmer shard checkpoint (bad header)")
+        try:
+            state = pickle.loads(zlib.decompress(blob[len(CHECKPOINT_MAGIC):]))
+        except Exception as e:  # noqa: BLE001 - any decoding failure means the same thing here
+            raise ValueError(f"corrupt shard checkpoint: {e}") from None
+        agent = cls.__new__(cls)
+        agent.__dict__.update(state)
+        agent.make_policy = make_policy
+        return agent

@@ -1,0 +1,131 @@
+"""`prewarmer run`: the sidecar, configured from flags over PREWARMER_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from prewarmer.units import parse_duration
+
+KINDS = ("openfaas", "knative", "deployment")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the live sidecar: read invocation events from Redis, scale a platform",
+                       description="Run the sidecar: Redis Stream events -> per-function policy -> platform "
+                                   "replicas. Every flag also reads PREWARMER_<FLAG> (e.g. PREWARMER_GATEWAY).")
+    p.add_argument("--gateway", default=_env("PREWARMER_GATEWAY"), help="OpenFaaS gateway URL (kind openfaas)")
+    p.add_argument("--kind", default=_env("PREWARMER_KIND", "openfaas"), choices=KINDS,
+                   help="platform: openfaas (gateway REST API), knative (min-scale on the routed Revision), "
+                        "deployment (Deployment scale subresource)")
+    p.add_argument("--redis", default=_env("PREWARMER_REDIS_URL", "redis://127.0.0.1:6379/0"), help="Redis URL")
+    p.add_argument("--policy", default=_env("PREWARMER_POLICY", "hybrid"),
+                   help="fixed[:10m] | hybrid | kpa | marl[:PATH] (default hybrid)")
+    p.add_argument("--online", action="store_true", default=_env("PREWARMER_ONLINE") == "1",
+                   help="learned policies keep learning from what they observe (guarded against hybrid)")
+    p.add_argument("--namespace", default=_env("PREWARMER_NAMESPACE"),
+                   help="platform namespace (openfaas default openfaas-fn; knative/deployment: required)")
+    p.add_argument("--edition", default=_env("PREWARMER_OPENFAAS_EDITION", "pro"), choices=("pro", "ce"),
+                   help="OpenFaaS edition: ce clamps replicas to 1..5")
+    p.add_argument("--basic-auth-user", default=_env("PREWARMER_BASIC_AUTH_USER"),
+                   help="gateway user (default: /var/secrets/basic-auth-user if present, else admin)")
+    p.add_argument("--basic-auth-password-file", default=_env("PREWARMER_BASIC_AUTH_PASSWORD_FILE"),
+                   help="file holding the gateway password (default: /var/secrets/basic-auth-password)")
+    p.add_argument("--knative-target", default=_env("PREWARMER_KNATIVE_TARGET", "revision"),
+                   choices=("revision", "podautoscaler"),
+                   help="where min-scale goes: the routed Revision (Serving >= 1.21) or its PodAutoscaler")
+    p.add_argument("--label-selector", default=_env("PREWARMER_LABEL_SELECTOR"),
+                   help="deployment kind: only Deployments matching this selector")
+    p.add_argument("--max-replicas", type=int, default=int(_env("PREWARMER_MAX_REPLICAS", "20")),
+                   help="never ask for more instances of one function (20)")
+    p.add_argument("--dry-run", action="store_true", default=_env("PREWARMER_DRY_RUN") == "1",
+                   help="decide and record, act on nothing (the platform is still read when reachable)")
+    p.add_argument("--record", default=_env("PREWARMER_RECORD"), metavar="FILE.jsonl",
+                   help="append every decision, prediction and scale request as JSON lines")
+    p.add_argument("--interval", default=_env("PREWARMER_INTERVAL", "1s"),
+                   help="control loop period, real time (1s)")
+    p.add_argument("--time-scale", type=float, default=float(_env("PREWARMER_TIME_SCALE", "1")),
+                   help="policy seconds per real second, for time-compressed load tests (1)")
+    p.add_argument("--replica-id", default=_env("PREWARMER_REPLICA_ID") or _env("HOSTNAME") or
+                   f"{socket.gethostname()}-{os.getpid()}", help="this replica's name (default: pod name)")
+    p.add_argument("--shards", type=int, default=int(_env("PREWARMER_SHARDS", "16")),
+                   help="event stream shards; must match the producer (16)")
+    p.add_argument("--prefix", default=_env("PREWARMER_STREAM_PREFIX", "prewarmer:events"),
+                   help="stream key prefix")
+    p.add_argument("--group", default=_env("PREWARMER_GROUP", "prewarmer"), help="consumer group")
+    p.add_argument("--checkpoint-interval", default=_env("PREWARMER_CHECKPOINT_INTERVAL", "5s"),
+                   help="state checkpoint (and event ack) period (5s)")
+    p.add_argument("--claim-idle", default=_env("PREWARMER_CLAIM_IDLE", "30s"),
+                   help="take over a dead replica's unacknowledged events after this (30s)")
+    p.add_argument("--lease-ttl", default=_env("PREWARMER_LEASE_TTL", "15s"),
+                   help="a dead replica's shards move after this (15s)")
+    p.add_argument("--metrics-host", default=_env("PREWARMER_METRICS_HOST", "0.0.0.0"))
+    p.add_argument("--metrics-port", type=int, default=int(_env("PREWARMER_METRICS_PORT", "9464")),
+                   help="/metrics, /healthz, /readyz (9464; 0 picks a free port)")
+    p.add_argument("--log-level", default=_env("PREWARMER_LOG_LEVEL", "info"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+    from aiohttp import web
+
+    from prewarmer.actuators import DryRunActuator
+    from prewarmer.policies import policy_factory
+    from prewarmer.sidecar import logs
+    from prewarmer.sidecar.metrics import SidecarMetrics, metrics_app
+    from prewarmer.sidecar.platform import ReadOnlyActuator, build_actuator
+    from prewarmer.sidecar.run import Sidecar, SidecarOptions
+
+    logs.setup(args.log_level)
+    make_policy = policy_factory(args.policy, online=args.online)
+    actuator = build_actuator(args)
+    if args.dry_run:
+        actuator = ReadOnlyActuator(actuator, DryRunActuator(Path(args.record).with_suffix(".scale.jsonl")
+                                                      if args.record else None))
+    opts = SidecarOptions(
+        replica_id=args.replica_id, prefix=args.prefix, n_shards=args.shards, group=args.group,
+        interval_s=parse_duration(args.interval), checkpoint_interval_s=parse_duration(args.checkpoint_interval),
+        claim_min_idle_ms=int(parse_duration(args.claim_idle) * 1000),
+        lease_ttl_ms=int(parse_duration(args.lease_ttl) * 1000), time_scale=args.time_scale,
+        namespace=args.namespace if args.kind != "openfaas" or args.namespace else None,
+        policy_spec=args.policy, record=Path(args.record) if args.record else None)
+    if opts.n_shards < 1:
+        raise ValueError("--shards must be >= 1")
+
+    async def main() -> int:
+        redis = aioredis.Redis.from_url(args.redis, socket_timeout=5, socket_connect_timeout=5)
+        metrics = SidecarMetrics()
+        sidecar = Sidecar(opts, make_policy, actuator, redis, metrics)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = web.AppRunner(metrics_app(metrics, sidecar.health, sidecar.ready))
+        await runner.setup()
+        site = web.TCPSite(runner, args.metrics_host, args.metrics_port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else args.metrics_port
+        logs.log(logging.getLogger("prewarmer.sidecar"), "metrics listening", host=args.metrics_host,
+                 port=port)
+        try:
+            await actuator.start()
+            await sidecar.run(stop)
+        finally:
+            await actuator.close()
+            await runner.cleanup()
+            await redis.aclose()
+        if sidecar.fatal:
+            print(f"prewarmer run: {sidecar.fatal}", flush=True)
+            return 1
+        return 0
+
+    return asyncio.run(main())

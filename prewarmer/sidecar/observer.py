@@ -1,0 +1,100 @@
+"""Builds the policy's `Observation` from invocation events and the platform's replica counts.
+
+The simulator knows every instance; the sidecar knows what the events say (arrival, duration,
+start-up wait, cold flag, instance) and what the platform reports (replicas, ready replicas).
+Per tick it produces the same arrays the simulator does, estimating what it cannot see: busy
+instances from the time-averaged concurrency, idle waste from ready-but-idle replicas × memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prewarmer.observation import Observation
+
+
+class LiveObserver:
+    def __init__(self, memory_mb: np.ndarray, epoch_s: float) -> None:
+        self.memory_mb = np.asarray(memory_mb, np.float64).copy()
+        self.epoch_s = epoch_s
+        n = len(self.memory_mb)
+        self.last_done = np.full(n, -np.inf)
+        self.startup_s = np.full(n, np.nan)  # EWMA of observed cold start-up times
+        self.last_tick: float | None = None
+        self._new_tick(n)
+
+    def _new_tick(self, n: int) -> None:
+        self.arrivals = np.zeros(n, np.int64)
+        self.cold = np.zeros(n, np.int64)
+        self.failed = np.zeros(n, np.int64)
+        self.busy_s = np.zeros(n)
+        self.it_f: list[np.ndarray] = []
+        self.it_v: list[np.ndarray] = []
+
+    def grow(self, memory_mb: np.ndarray) -> None:
+        add = len(memory_mb) - len(self.memory_mb)
+        if add <= 0:
+            return
+        self.memory_mb = np.asarray(memory_mb, np.float64).copy()
+        for name, fill, dt in (("last_done", -np.inf, np.float64), ("startup_s", np.nan, np.float64),
+                               ("arrivals", 0, np.int64), ("cold", 0, np.int64), ("failed", 0, np.int64),
+                               ("busy_s", 0.0, np.float64)):
+            setattr(self, name, np.concatenate([getattr(self, name), np.full(add, fill, dt)]))
+
+    def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
+               cold: np.ndarray, status: np.ndarray) -> None:
+        """Events of one batch as arrays (policy seconds); any order."""
+        if len(func) == 0:
+            return
+        n = len(self.memory_mb)
+        order = np.lexsort((arrival, func))
+        f, a, d, s = func[order], arrival[order], duration[order], startup[order]
+        c = cold[order]
+        self.arrivals += np.bincount(f, minlength=n)
+        self.cold += np.bincount(f, weights=c, minlength=n).astype(np.int64)
+        self.failed += np.bincount(f, weights=(status[order] >= 500), minlength=n).astype(np.int64)
+        self.busy_s += np.bincount(f, weights=d, minlength=n)
+        done = a + s + d
+        # Idle gap: from the function's previous completion to this arrival (as the simulator logs it).
+        prev_done = np.empty_like(done)
+        prev_done[1:] = done[:-1]
+        first = np.ones(len(f), bool)
+        first[1:] = f[1:] != f[:-1]
+        prev_done[first] = self.last_done[f[first]]
+        gap = a - prev_done
+        ok = np.isfinite(gap) & (gap > 0)
+        self.it_f.append(f[ok].astype(np.int32))
+        self.it_v.append(gap[ok])
+        last = first.copy()
+        last[:-1] = first[1:]
+        last[-1] = True
+        np.maximum.at(self.last_done, f[last], done[last])
+        if c.any():
+            fc = f[c.astype(bool)]
+            sc = s[c.astype(bool)]
+            cur = self.startup_s[fc]
+            self.startup_s[fc] = np.where(np.isnan(cur), sc, 0.8 * cur + 0.2 * sc)
+
+    def observe(self, now: float, replicas: np.ndarray, ready: np.ndarray) -> Observation:
+        """Close the tick ending at `now` (policy seconds) given the platform's current replica counts."""
+        n = len(self.memory_mb)
+        dt = 0.0 if self.last_tick is None else max(now - self.last_tick, 0.0)
+        self.last_tick = now
+        replicas = np.asarray(replicas, np.int64)
+        ready = np.minimum(np.asarray(ready, np.int64), replicas)
+        concurrency = self.busy_s / dt if dt > 0 else np.zeros(n)
+        busy = np.minimum(np.ceil(concurrency).astype(np.int64), ready)
+        idle = ready - busy
+        mem_gb = self.memory_mb / 1024.0
+        startup = np.where(np.isnan(self.startup_s), 1.0, self.startup_s)
+        obs = Observation(
+            now=now, dt=dt, arrivals=self.arrivals, cold_starts=self.cold, completions=self.arrivals.copy(),
+            timed_out=self.failed, alive=replicas, starting=replicas - ready, busy=busy, idle_warm=idle,
+            in_flight=busy.copy(), concurrency=concurrency,
+            wasted_gb_s=np.maximum(ready * dt - self.busy_s, 0) * mem_gb,
+            busy_gb_s=self.busy_s * mem_gb, memory_mb=self.memory_mb.copy(),
+            idle_time_func=np.concatenate(self.it_f) if self.it_f else np.zeros(0, np.int32),
+            idle_time_s=np.concatenate(self.it_v) if self.it_v else np.zeros(0),
+            memory_used_gb=float((replicas * mem_gb).sum()), startup_s=startup, epoch_s=self.epoch_s)
+        self._new_tick(n)
+        return obs

@@ -1,0 +1,166 @@
+"""The sidecar loop against a real redis-server: counting, crash and restart, Redis outages, dead letters."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from prewarmer.actuators import DryRunActuator
+from prewarmer.policies import policy_factory
+from prewarmer.sidecar.agent import ShardAgent
+from prewarmer.sidecar.run import Sidecar, SidecarOptions
+from prewarmer.stream.events import InvocationEvent
+from prewarmer.stream.keys import dead_letter_key, shard_of, stream_key
+from prewarmer.stream.producer import RedisEventProducer
+
+N_SHARDS = 4
+
+
+def make_events(n: int, t0: float, functions: int = 10) -> list[InvocationEvent]:
+    return [InvocationEvent(function=f"fn{i % functions}", namespace="openfaas-fn", ts=t0 + i * 0.01,
+                            duration_ms=5.0, cold=i < functions, status=200, instance=f"w{i % functions}")
+            for i in range(n)]
+
+
+async def produce(url: str, events: list[InvocationEvent]) -> None:
+    producer = RedisEventProducer(url, n_shards=N_SHARDS)
+    for e in events:
+        await producer.emit(e)
+    await producer.close()
+    assert producer.buffered == 0
+
+
+def sidecar(redis: aioredis.Redis, replica: str = "r1", policy: str = "fixed:10m", **kw) -> Sidecar:
+    opts = SidecarOptions(replica_id=replica, n_shards=N_SHARDS, claim_min_idle_ms=kw.pop("claim_ms", 200),
+                          lease_ttl_ms=kw.pop("lease_ms", 2000), checkpoint_interval_s=kw.pop("ckpt", 0.0),
+                          status_interval_s=0.0, policy_spec=policy, **kw)
+    return Sidecar(opts, policy_factory(policy), DryRunActuator(), redis)
+
+
+async def counted(redis: aioredis.Redis) -> int:
+    """Events vouched for by the checkpoints in Redis (what a restarted sidecar would resume with)."""
+    total = 0
+    for s in range(N_SHARDS):
+        blob = await redis.get(f"prewarmer:events:state:prewarmer:{s}")
+        if blob:
+            total += ShardAgent.loads(blob, policy_factory("fixed:10m")).events
+    return total
+
+
+async def iterate_until(sc: Sidecar, redis: aioredis.Redis, want: int, deadline_s: float = 30.0) -> int:
+    end = time.monotonic() + deadline_s
+    got = -1
+    while time.monotonic() < end:
+        await sc.iterate()
+        got = await counted(redis)
+        if got >= want:
+            return got
+    return got
+
+
+async def test_every_event_is_counted_once_and_scales_follow(redis_server):
+    r = aioredis.Redis.from_url(redis_server.url)
+    events = make_events(500, time.time())
+    await produce(redis_server.url, events)
+    sc = sidecar(r)
+    await sc.start()
+    assert await iterate_until(sc, r, 500) == 500
+    await sc.iterate()
+    assert await counted(r) == 500
+    for s in range(N_SHARDS):
+        assert (await r.xpending(stream_key(s), "prewarmer"))["pending"] == 0
+    # fixed:10m keeps each function's one instance warm: one scale request to 1 per function
+    scaled = {rec.function: rec.replicas for rec in sc.actuator.records}
+    assert scaled == {f"fn{i}": 1 for i in range(10)}
+    assert sc.metrics.events._value.get() == 500
+    await sc.shutdown()
+    await r.aclose()
+
+
+async def test_malformed_events_go_to_the_dead_letter_stream(redis_server):
+    r = aioredis.Redis.from_url(redis_server.url)
+    good = make_events(20, time.time(), functions=2)
+    await produce(redis_server.url, good)
+    key = stream_key(shard_of("fn0", N_SHARDS))
+    await r.xadd(key, {"function": "fn0", "ts": "yesterday", "duration_ms": "1", "cold": "0", "status": "200"})
+    await r.xadd(key, {"function": "fn0", "ts": "1", "duration_ms": "1", "cold": "0"})
+    sc = sidecar(r)
+    await sc.start()
+    assert await iterate_until(sc, r, 20) == 20
+    dead = await r.xrange(dead_letter_key())
+    errors = sorted(fields[b"error"].decode() for _, fields in dead)
+    assert len(errors) == 2
+    assert "'status'" in errors[0] or "'status'" in errors[1]
+    assert any("'ts'" in e for e in errors)
+    assert sc.metrics.dead._value.get() == 2
+    assert (await r.xpending(key, "prewarmer"))["pending"] == 0
+    await r.aclose()
+
+
+async def test_a_crashed_sidecar_loses_no_event_and_counts_none_twice(redis_server):
+    r = aioredis.Redis.from_url(redis_server.url)
+    t0 = time.time()
+    await produce(redis_server.url, make_events(300, t0))
+    first = sidecar(r, replica="a", ckpt=3600.0)  # read everything, never checkpoint: then "crash"
+    await first.start()
+    await first.iterate()
+    assert sum(s.agent.events for s in first.slots.values()) == 300
+    assert await counted(r) == 0
+    # The crash: no shutdown, no checkpoint, leases left to expire; more events keep arriving.
+    await produce(redis_server.url, make_events(200, t0 + 10))
+    second = sidecar(r, replica="b", lease_ms=2000)
+    await second.start()
+    assert await iterate_until(second, r, 500) == 500
+    await second.iterate()
+    assert await counted(r) == 500
+    await r.aclose()
+
+
+async def test_restart_resumes_from_the_checkpoint(redis_server):
+    r = aioredis.Redis.from_url(redis_server.url)
+    await produce(redis_server.url, make_events(100, time.time()))
+    sc = sidecar(r, policy="hybrid")
+    await sc.start()
+    assert await iterate_until(sc, r, 100) == 100
+    learned = {s: slot.agent.policy.counts.copy() for s, slot in sc.slots.items() if slot.agent.policy is not None
+               and hasattr(slot.agent.policy, "counts")}
+    await sc.shutdown()
+    again = sidecar(r, policy="hybrid")
+    await again.start()
+    await again.iterate()
+    assert sum(s.agent.events for s in again.slots.values()) == 100
+    for s, counts in learned.items():
+        assert np.array_equal(again.slots[s].agent.policy.counts, counts)
+    await r.aclose()
+
+
+async def test_redis_restart_mid_stream_neither_crashes_nor_loses_acknowledged_work(redis_server):
+    r = aioredis.Redis.from_url(redis_server.url)
+    t0 = time.time()
+    await produce(redis_server.url, make_events(200, t0))
+    sc = sidecar(r)
+    await sc.start()
+    assert await iterate_until(sc, r, 200) == 200
+    redis_server.stop()
+    await sc.iterate()  # must not raise
+    assert sc.metrics.redis_up._value.get() == 0
+    assert sc.metrics.holding._value.get() == 1
+    redis_server.start()
+    await produce(redis_server.url, make_events(100, t0 + 100))
+    assert await iterate_until(sc, r, 300) == 300
+    assert sc.metrics.redis_up._value.get() == 1
+    await r.aclose()
+
+
+@pytest.mark.parametrize("policy", ["hybrid", "marl"])
+async def test_learned_policies_run_in_the_sidecar(redis_server, policy):
+    r = aioredis.Redis.from_url(redis_server.url)
+    await produce(redis_server.url, make_events(50, time.time(), functions=5))
+    sc = sidecar(r, policy=policy)
+    await sc.start()
+    assert await iterate_until(sc, r, 50) == 50
+    assert sc.metrics.desired._value.get() >= 0
+    await r.aclose()
