@@ -282,7 +282,7 @@ async def _available(g: GW, fn: str, n: int) -> dict | None:
 
 
 async def test_scale_to_zero_releases_idle_workers_and_scales_from_zero_on_demand(tmp_path):
-    async with running(tmp_path) as g:
+    async with running(tmp_path, keep_alive_s="200ms") as g:
         first = await g.call("echo", b"x")
         pid = g.worker_pid("echo", first.worker)
         assert (await g.scale("echo", 0)).status == 202
@@ -290,8 +290,21 @@ async def test_scale_to_zero_releases_idle_workers_and_scales_from_zero_on_deman
         await eventually(lambda: _dead(pid), "the released worker to exit")
         again = await g.call("echo", b"y")
         assert again.status == 200 and again.cold and again.body == b"y"
-        # It became idle above the target of 0: released as soon as it finished.
-        await eventually(lambda: _replicas_are(g, "echo", 0), "the on-demand worker to be released")
+        # Above the target of 0 it lives on the gateway's own keep-alive, as without a prewarmer.
+        await eventually(lambda: _replicas_are(g, "echo", 0), "the on-demand worker to idle out")
+
+
+async def test_the_target_is_a_floor_between_scale_calls(tmp_path):
+    async with running(tmp_path, keep_alive_s="300ms") as g:
+        await g.scale("io", 1)
+        await eventually(lambda: _available(g, "io", 1), "the prewarmed worker")
+        # two overlapping calls (each holds its worker 300 ms): the target's worker and one burst worker
+        a, b = await asyncio.gather(g.call("io", query="ms=300"), g.call("io", query="ms=300"))
+        assert sorted([a.cold, b.cold]) == [False, True]
+        assert (await g.status("io"))["replicas"] == 2
+        # the burst worker idles out after the keep-alive; the target's worker is never released by a timer
+        await eventually(lambda: _replicas_are(g, "io", 1), "the burst worker to idle out")
+        assert not (await g.call("io", query="ms=1")).cold
 
 
 async def _dead(pid: int) -> bool:

@@ -21,9 +21,11 @@ Scaling: each function has a replica target, None until `/system/scale-function`
   at once (least recently used first), then starting ones nobody claimed. Busy workers are never
   interrupted. Workers started this way are prewarmed: a request that later finds one ready is warm;
   a request that arrives while one is still starting (and no worker is idle) waits for it and is cold.
-- While a target is set, a worker that becomes idle while the function has more workers than the
-  target is released at once. So `replicas=0` releases the idle workers now and scales from zero on
-  demand: each such worker lives for the requests that are waiting for it, then goes.
+- Between scale calls the target is a floor, as Knative's min-scale: workers started for a burst
+  above it idle out after the gateway's own keep-alive, as on a platform without a prewarmer, and
+  the target's workers are never released by a timer. So a prewarmer only ever adds warm workers
+  between its calls, and `replicas=0` releases the idle workers now and leaves the function to the
+  default behaviour.
 - With no target (a platform without a prewarmer), an idle worker is released after `keep_alive_s`
   of idleness (`--keep-alive`, default 60 s), like a fixed keep-alive platform. Once set, a target
   stays until the next scale call (OpenFaaS has no way to unset one).
@@ -351,33 +353,41 @@ class WorkerPool:
             self._start_worker(f, reason="prewarm")
             started += 1
         before = len(f.workers)
+        self._trim(f)
         self._reconcile(f)
         log_event("scale", function=name, replicas=target, previous=previous, started=started,
                   released=before - len(f.workers), workers=len(f.workers))
         return target
 
+    def _trim(self, f: _Function) -> None:
+        """A scale call: release the workers above the new target now (idle ones, least recently used
+        first, then starting ones nobody claimed); busy ones are never interrupted."""
+        excess = len(f.workers) - (f.target or 0)
+        idle = sorted((w for w in f.workers.values() if w.state is State.IDLE), key=lambda w: w.last_used)
+        spare = [w for w in f.workers.values() if w.state is State.STARTING and w.claimed_by is None]
+        for w in (idle + spare[::-1])[:max(0, excess)]:
+            self._stop(f, w, "above_target")
+
     def _reconcile(self, f: _Function) -> None:
-        """Serve the queue from free workers, then apply the release rules to the workers left idle."""
+        """Serve the queue from free workers, then apply the release rules to the workers left idle:
+        the most recently used `target` idle workers are held, the others idle out after the keep-alive."""
         self._pump(f)
-        if f.target is not None:
-            excess = len(f.workers) - f.target
-            idle = sorted((w for w in f.workers.values() if w.state is State.IDLE), key=lambda w: w.last_used)
-            spare = [w for w in f.workers.values() if w.state is State.STARTING and w.claimed_by is None]
-            for w in (idle + spare[::-1])[:max(0, excess)]:
-                self._stop(f, w, "above_target")
-            for w in f.workers.values():
-                if w.keepalive is not None:  # the target governs now, not the keep-alive
+        held = f.target or 0
+        idle = sorted((w for w in f.workers.values() if w.state is State.IDLE), key=lambda w: w.last_used,
+                      reverse=True)
+        busy = len(f.workers) - len(idle)
+        loop = asyncio.get_running_loop()
+        for k, w in enumerate(idle):
+            if busy + k < held or not math.isfinite(self.keep_alive_s):
+                if w.keepalive is not None:  # within the target: no timer releases it
                     w.keepalive.cancel()
                     w.keepalive = None
-        elif math.isfinite(self.keep_alive_s):
-            loop = asyncio.get_running_loop()
-            for w in f.workers.values():
-                if w.state is State.IDLE and w.keepalive is None:
-                    w.keepalive = loop.call_later(self.keep_alive_s, self._keepalive_expired, f, w)
+            elif w.keepalive is None:
+                w.keepalive = loop.call_later(self.keep_alive_s, self._keepalive_expired, f, w)
 
     def _keepalive_expired(self, f: _Function, w: Worker) -> None:
         w.keepalive = None
-        if w.state is State.IDLE and f.target is None:
+        if w.state is State.IDLE and len(f.workers) > (f.target or 0):
             self._stop(f, w, "keep_alive")
 
     # ---- worker lifecycle -----------------------------------------------------------------------
