@@ -161,3 +161,15 @@ def test_fleet_matches_the_per_instance_definition_on_random_histories():
         for i in range(n):
             mine = [h for h in history if h[0] == i]
             assert got[i] == reference_count(mine, ka[i], surplus[i], delay[i], now), (i, now)
+
+
+def test_budget_awards_cap_what_the_fleet_asks_for():
+    f = WarmFleet(2)
+    f.apply(0, Actions(keep_alive_s=np.array([600.0, 600.0]), prewarm=np.array([4, 3])))
+    assert f.desired(1.0).tolist() == [4, 3]
+    f.apply(1, Actions(max_instances=np.array([2, -1])))
+    assert f.desired(2.0).tolist() == [2, 3]
+    f.apply(2, Actions(max_hold=np.array([np.nan, 1.0])))
+    assert f.desired(3.0).tolist() == [2, 1]
+    f.apply(3, Actions(max_instances=np.array([1 << 40, -1]), max_hold=np.array([np.inf, np.inf])))
+    assert f.desired(4.0).tolist() == [4, 3]

@@ -28,6 +28,10 @@ class WarmFleet:
         self.surplus = np.full(n, np.inf)
         self.prewarm_delay = np.zeros(n)
         self.last_done = np.full(n, -np.inf)
+        # Awards of a budget coordinator: max_instances, and max_hold (the platform cannot tell idle
+        # replicas from busy ones, so an idle-instance award caps the count too).
+        self.limit = np.full(n, np.iinfo(np.int64).max)
+        self.hold = np.full(n, np.iinfo(np.int64).max)
         self.slot: dict[tuple[int, str], int] = {}  # (function, instance id) -> index into inst_*
         self.inst_func = np.zeros(0, np.int64)
         self.inst_done = np.zeros(0)
@@ -43,6 +47,8 @@ class WarmFleet:
         self.surplus = np.concatenate([self.surplus, np.full(add, np.inf)])
         self.prewarm_delay = np.concatenate([self.prewarm_delay, np.zeros(add)])
         self.last_done = np.concatenate([self.last_done, np.full(add, -np.inf)])
+        self.limit = np.concatenate([self.limit, np.full(add, np.iinfo(np.int64).max)])
+        self.hold = np.concatenate([self.hold, np.full(add, np.iinfo(np.int64).max)])
         self.n = n
 
     def completed_many(self, func: np.ndarray, instances: list[str], done: np.ndarray) -> None:
@@ -79,19 +85,28 @@ class WarmFleet:
         put("keep_alive", actions.keep_alive_s)
         put("surplus", actions.surplus_keep_alive_s)
         put("prewarm_delay", actions.prewarm_delay_s)
+        if actions.max_instances is not None:
+            m = np.asarray(actions.max_instances, np.int64)
+            self.limit = np.where(m >= 0, m, self.limit)
+        if actions.max_hold is not None:
+            h = np.asarray(actions.max_hold, np.float64)
+            big = np.iinfo(np.int64).max
+            finite = np.isfinite(h)
+            self.hold = np.where(np.isnan(h), self.hold,
+                                 np.where(finite, np.maximum(np.where(finite, h, 0), 0).astype(np.int64), big))
+        drop = np.zeros(self.n, np.int64)
         if actions.release_idle is not None:
-            for i in np.flatnonzero(np.asarray(actions.release_idle) > 0):
-                self._release(int(i), int(actions.release_idle[i]))
+            drop = np.maximum(np.asarray(actions.release_idle, np.int64), 0)
         adds = np.zeros(self.n, np.int64)
         if actions.scale_to is not None:
             target = np.asarray(actions.scale_to, np.int64)
-            touched = np.flatnonzero(target >= 0)
-            if len(touched):
-                have = self.count(now)[touched]
-                want = target[touched]
-                adds[touched] = np.maximum(want - have, 0)
-                for i, k in zip(touched[want < have].tolist(), (have - want)[want < have].tolist(), strict=True):
-                    self._release(i, k)
+            touched = target >= 0
+            if touched.any():
+                have = np.where(touched, self.count(now), 0)
+                adds = np.where(touched, np.maximum(target - have, 0), 0)
+                drop = np.maximum(drop, np.where(touched, have - target, 0))
+        if drop.any():
+            self._release(drop)
         if actions.prewarm is not None:
             adds += np.maximum(np.asarray(actions.prewarm, np.int64), 0)
         if adds.any():
@@ -99,18 +114,24 @@ class WarmFleet:
             self.hold_func = np.concatenate([self.hold_func, f])
             self.hold_until = np.concatenate([self.hold_until, now + self.keep_alive[f]])
 
-    def _release(self, i: int, k: int) -> None:
-        # Oldest first, as the simulator releases: holds (never used) before used instances.
-        mine = np.flatnonzero(self.hold_func == i)
-        drop = mine[np.argsort(self.hold_until[mine])][:k]
-        keep = np.ones(len(self.hold_func), bool)
-        keep[drop] = False
-        self.hold_func, self.hold_until = self.hold_func[keep], self.hold_until[keep]
-        k -= len(drop)
-        if k > 0:
-            mine = np.flatnonzero((self.inst_func == i) & np.isfinite(self.inst_done))
-            for j in mine[np.argsort(self.inst_done[mine])][:k].tolist():
-                self.inst_done[j] = -np.inf  # dead slot, removed at the next compaction
+    def _release(self, k: np.ndarray) -> None:
+        """Release up to k[f] instances of every function f, oldest first, as the simulator does:
+        holds (never used) before used instances. One pass over all functions."""
+        def oldest(func: np.ndarray, t: np.ndarray, quota: np.ndarray) -> np.ndarray:
+            order = np.lexsort((t, func))
+            f = func[order]
+            rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
+            hit = np.zeros(len(func), bool)
+            hit[order[rank < quota[f]]] = True
+            return hit
+        k = np.asarray(k, np.int64)
+        gone = oldest(self.hold_func, self.hold_until, k)
+        k = k - np.bincount(self.hold_func[gone], minlength=self.n)
+        self.hold_func, self.hold_until = self.hold_func[~gone], self.hold_until[~gone]
+        if (k > 0).any() and len(self.inst_func):
+            live = np.flatnonzero(np.isfinite(self.inst_done))
+            hit = oldest(self.inst_func[live], self.inst_done[live], k)
+            self.inst_done[live[hit]] = -np.inf  # dead slots, removed at the next compaction
 
     def count(self, t: float | np.ndarray) -> np.ndarray:
         """Instances each function holds at time `t` (scalar or one time per function)."""
@@ -143,7 +164,7 @@ class WarmFleet:
         `now + lead` (a pre-warm must start now). Forgets what has expired by `now`."""
         self._compact(now)
         lead = np.broadcast_to(np.asarray(lead, np.float64), (self.n,))
-        return np.maximum(self.count(now), self.count(now + lead))
+        return np.minimum(np.maximum(self.count(now), self.count(now + lead)), np.minimum(self.limit, self.hold))
 
     def _compact(self, now: float) -> None:
         keep = self.hold_until > now
