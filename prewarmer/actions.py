@@ -9,6 +9,10 @@
 - `prewarm`: start k more instances now (they idle under the keep-alive once ready).
 - `scale_to`: start or release (idle ones, oldest first) instances to reach n in total.
 - `release_idle`: release up to k idle instances now, oldest first.
+- `max_hold`: an award from a budget coordinator: the most ready instances the function may hold
+  idle; beyond it instances are released as they idle and prewarms are cut; `inf` = no limit.
+- `max_instances`: an award of running capacity: the most instances (busy or not) the function may
+  have; its further requests wait for one of its own instances (-1 = no change).
 
 Entries that mean "no change": NaN for the float arrays, 0 for prewarm/release_idle, -1 for scale_to.
 A field left as None means no change for every function.
@@ -31,13 +35,16 @@ class Actions:
     prewarm: np.ndarray | None = None
     scale_to: np.ndarray | None = None
     release_idle: np.ndarray | None = None
+    max_hold: np.ndarray | None = None
+    max_instances: np.ndarray | None = None
 
     @classmethod
     def none(cls) -> Actions:
         return cls()
 
     def validate(self, n_functions: int) -> None:
-        for name in ("keep_alive_s", "surplus_keep_alive_s", "prewarm_delay_s", "prewarm", "scale_to", "release_idle"):
+        for name in ("keep_alive_s", "surplus_keep_alive_s", "prewarm_delay_s", "prewarm", "scale_to", "release_idle",
+                     "max_hold", "max_instances"):
             a = getattr(self, name)
             if a is not None and np.shape(a) != (n_functions,):
                 raise ValueError(f"Actions.{name} has shape {np.shape(a)}, expected ({n_functions},)")

@@ -40,6 +40,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=int, default=1, help="requests one instance serves at once (1)")
     g.add_argument("--memory-cap", metavar="GB", type=float, help="total memory for instances (default: none)")
     g.add_argument("--deadline", metavar="TIME", help="queued requests time out after this (with --memory-cap)")
+    g.add_argument("--tenant-quota", metavar="SHARE", type=float,
+                   help="with --memory-cap: one tenant (trace owner) holds at most this share of it, e.g. 0.25")
+    g.add_argument("--max-instances", metavar="N", type=int, help="instances one function may have at most")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,9 +198,16 @@ def replay_config(args: argparse.Namespace):
 
     if args.deadline and args.memory_cap is None:
         raise UsageError("--deadline only applies with --memory-cap")
+    if args.tenant_quota is not None and args.memory_cap is None:
+        raise UsageError("--tenant-quota is a share of the memory cap: give --memory-cap too")
+    if args.tenant_quota is not None and not 0 < args.tenant_quota <= 1:
+        raise UsageError(f"--tenant-quota must be in (0, 1], got {args.tenant_quota}")
+    if args.max_instances is not None and args.max_instances < 1:
+        raise UsageError(f"--max-instances must be >= 1, got {args.max_instances}")
     return ReplayConfig(seed=args.seed, startup=parse_startup(args.startup), container_concurrency=args.concurrency,
                         memory_cap_gb=args.memory_cap,
-                        queue_deadline_s=parse_duration(args.deadline) if args.deadline else None)
+                        queue_deadline_s=parse_duration(args.deadline) if args.deadline else None,
+                        tenant_quota=args.tenant_quota, max_instances=args.max_instances)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

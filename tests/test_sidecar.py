@@ -164,3 +164,44 @@ async def test_learned_policies_run_in_the_sidecar(redis_server, policy):
     assert await iterate_until(sc, r, 50) == 50
     assert sc.metrics.desired._value.get() >= 0
     await r.aclose()
+
+
+async def test_two_replicas_share_one_budget_through_redis_and_never_exceed_it(redis_server):
+    r = aioredis.Redis.from_url(redis_server.url)
+    budget = 3.0  # GB: 24 instances of 128 MB for 12 functions that want far more
+    clock = [time.time()]  # a controlled clock: each round is one policy tick (60 s) later
+    replicas = []
+    for name in ("a", "b"):
+        opts = SidecarOptions(replica_id=name, n_shards=N_SHARDS, claim_min_idle_ms=200, lease_ttl_ms=5000,
+                              checkpoint_interval_s=0.0, status_interval_s=0.0, policy_spec="fixed+bid",
+                              budget_gb=budget, interval_s=1.0)
+        replicas.append(Sidecar(opts, policy_factory("fixed+bid"), DryRunActuator(), r, clock=lambda: clock[0]))
+    for sc in replicas:
+        await sc.start()
+    prices = []
+    for _ in range(5):
+        # each round, bursts: many concurrent long invocations per function, so every agent wants many instances
+        t = clock[0]
+        await produce(redis_server.url, [
+            InvocationEvent(function=f"fn{i % 12}", namespace="openfaas-fn", ts=t - 50 + (i // 12) * 0.01,
+                            duration_ms=40_000.0, cold=False, status=200, instance=f"w{i}") for i in range(600)])
+        for sc in replicas:
+            await sc.iterate()
+        prices.append(max(sc.metrics.budget_price._value.get() for sc in replicas))
+        clock[0] += 61.0
+    owned = [set(sc.slots) for sc in replicas]
+    assert owned[0] and owned[1] and not owned[0] & owned[1]
+    awards = await replicas[0].budget.current()
+    assert set(awards) == {"a", "b"}
+    total_gb = sum(n * 0.125 for per in awards.values() for n in per.values())
+    assert total_gb <= budget + 1e-9
+    assert max(prices) > 0  # the budget did bind
+    # and what each replica asks the platform for stays within its awards
+    limited = 0
+    for sc in replicas:
+        for slot in sc.slots.values():
+            if slot.desired is not None and len(slot.desired):
+                assert (slot.desired <= slot.agent.fleet.limit).all()
+                limited += int((slot.agent.fleet.limit < 1 << 40).sum())
+    assert limited > 0
+    await r.aclose()

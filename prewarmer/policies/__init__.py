@@ -26,7 +26,19 @@ def _params(rest: str) -> dict[str, str]:
 def policy_factory(spec: str, online: bool = False) -> Callable[[], Policy]:
     """A zero-argument constructor for the policy named by `spec` (checked now, built per run).
 
-    `online` makes learned policies keep learning from what they observe (guarded against hybrid)."""
+    `online` makes learned policies keep learning from what they observe (guarded against hybrid).
+    A `+bid` suffix (e.g. `marl+bid`) coordinates the policy's agents under the memory budget."""
+    if spec.endswith("+bid"):
+        from prewarmer.coord.policy import CoordinatedPolicy
+
+        make_inner = policy_factory(spec[: -len("+bid")], online)
+
+        def build_coordinated() -> Policy:
+            policy = CoordinatedPolicy(make_inner())
+            policy.spec = spec
+            return policy
+
+        return build_coordinated
     name, _, rest = spec.partition(":")
     try:
         if name == "fixed":
@@ -76,7 +88,7 @@ def policy_factory(spec: str, online: bool = False) -> Callable[[], Policy]:
             else:
                 make = lambda: MARLPolicy(path=path)  # noqa: E731
         else:
-            raise ValueError(f"unknown policy (known: {', '.join(BASELINES)}, marl[:PATH])")
+            raise ValueError(f"unknown policy (known: {', '.join(BASELINES)}, marl[:PATH], any of them +bid)")
     except ValueError as e:
         raise ValueError(f"policy {spec!r}: {e}") from None
 

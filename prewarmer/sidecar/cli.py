@@ -71,7 +71,24 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-host", default=_env("PREWARMER_METRICS_HOST", "0.0.0.0"))
     p.add_argument("--metrics-port", type=int, default=int(_env("PREWARMER_METRICS_PORT", "9464")),
                    help="/metrics, /healthz, /readyz (9464; 0 picks a free port)")
+    p.add_argument("--budget-gb", type=float, default=_env("PREWARMER_BUDGET_GB"),
+                   help="memory budget shared by all replicas for +bid policies (awarded through Redis)")
+    p.add_argument("--tenant-quota", action="append", default=[], metavar="NAMESPACE=GB",
+                   help="with --budget-gb: most memory one namespace may be awarded (repeatable)")
     p.add_argument("--log-level", default=_env("PREWARMER_LOG_LEVEL", "info"))
+
+
+def _quotas(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        ns, sep, gb = item.partition("=")
+        try:
+            out[ns.strip()] = float(gb)
+        except ValueError:
+            sep = ""
+        if not sep or not ns.strip() or out[ns.strip()] <= 0:
+            raise ValueError(f"--tenant-quota: expected NAMESPACE=GB with GB > 0, got {item!r}")
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -97,7 +114,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         claim_min_idle_ms=int(parse_duration(args.claim_idle) * 1000),
         lease_ttl_ms=int(parse_duration(args.lease_ttl) * 1000), time_scale=args.time_scale,
         namespace=args.namespace if args.kind != "openfaas" or args.namespace else None,
-        policy_spec=args.policy, record=Path(args.record) if args.record else None)
+        policy_spec=args.policy, record=Path(args.record) if args.record else None,
+        budget_gb=args.budget_gb,
+        tenant_quota_gb=_quotas(args.tenant_quota) or None)
+    if opts.budget_gb is not None and not args.policy.endswith("+bid"):
+        raise ValueError("--budget-gb coordinates +bid policies: use e.g. --policy hybrid+bid")
+    if opts.budget_gb is not None and not opts.budget_gb > 0:
+        raise ValueError(f"--budget-gb must be > 0, got {opts.budget_gb}")
     if opts.n_shards < 1:
         raise ValueError("--shards must be >= 1")
 

@@ -41,6 +41,10 @@ class SidecarMetrics:
                                    registry=r)
         self.fallbacks = Counter("prewarmer_online_fallbacks_total", "Functions an online learner handed to hybrid",
                                  registry=r)
+        self.budget_used = Gauge("prewarmer_budget_used_gb", "Memory awarded across all replicas of the budget",
+                                 registry=r)
+        self.budget_price = Gauge("prewarmer_budget_price", "Value per GB-s of the best bid refused (0: no scarcity)",
+                                  registry=r)
         self.tick_seconds = Histogram("prewarmer_control_tick_seconds", "Wall time of one control loop iteration",
                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
 

@@ -10,6 +10,7 @@ the last setting it applied and says so in its metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from prewarmer.actions import Actions
 from prewarmer.actuators.base import Actuator, ActuatorAuthError, ActuatorError, FunctionStatus
 from prewarmer.policies.base import Policy
 from prewarmer.sidecar.agent import Decision, ShardAgent
@@ -51,6 +53,8 @@ class SidecarOptions:
     namespace: str | None = None  # only functions of this namespace (None: all)
     policy_spec: str = ""
     record: Path | None = None
+    budget_gb: float | None = None  # shared memory budget of `+bid` policies, awarded through Redis
+    tenant_quota_gb: dict[str, float] | None = None  # per namespace (tenant)
 
 
 @dataclass
@@ -62,6 +66,7 @@ class _ShardSlot:
     saved_events: int = -1
     last_sent: dict[int, int] = field(default_factory=dict)
     predicted_warm: np.ndarray | None = None
+    desired: np.ndarray | None = None
 
 
 class Sidecar:
@@ -89,6 +94,13 @@ class Sidecar:
         self.redis_ok = True
         self.gateway_ok = True
         self.fatal: str | None = None
+        self.budget = None
+        if opts.budget_gb is not None:
+            from prewarmer.coord.redis_budget import RedisBudget
+
+            self.budget = RedisBudget(redis, domain=opts.group, capacity_gb=opts.budget_gb,
+                                      tenant_quota_gb=opts.tenant_quota_gb, replica_id=opts.replica_id,
+                                      ttl_ms=opts.lease_ttl_ms, prefix=f"{opts.prefix}:budget")
 
     # ------------------------------------------------------------------ keys
     def _state_key(self, shard: int) -> str:
@@ -300,33 +312,78 @@ class Sidecar:
     async def _decide_and_scale(self, now: float) -> None:
         interval = self.ts.seconds(self.opts.interval_s)
         wanted = 0
-        requests: list[tuple[_ShardSlot, int, int]] = []
+        any_decision = False
         for slot in self.slots.values():
             agent = slot.agent
             if not agent.names:
                 continue
             replicas = np.array([self.status[n].replicas if n in self.status else 0 for n in agent.names])
             ready = np.array([self.status[n].available_replicas if n in self.status else 0 for n in agent.names])
+            if self.budget is not None and hasattr(agent.policy, "external"):
+                agent.policy.external = True  # the auction runs in Redis, across replicas
             decision = agent.tick(now, replicas, ready)
             desired = agent.desired(now, agent.startup_s() + interval)
             if decision is not None:
+                any_decision = True
                 self._score(slot, decision, desired)
-            sent = np.array([slot.last_sent.get(j, -1) for j in range(len(desired))])
-            # Instances above the last target can only be busy or starting ones the platform added for a
-            # burst (idle ones above a target are released): adopt them, so finishing a request does not
-            # release them before the fleet has seen their completions and applied the keep-alive.
-            burst = (sent >= 0) & (replicas > sent)
-            desired = np.where(burst, np.maximum(desired, replicas), desired)
-            wanted += int(desired.sum())
-            for i in np.flatnonzero(desired != sent):
-                requests.append((slot, int(i), int(desired[i])))
+            slot.desired = np.minimum(desired, agent.fleet.limit)
+            wanted += int(slot.desired.sum())
+        requests = self._scale_requests()
         self.metrics.desired.set(wanted)
+        if any_decision and self.budget is not None:
+            await self._bid(now)
+            requests = self._scale_requests()
         if not requests or self.fatal:
             return
         if not self.gateway_ok and self.clock() - self.last_status < self.opts.status_interval_s:
             return  # platform down: hold the last setting until the next status read says it is back
         results = await asyncio.gather(*(self._scale(slot, i, n) for slot, i, n in requests))
         self.metrics.scale_requests.inc(sum(1 for r in results if r))
+
+    def _scale_requests(self) -> list[tuple[_ShardSlot, int, int]]:
+        out = []
+        for slot in self.slots.values():
+            d = slot.desired
+            if d is None or not len(d):
+                continue
+            sent = np.array([slot.last_sent.get(j, -1) for j in range(len(d))])
+            d = np.minimum(d, slot.agent.fleet.limit)
+            out += [(slot, int(i), int(d[i])) for i in np.flatnonzero(d != sent)]
+        return out
+
+    async def _bid(self, now: float) -> None:
+        """Submit every owned coordinated agent's bids to the shared auction; apply the awards as limits."""
+        names, rank, value, mem, tenant, owners = [], [], [], [], [], []
+        for slot in self.slots.values():
+            policy = slot.agent.policy
+            b = getattr(policy, "last_bids", None)
+            if b is None:
+                continue
+            for f, r, v, m in zip(b.func.tolist(), b.rank.tolist(), b.value.tolist(), b.mem_gb.tolist(),
+                                  strict=True):
+                names.append(slot.agent.names[f])
+                rank.append(r)
+                value.append(v)
+                mem.append(m)
+                tenant.append(slot.agent.namespaces[f])
+            owners.append(slot)
+        if not owners:
+            return
+        from prewarmer.coord.redis_budget import BudgetUnavailable
+
+        try:
+            award = await self.budget.submit(names, rank, value, mem, tenant)
+        except BudgetUnavailable as e:  # keep the last awards until Redis is back
+            self._redis_down("budget", e)
+            return
+        for slot in owners:
+            agent = slot.agent
+            inst = np.array([award.instances.get(n, 0) for n in agent.names], np.int64)
+            dec = np.array([award.decommitted.get(n, 0) for n in agent.names], np.int64)
+            limits = agent.policy.award(inst, dec, award.price)
+            agent.fleet.apply(now, agent.policy.hold_awards(Actions(max_instances=limits)))
+        self.metrics.budget_used.set(award.used_gb)
+        self.metrics.budget_price.set(award.price)
 
     async def _scale(self, slot: _ShardSlot, i: int, n: int) -> bool:
         agent = slot.agent
@@ -398,6 +455,9 @@ class Sidecar:
                 await self.leases.release_all()
             except (StreamUnavailable, RedisError, OSError):
                 pass
+        if self.budget is not None and self.redis_ok:
+            with contextlib.suppress(Exception):
+                await self.budget.leave()
         if self.recorder:
             self.recorder.close()
         log(logger, "sidecar stopped", replica=self.opts.replica_id,

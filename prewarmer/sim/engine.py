@@ -20,11 +20,14 @@ from numba import njit
 # Per-function int columns (fi).
 F_ALIVE, F_BUSY, F_STARTING, F_IDLE, F_REQ, F_ARRIVALS, F_COLD, F_DONE, F_TIMEOUT = range(9)
 F_STARTS, F_STARTS_SERVED, F_RELEASED, F_PEND, F_PGEN, F_QLEN, F_CC, F_QUEUED = range(9, 17)
-NFI = 17
+F_TENANT, F_MAXINST = 17, 18  # tenant index (-1 none); most instances the function may have alive
+NFI = 19
+NO_LIMIT = 1 << 62
 # Per-function float columns (fs).
 S_MEM_GB, S_STARTUP, S_KA, S_PWD, S_LAST_T, S_WASTE, S_BUSY, S_CONC, S_LAST_DONE, S_SIGMA = range(10)
 S_LAT_SUM, S_KA_SURPLUS = 10, 11
-NFS = 12
+S_MAX_HOLD = 12  # award: most ready instances the function may hold idle
+NFS = 13
 # Instance columns.
 I_CREATED, I_READY, I_IDLE_SINCE = range(3)
 NIF = 3
@@ -45,7 +48,7 @@ G_FREE, G_NFREE, G_RFREE, G_NRFREE, G_HSIZE, G_QHEAD, G_QTAIL, G_GHEAD, G_GTAIL 
 G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
 NGI = 12
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
-NGF = 4
+NGF = 4  # then (used GB, quota GB) per tenant
 # Event kinds.
 EV_DONE, EV_READY, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
 # Latency histogram: 1000 log bins per decade from 1 microsecond to 1e8 ms (0.23% resolution).
@@ -218,6 +221,9 @@ def _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t):
     fi[f, F_IDLE] -= 1
     fi[f, F_RELEASED] += 1
     gf[G_MEM] -= fs[f, S_MEM_GB]
+    k = fi[f, F_TENANT]
+    if k >= 0:
+        gf[NGF + 2 * k] -= fs[f, S_MEM_GB]
     isi[i, I_NEXT] = gi[G_FREE]
     gi[G_FREE] = i
     gi[G_NFREE] += 1
@@ -236,8 +242,34 @@ def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
 
 
 @njit(cache=True)
+def _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
+    """Make room under tenant k's quota by evicting its own idle instances (the oldest); False if impossible."""
+    need = fs[f, S_MEM_GB]
+    while gf[NGF + 2 * k] + need > gf[NGF + 2 * k + 1] + 1e-9:
+        v = lh[f * NLISTS + L_IDLE]
+        if v < 0:
+            best_t = np.inf
+            for g in range(fs.shape[0]):
+                if fi[g, F_TENANT] != k:
+                    continue
+                i = lh[g * NLISTS + L_IDLE]
+                if i >= 0 and isf[i, I_IDLE_SINCE] < best_t:
+                    v, best_t = i, isf[i, I_IDLE_SINCE]
+        if v < 0:
+            return False
+        _release(fs, fi, isf, isi, gi, gf, lh, lt, v, t)
+    return True
+
+
+@njit(cache=True)
 def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
-    """Start an instance of f at t; returns its index or -1 when memory or slots are lacking."""
+    """Start an instance of f at t; returns its index, -1 when memory or slots are lacking, -2 when
+    the function or its tenant is at its own limit (others may still start)."""
+    if fi[f, F_ALIVE] >= fi[f, F_MAXINST]:
+        return -2
+    k = fi[f, F_TENANT]
+    if k >= 0 and not _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
+        return -2
     if gf[G_CAP] < np.inf and not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
         return -1
     i = gi[G_FREE]
@@ -266,6 +298,8 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     fi[f, F_STARTING] += 1
     fi[f, F_STARTS] += 1
     gf[G_MEM] += fs[f, S_MEM_GB]
+    if k >= 0:
+        gf[NGF + 2 * k] += fs[f, S_MEM_GB]
     if gf[G_MEM] > gf[G_PEAK]:
         gf[G_PEAK] = gf[G_MEM]
     _list_add(isi, lh, lt, i, L_STARTAVAIL)
@@ -313,7 +347,7 @@ def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     f = isi[i, I_FUNC]
     ka = fs[f, S_KA]
     limit = ka if fi[f, F_ALIVE] == 1 else min(ka, fs[f, S_KA_SURPLUS])
-    if limit <= 0.0:
+    if limit <= 0.0 or fi[f, F_IDLE] - fi[f, F_STARTING] > fs[f, S_MAX_HOLD]:  # beyond its award: never held
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
         return
     isf[i, I_IDLE_SINCE] = t
@@ -375,15 +409,21 @@ def _unqueue(fi, rqi, gi, qh, qt, r):
 
 @njit(cache=True)
 def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
-    """Give freed memory to queued requests in arrival order (head of line blocks the rest)."""
-    while gi[G_QHEAD] >= 0:
-        r = gi[G_QHEAD]
+    """Give freed memory to queued requests in arrival order (head of line blocks the rest, except
+    requests of a function or tenant at its own limit: they wait without holding the others up)."""
+    r = gi[G_QHEAD]
+    while r >= 0:
+        nxt = rqi[r, R_GNEXT]
         f = rqi[r, R_FUNC]
         i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t)
+        if i == -2:
+            r = nxt
+            continue
         if i < 0:
             return
         _unqueue(fi, rqi, gi, qh, qt, r)
         _bind(fs, fi, isi, lh, lt, rqi, r, i)
+        r = nxt
 
 
 # ---------------------------------------------------------------- one arrival
@@ -563,8 +603,8 @@ def touch_all(fs, fi, t):
 
 
 @njit(cache=True)
-def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, fs, fi, isf, isi,
-                  gi, gf, lh, lt, hk, hp, rqi, qh, qt):
+def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, max_hold,
+                  max_instances, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt):
     """Apply one tick's actions for every function. NaN / negative entries mean "no change"."""
     nf = fs.shape[0]
     for f in range(nf):
@@ -574,11 +614,17 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             fs[f, S_KA_SURPLUS] = surplus_keep_alive[f]
         if prewarm_delay.shape[0] and not np.isnan(prewarm_delay[f]):
             fs[f, S_PWD] = prewarm_delay[f]
+        if max_hold.shape[0] and not np.isnan(max_hold[f]):
+            fs[f, S_MAX_HOLD] = max_hold[f]
+        if max_instances.shape[0] and max_instances[f] >= 0:
+            fi[f, F_MAXINST] = max_instances[f]
         want = 0
         if prewarm.shape[0] and prewarm[f] > 0:
             want = prewarm[f]
         if scale_to.shape[0] and scale_to[f] >= 0:
             want = max(want, scale_to[f] - fi[f, F_ALIVE])
+        if fs[f, S_MAX_HOLD] < np.inf:
+            want = min(want, max(0, int(fs[f, S_MAX_HOLD]) - fi[f, F_IDLE]))
         for _ in range(want):
             if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
                 break
@@ -587,6 +633,8 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             drop = release[f]
         if scale_to.shape[0] and scale_to[f] >= 0:
             drop = max(drop, fi[f, F_ALIVE] - scale_to[f])
+        if fs[f, S_MAX_HOLD] < np.inf:
+            drop = max(drop, fi[f, F_IDLE] - fi[f, F_STARTING] - int(fs[f, S_MAX_HOLD]))
         while drop > 0:
             i = lh[f * NLISTS + L_IDLE]  # oldest idle first
             if i < 0:

@@ -49,8 +49,10 @@ class ReplayEnv:
         """A fresh simulation at t=0 (nothing arrived yet); returns its empty observation."""
         cfg = self.cfg
         startup, sigma = cfg.startup.per_function(self.functions)
+        tenants, quotas = self._tenants()
         self.state = SimState(self.functions.memory_mb, startup, sigma, cfg.container_concurrency,
-                              cfg.memory_cap_gb, cfg.queue_deadline_s)
+                              cfg.memory_cap_gb, cfg.queue_deadline_s, tenants=tenants, tenant_quota_gb=quotas,
+                              max_instances=cfg.max_instances)
         E.seed_engine(cfg.seed)
         self.now, self._last_tick = 0.0, 0.0
         self._next_tick, self._next_sample = self.tick_s, cfg.sample_s
@@ -65,6 +67,17 @@ class ReplayEnv:
         self._pos = 0
         self.done = False
         return self._observe(0.0)
+
+    def _tenants(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Tenant of each function and every tenant's quota (a share of the cap), when quotas are on."""
+        cfg, fns = self.cfg, self.functions
+        if cfg.tenant_quota is None:
+            return None, None
+        if cfg.memory_cap_gb is None:
+            raise ValueError("a tenant quota is a share of the memory cap: give --memory-cap too")
+        tenants = fns.tenants if fns.tenants is not None else fns.apps  # no owner data: each app is a tenant
+        n = int(tenants.max()) + 1 if len(tenants) else 0
+        return tenants.astype(np.int64), np.full(n, cfg.tenant_quota * cfg.memory_cap_gb)
 
     def step(self, actions: Actions) -> tuple[Observation, bool]:
         """Apply `actions` now, run to the next tick (or the end); returns (observation, done)."""

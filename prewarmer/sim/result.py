@@ -21,6 +21,8 @@ class ReplayConfig(BaseModel):
     container_concurrency: int = Field(1, ge=1)
     memory_cap_gb: float | None = Field(None, gt=0)
     queue_deadline_s: float | None = Field(None, gt=0)
+    tenant_quota: float | None = Field(None, gt=0, le=1)  # share of the memory cap one tenant may hold
+    max_instances: int | None = Field(None, ge=1)  # per function
     sample_s: float = Field(60.0, gt=0)
     chunk_s: float = Field(3600.0, gt=0)
     top_functions: int = Field(6, ge=0)
@@ -31,6 +33,7 @@ class ReplayConfig(BaseModel):
         return {"seed": self.seed, "arrivals": "uniform within each minute (count traces)",
                 "startup": self.startup.describe(), "container_concurrency": self.container_concurrency,
                 "memory_cap_gb": self.memory_cap_gb, "queue_deadline_s": self.queue_deadline_s,
+                "tenant_quota": self.tenant_quota, "max_instances": self.max_instances,
                 "instance_selection": "most recently used idle instance",
                 "memory": "app AverageAllocatedMb held for the instance's whole life"}
 

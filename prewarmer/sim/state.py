@@ -18,7 +18,8 @@ class SimState:
 
     def __init__(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray,
                  concurrency: int = 1, memory_cap_gb: float | None = None,
-                 queue_deadline_s: float | None = None) -> None:
+                 queue_deadline_s: float | None = None, tenants: np.ndarray | None = None,
+                 tenant_quota_gb: np.ndarray | None = None, max_instances: int | None = None) -> None:
         n = len(memory_mb)
         self.n = n
         self.fs = np.zeros((n, E.NFS))
@@ -29,13 +30,19 @@ class SimState:
         self.fs[:, E.S_KA] = 600.0
         self.fs[:, E.S_KA_SURPLUS] = np.inf
         self.fs[:, E.S_LAST_DONE] = -1.0
+        self.fs[:, E.S_MAX_HOLD] = np.inf
         self.fi[:, E.F_CC] = max(1, int(concurrency))
+        self.fi[:, E.F_TENANT] = -1 if tenants is None or tenant_quota_gb is None else tenants
+        self.fi[:, E.F_MAXINST] = E.NO_LIMIT if max_instances is None else int(max_instances)
         self.lh = np.full(n * E.NLISTS, -1, np.int64)
         self.lt = np.full(n * E.NLISTS, -1, np.int64)
         self.qh = np.full(n, -1, np.int64)
         self.qt = np.full(n, -1, np.int64)
         self.gi = np.zeros(E.NGI, np.int64)
-        self.gf = np.zeros(E.NGF)
+        n_tenants = 0 if tenant_quota_gb is None else len(tenant_quota_gb)
+        self.gf = np.zeros(E.NGF + 2 * n_tenants)
+        if n_tenants:
+            self.gf[E.NGF + 1::2] = tenant_quota_gb
         self.gi[[E.G_FREE, E.G_RFREE, E.G_QHEAD, E.G_QTAIL, E.G_GHEAD, E.G_GTAIL]] = -1
         self.gf[E.G_CAP] = np.inf if memory_cap_gb is None else memory_cap_gb
         self.gf[E.G_DEADLINE] = np.inf if queue_deadline_s is None else queue_deadline_s
@@ -131,7 +138,8 @@ class SimState:
 
         E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.surplus_keep_alive_s),
                         f64(actions.prewarm_delay_s), i64(actions.prewarm), i64(actions.scale_to),
-                        i64(actions.release_idle), self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
+                        i64(actions.release_idle), f64(actions.max_hold), i64(actions.max_instances),
+                        self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
                         self.lh, self.lt, self.hk, self.hp, self.rqi, self.qh, self.qt)
 
     # ------------------------------------------------------------------ observing

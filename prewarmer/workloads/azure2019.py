@@ -388,8 +388,11 @@ def load_azure2019(path: str | Path, days: Iterable[int] | None = None, function
     apps = np.array([app_index.setdefault(a, len(app_index)) for _, a, _ in keys], np.int32)
     mem = np.array([memory.get((o, a), median_mb) for o, a, _ in keys], np.float64)
     missing_memory = sum((o, a) not in memory for o, a, _ in keys)
+    owner_index: dict[str, int] = {}
+    owners = np.array([owner_index.setdefault(o, len(owner_index)) for o, _, _ in keys], np.int32)
     ftable = FunctionTable(names=[k[2] for k in keys], apps=apps, app_names=list(app_index), memory_mb=mem,
-                           cold_start_s=np.full(len(keys), np.nan), triggers=table.triggers)
+                           cold_start_s=np.full(len(keys), np.nan), triggers=table.triggers, tenants=owners,
+                           tenant_names=list(owner_index))
     description = {"format": "azure2019", "path": str(root), "days": day_list,
                    "function_selection": _describe_selection(functions),
                    "missing_durations": missing_durations, "missing_memory": missing_memory,

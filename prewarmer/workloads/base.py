@@ -43,6 +43,8 @@ class FunctionTable:
     memory_mb: np.ndarray  # float64, held by an instance for its whole life
     cold_start_s: np.ndarray  # float64 per-function start-up time; NaN = use the start-up model
     triggers: list[str] = field(default_factory=list)
+    tenants: np.ndarray | None = None  # int32 tenant (owner) index per function, for per-tenant quotas
+    tenant_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -57,6 +59,8 @@ class FunctionTable:
             memory_mb=self.memory_mb[idx].copy(),
             cold_start_s=self.cold_start_s[idx].copy(),
             triggers=[self.triggers[i] for i in idx] if self.triggers else [],
+            tenants=self.tenants[idx].copy() if self.tenants is not None else None,
+            tenant_names=list(self.tenant_names),
         )
 
 

@@ -1,0 +1,170 @@
+"""`<policy>+bid`: any policy's agents, coordinated under a memory budget by a per-tick auction.
+
+The memory budget (the replay's `--memory-cap`, or a domain's budget in Redis) is scarce exactly
+when requests queue for it. Each control tick every function's agent announces the instances it
+expects to need over the horizon (its recent peak of requests in the system, with a margin) and
+bids for the k-th of them its expected value per GB-s: the probability that a k-th instance is
+needed × the requests one instance completes per GB-s (short, small functions serve many requests
+per GB). `allocate` awards the bids by value within the budget, tenant quotas and instance limits.
+When the budget binds, a function whose bids were refused may run at most its award
+(`Actions.max_instances`); its further requests wait for one of its own instances instead of
+taking memory that serves more requests elsewhere. When nothing is refused nobody is limited.
+Awards lost to higher bids are decommitments: the holder is compensated (`decommit_penalty` × its
+bid value), which trainers add to its reward.
+
+What a function was awarded is its own until the auction gives it to a higher bid: while it holds
+an award its instances stay at least `hold_s` (10 min) and are not released to be pre-warmed later
+or on a "release" decision of its agent — under a budget, idle memory that is awarded costs nobody
+anything, and the platform evicts the least recently used idle instance when memory is needed.
+Functions without an award follow their agent's keep-alive, prewarming and release decisions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from prewarmer.actions import Actions
+from prewarmer.coord.auction import Bids, allocate
+from prewarmer.observation import Observation
+from prewarmer.policies.base import Policy
+from prewarmer.workloads.base import FunctionTable
+
+UNLIMITED = 1 << 40
+
+
+class CoordinatedPolicy(Policy):
+    def __init__(self, inner: Policy, horizon_s: float = 60.0, margin: float = 1.25, reserve: float = 0.02,
+                 max_bids: int = 100_000, decommit_penalty: float = 0.5, budget_gb: float | None = None,
+                 hold_s: float = 600.0) -> None:
+        self.inner = inner
+        self.tick_s = inner.tick_s or 60.0
+        self.horizon_s = horizon_s
+        self.margin = margin
+        self.reserve = reserve
+        self.max_bids = max_bids
+        self.decommit_penalty = decommit_penalty
+        self.budget_gb = budget_gb
+        self.hold_s = hold_s
+        self._last: dict[str, np.ndarray] = {}
+        self.spec = f"{inner.spec}+bid"
+        self.decommits = 0
+        self.limited_ticks = 0
+        self.price = 0.0
+        # In the sidecar the auction runs in Redis across replicas: decide() only bids, and the
+        # awards come back through `award()`.
+        self.external = False
+        self.last_bids: Bids | None = None
+
+    @property
+    def events(self) -> list[str]:
+        return getattr(self.inner, "events", [])
+
+    def reset(self, functions: FunctionTable, now: float) -> Actions:
+        n = len(functions)
+        self.mem_gb = np.asarray(functions.memory_mb, np.float64) / 1024.0
+        self.tenants = (np.asarray(functions.tenants, np.int64) if functions.tenants is not None
+                        else np.full(n, -1, np.int64))
+        self.rate = np.zeros(n)
+        self.duration = np.full(n, 1.0)
+        self.peak = np.zeros(n)
+        self.held = np.zeros(n, np.int64)
+        self._was_awarded = np.zeros(n, bool)
+        self._last = {}
+        self.compensation = np.zeros(n)  # decommitment compensation accrued this tick (for rewards)
+        return self.inner.reset(functions, now)
+
+    def bids(self, obs: Observation) -> Bids:
+        """Every agent's announcement: for its k-th instance, the expected value per GB-s."""
+        if obs.dt > 0:  # the first observation of a run covers no time: no rate yet
+            self.rate = 0.7 * self.rate + 0.3 * obs.arrivals / obs.dt
+        done = obs.completions > 0
+        per_req = np.where(done, obs.busy_gb_s / np.maximum(self.mem_gb, 1e-9) / np.maximum(obs.completions, 1), 0)
+        self.duration = np.where(done, 0.7 * self.duration + 0.3 * per_req, self.duration)
+        self.peak = np.maximum(0.8 * self.peak, np.maximum(obs.concurrency, obs.in_flight))
+        startup = obs.startup_s if obs.startup_s is not None else np.ones(len(self.rate))
+        service = np.maximum(self.duration + startup / 10.0, 0.01)
+        need = np.maximum(self.peak, self.rate * service)
+        want = np.minimum(np.ceil(need * self.margin).astype(np.int64) + 1, self.max_bids)
+        want = np.where((self.rate > 0) | (obs.in_flight > 0), want, 0)
+        f = np.repeat(np.arange(len(want)), want)
+        starts = np.cumsum(want) - want
+        rank = np.arange(len(f)) - np.repeat(starts, want) + 1
+        p_k = _poisson_at_least(rank, np.maximum(need[f], 1e-9))
+        p_k = np.where(rank == 1, np.maximum(p_k, 1.0 - np.exp(-self.rate[f] * self.horizon_s)), p_k)
+        value = p_k / (service[f] * self.mem_gb[f])
+        return Bids(func=f.astype(np.int64), rank=rank.astype(np.int64), value=value, mem_gb=self.mem_gb[f],
+                    tenant=self.tenants[f])
+
+    def capacity(self, obs: Observation) -> float:
+        cap = self.budget_gb if self.budget_gb is not None else obs.memory_cap_gb
+        return cap * (1.0 - self.reserve) if math.isfinite(cap) else math.inf
+
+    def decide(self, now: float, obs: Observation) -> Actions:
+        actions = self.inner.decide(now, obs)
+        b = self.last_bids = self.bids(obs)
+        if self.external:
+            return self.track(actions)
+        award = allocate(b, len(self.mem_gb), self.capacity(obs), held=self.held)
+        actions.max_instances = self.award(award.instances, award.decommitted, award.price)
+        return self.hold_awards(actions)
+
+    def hold_awards(self, actions: Actions) -> Actions:
+        """Awarded functions keep their instances at least `hold_s` and do not release them early; a
+        function that loses its award goes back to its agent's own settings."""
+        if self.hold_s <= 0:
+            return actions
+        n = len(self.mem_gb)
+        awarded = self.held > 0
+        lost = ~awarded & self._was_awarded
+        for name, default in (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewarm_delay_s", 0.0)):
+            cur = getattr(actions, name)
+            cur = np.full(n, np.nan) if cur is None else np.array(cur, np.float64)
+            last = self._last.setdefault(name, np.full(n, default))
+            last[:] = np.where(np.isnan(cur), last, cur)  # the agent's own current setting
+            cur[awarded] = 0.0 if name == "prewarm_delay_s" else np.maximum(last[awarded], self.hold_s)
+            cur[lost] = last[lost]
+            setattr(actions, name, cur)
+        if actions.release_idle is not None:
+            actions.release_idle = np.where(awarded, 0, actions.release_idle)
+        self._was_awarded = awarded
+        return actions
+
+    def track(self, actions: Actions) -> Actions:
+        """Remember the agent's own settings (the sidecar applies awards after the decision)."""
+        for name, default in (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewarm_delay_s", 0.0)):
+            cur = getattr(actions, name)
+            if cur is not None:
+                last = self._last.setdefault(name, np.full(len(self.mem_gb), default))
+                last[:] = np.where(np.isnan(cur), last, cur)
+        return actions
+
+    def award(self, instances: np.ndarray, decommitted: np.ndarray, price: float) -> np.ndarray:
+        """Take this tick's awards (from `allocate` or the Redis auction); returns the instance limits:
+        only functions whose bids were refused are limited, to their award (at least one instance)."""
+        b = self.last_bids
+        n = len(self.mem_gb)
+        wanted = np.bincount(b.func, minlength=n)
+        refused = instances < wanted
+        value1 = np.zeros(n)
+        value1[b.func[b.rank == 1]] = b.value[b.rank == 1]
+        self.compensation = self.decommit_penalty * decommitted * value1
+        self.decommits += int(decommitted.sum())
+        self.held = instances
+        self.price = price
+        self.limited_ticks += int(refused.any())
+        return np.where(refused, np.maximum(instances, 1), UNLIMITED).astype(np.int64)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "inner": self.inner.describe(), "horizon_s": self.horizon_s,
+                "margin": self.margin, "reserve": self.reserve, "decommit_penalty": self.decommit_penalty,
+                "hold_s": self.hold_s,
+                "decommits": self.decommits, "ticks_with_limits": self.limited_ticks}
+
+
+def _poisson_at_least(k: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """P(X >= k) for X ~ Poisson(mean): the regularized lower incomplete gamma P(k, mean)."""
+    from scipy.special import gammainc
+
+    return gammainc(np.asarray(k, np.float64), mean)
