@@ -142,6 +142,7 @@ def test_selection_takes_a_periodic_function_and_respects_the_rate_bounds():
         S.select_functions(counts[:1], compress=30.0)
 
 
+@pytest.mark.skipif(not TRACE_2019.is_dir(), reason=f"shared trace not found at {TRACE_2019}")
 def test_trace_schedule_from_the_azure_2019_sample():
     s = S.from_trace(TRACE_2019, functions=4, minutes=(0, 30), compress=30.0, duration_s=20.0, include_heavy=True)
     assert 0 < len(s) and s.duration_s == 20.0
@@ -152,6 +153,7 @@ def test_trace_schedule_from_the_azure_2019_sample():
         S.from_trace(TRACE_2019 / "missing")
 
 
+@pytest.mark.skipif(not TRACE_2021.is_file(), reason=f"shared trace not found at {TRACE_2021}")
 def test_trace_schedule_from_azure_2021_rows_replays_the_recorded_times():
     csv = TRACE_2021
     s = S.from_trace(csv, functions=3, minutes=(0, 2), compress=2.0, max_function_rps=50.0)
