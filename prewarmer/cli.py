@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--config", metavar="JSON", help="training config overrides, e.g. reward weights")
     tp.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
+    tp.add_argument("--memory-cap", metavar="GB", type=float,
+                    help="train under a memory budget shared by each episode's functions")
+    tp.add_argument("--coordinated", action="store_true",
+                    help="with --memory-cap: train the agents inside the +bid auction (compensation in the reward)")
     tp.add_argument("--plot", metavar="CURVE.png", help="learning curve (default: next to --out)")
     tp.add_argument("--quiet", action="store_true")
 
@@ -278,9 +282,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"--config {args.config}: {e}") from None
     try:
+        if args.coordinated and args.memory_cap is None:
+            raise UsageError("--coordinated trains under a budget: give --memory-cap too")
         cfg = TrainConfig(**{"episodes": args.episodes, "window_minutes": args.window_minutes,
                              "functions_per_episode": args.functions_per_episode, "seed": args.seed,
-                             "checkpoint_every": args.checkpoint_every, **overrides})
+                             "checkpoint_every": args.checkpoint_every, "memory_cap_gb": args.memory_cap,
+                             "coordinated": args.coordinated, **overrides})
     except ValidationError as e:
         first = e.errors()[0]
         raise UsageError(f"training config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

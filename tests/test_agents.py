@@ -23,8 +23,9 @@ from prewarmer.workloads.base import FunctionTable, MinuteCountWorkload
 def obs_with(arrivals: np.ndarray, now: float, idle_warm: int = 0) -> Observation:
     n = len(arrivals)
     z = np.zeros(n, np.int64)
-    return Observation(now=now, dt=60.0, arrivals=np.asarray(arrivals, np.int64), cold_starts=z, completions=z,
-                       timed_out=z, alive=z + idle_warm, starting=z, busy=z, idle_warm=z + idle_warm, in_flight=z,
+    return Observation(now=now, dt=60.0, arrivals=np.asarray(arrivals, np.int64), cold_starts=z.copy(),
+                       completions=z.copy(), timed_out=z.copy(), alive=z + idle_warm, starting=z, busy=z,
+                       idle_warm=z + idle_warm, in_flight=z,
                        concurrency=np.zeros(n), wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n),
                        memory_mb=np.full(n, 256.0), idle_time_func=np.empty(0, np.int32),
                        idle_time_s=np.empty(0), startup_s=np.ones(n))

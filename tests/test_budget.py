@@ -137,3 +137,31 @@ def test_coordinated_policy_replays_under_a_cap_and_reports_its_awards():
     assert m["invocations"] > 0
     assert policy.held.sum() * 0.5 <= 2.0 * (1 - policy.reserve) + 1e-9  # awards fit the budget
     assert policy.describe()["spec"] == "fixed+bid"
+
+
+def test_coordinated_training_sees_the_budget_and_is_paid_for_decommitments(tmp_path):
+    import torch
+
+    from prewarmer.agents.action_space import N_CHOICES
+    from prewarmer.agents.network import ActorCritic
+    from prewarmer.agents.train import RewardWeights, TrainConfig, reward, run_episode, train
+
+    # the compensation enters the reward
+    obs_wl = _flood_workload(False)
+    env = ReplayEnv(obs_wl, ReplayConfig(), tick_s=60.0)
+    env.reset()
+    obs, _ = env.step(Actions())
+    comp = np.arange(len(obs.arrivals), dtype=float)
+    w = RewardWeights()
+    assert np.allclose(reward(obs, w, comp) - reward(obs, w), comp * w.decommit_compensation)
+
+    # an episode under a tight budget: the agents' features carry the memory pressure (feature 22), which
+    # the centralized critic sees through the mean of all agents' features
+    wl = _flood_workload(True)
+    cfg = TrainConfig(episodes=2, window_minutes=10, functions_per_episode=5, checkpoint_every=1, seed=2,
+                      minibatch=256, memory_cap_gb=8.0, queue_deadline_s=5.0, coordinated=True)
+    torch.manual_seed(0)
+    roll = run_episode(ActorCritic(N_CHOICES, hidden=cfg.hidden), wl, np.arange(5), cfg, seed=3)
+    assert roll["features"][..., 22].max() > 0.5
+    history = train(wl, cfg, tmp_path / "capped.pt")
+    assert len(history) == 2 and all(np.isfinite(h["reward_per_tick"]) for h in history)

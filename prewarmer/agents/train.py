@@ -21,6 +21,7 @@ from prewarmer.agents import checkpoint
 from prewarmer.agents.action_space import N_CHOICES
 from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
+from prewarmer.coord.policy import CoordinatedPolicy
 from prewarmer.observation import Observation
 from prewarmer.sim.env import ReplayEnv
 from prewarmer.sim.result import ReplayConfig
@@ -38,6 +39,9 @@ class RewardWeights(BaseModel):
     utilization_bonus: float = Field(0.0, ge=0, description="times busy / (busy + idle) memory over the tick")
     per_invocation: bool = Field(False, description="divide by the tick's invocations (at least 1), so a rare "
                                                     "function's cold start weighs like a busy one's cold-start rate")
+    timeout: float = Field(1.0, ge=0, description="per request dropped at the queue deadline (under a budget)")
+    decommit_compensation: float = Field(1.0, ge=0, description="times the compensation for awards lost to "
+                                                                "higher bids (coordinated training)")
 
 
 class TrainConfig(BaseModel):
@@ -56,11 +60,20 @@ class TrainConfig(BaseModel):
     seed: int = 0
     checkpoint_every: int = 10
     reward: RewardWeights = Field(default_factory=RewardWeights)
+    # Training under a memory budget: the episode's instances share `memory_cap_gb` (its agents see the
+    # pressure in their features, so the centralized critic does too); `coordinated` trains them inside
+    # the auction of `<policy>+bid`, decommitment compensation entering their reward.
+    memory_cap_gb: float | None = Field(None, gt=0)
+    queue_deadline_s: float = Field(30.0, gt=0)
+    coordinated: bool = False
 
 
-def reward(obs: Observation, w: RewardWeights) -> np.ndarray:
+def reward(obs: Observation, w: RewardWeights, compensation: np.ndarray | None = None) -> np.ndarray:
     startup = obs.startup_s if obs.startup_s is not None else np.ones(len(obs.arrivals))
     r = -w.cold_start * obs.cold_starts
+    r -= w.timeout * obs.timed_out
+    if compensation is not None:
+        r += w.decommit_compensation * compensation
     r -= w.latency_per_s * obs.cold_starts * startup
     r -= w.sla_violation * obs.cold_starts * (startup > w.sla_s)
     r -= w.waste_per_gb_min * obs.wasted_gb_s / 60.0
@@ -82,21 +95,25 @@ def window(workload: Workload, m0: int, m1: int) -> Workload:
 def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: TrainConfig, seed: int,
                 sample: bool = True) -> dict[str, np.ndarray]:
     """One rollout: per tick the features, choices, log-probs, values and the rewards that followed."""
-    env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0), idx=idx, tick_s=60.0)
+    capped = cfg.memory_cap_gb is not None
+    env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0, memory_cap_gb=cfg.memory_cap_gb,
+                                           queue_deadline_s=cfg.queue_deadline_s if capped else None),
+                    idx=idx, tick_s=60.0)
     env.reset()
     policy = MARLPolicy(model=model, sample=sample, seed=seed)
-    actions = policy.reset(env.functions, 0.0)
+    driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
+    actions = driver.reset(env.functions, 0.0)
     feats, choices, logps, rewards, colds, wastes, arrivals = [], [], [], [], [], [], []
     while True:
         obs, done = env.step(actions)
         if feats:  # the outcome of the previous tick's choices
-            rewards.append(reward(obs, cfg.reward))
+            rewards.append(reward(obs, cfg.reward, getattr(driver, "compensation", None)))
             colds.append(obs.cold_starts.sum())
             wastes.append(obs.wasted_gb_s.sum())
             arrivals.append(obs.arrivals.sum())
         if done:
             break
-        actions = policy.decide(obs.now, obs)
+        actions = driver.decide(obs.now, obs)
         feats.append(policy.last["features"])
         choices.append(policy.last["choice"])
         logps.append(policy.last["logp"])
