@@ -6,9 +6,10 @@ expects to need over the horizon (its recent peak of requests in the system, wit
 bids for the k-th of them its expected value per GB-s: the probability that a k-th instance is
 needed × the requests one instance completes per GB-s (short, small functions serve many requests
 per GB). `allocate` awards the bids by value within the budget, tenant quotas and instance limits.
-When the budget binds, a function whose bids were refused may run at most its award
-(`Actions.max_instances`); its further requests wait for one of its own instances instead of
-taking memory that serves more requests elsewhere. When nothing is refused nobody is limited.
+When the budget binds (some bid is refused), no function may run more than its award (at least one
+instance; `Actions.max_instances`): further requests wait for one of the function's own instances
+instead of taking memory that serves more requests elsewhere. When nothing is refused nobody is
+limited.
 Awards lost to higher bids are decommitments: the holder is compensated (`decommit_penalty` × its
 bid value), which trainers add to its reward.
 
@@ -141,8 +142,7 @@ class CoordinatedPolicy(Policy):
         return actions
 
     def award(self, instances: np.ndarray, decommitted: np.ndarray, price: float) -> np.ndarray:
-        """Take this tick's awards (from `allocate` or the Redis auction); returns the instance limits:
-        only functions whose bids were refused are limited, to their award (at least one instance)."""
+        """Take this tick's awards (from `allocate` or the Redis auction); returns the instance limits."""
         b = self.last_bids
         n = len(self.mem_gb)
         wanted = np.bincount(b.func, minlength=n)
@@ -154,7 +154,10 @@ class CoordinatedPolicy(Policy):
         self.held = instances
         self.price = price
         self.limited_ticks += int(refused.any())
-        return np.where(refused, np.maximum(instances, 1), UNLIMITED).astype(np.int64)
+        if not refused.any():
+            return np.full(n, UNLIMITED, np.int64)
+        # The budget binds: nobody runs more than its award (every function keeps at least one instance).
+        return np.maximum(instances, 1).astype(np.int64)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "inner": self.inner.describe(), "horizon_s": self.horizon_s,
