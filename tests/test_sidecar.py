@@ -67,6 +67,9 @@ async def test_every_event_is_counted_once_and_scales_follow(redis_server):
     await produce(redis_server.url, events)
     sc = sidecar(r)
     await sc.start()
+    await sc._own_shards(0.0)
+    await sc._read_lag()
+    assert sc.metrics.lag._value.get() == 500  # the consumer lag metric: nothing delivered yet
     assert await iterate_until(sc, r, 500) == 500
     await sc.iterate()
     assert await counted(r) == 500
@@ -76,6 +79,7 @@ async def test_every_event_is_counted_once_and_scales_follow(redis_server):
     scaled = {rec.function: rec.replicas for rec in sc.actuator.records}
     assert scaled == {f"fn{i}": 1 for i in range(10)}
     assert sc.metrics.events._value.get() == 500
+    assert sc.metrics.lag._value.get() == 0  # everything delivered
     await sc.shutdown()
     await r.aclose()
 

@@ -144,6 +144,7 @@ class Sidecar:
         await self._read_events()
         if real - self.last_status >= self.opts.status_interval_s:
             await self._read_status(now)
+            await self._read_lag()
             self.last_status = real
         await self._decide_and_scale(now)
         if real - self.last_checkpoint >= self.opts.checkpoint_interval_s:
@@ -262,6 +263,12 @@ class Sidecar:
             agent.ingest(idx, self.ts.policy(ts[k]), dur[k], st[k], cold[k], status[k],
                          [batch.instance[r] for r in keep])
             self.metrics.events.inc(len(keep))
+
+    async def _read_lag(self) -> None:
+        try:
+            self.metrics.lag.set(await self.source.lag(sorted(self.slots)))
+        except (StreamUnavailable, RedisError, OSError) as e:
+            self._redis_down("lag", e)
 
     def _wanted(self, namespace: str) -> bool:
         return self.opts.namespace is None or namespace == self.opts.namespace
