@@ -209,3 +209,25 @@ async def test_two_replicas_share_one_budget_through_redis_and_never_exceed_it(r
                 limited += int((slot.agent.fleet.limit < 1 << 40).sum())
     assert limited > 0
     await r.aclose()
+
+
+async def test_dry_run_records_decisions_predictions_and_scale_requests(redis_server, tmp_path):
+    import json
+
+    r = aioredis.Redis.from_url(redis_server.url)
+    await produce(redis_server.url, make_events(40, time.time(), functions=4))
+    record = tmp_path / "decisions.jsonl"
+    sc = sidecar(r, record=record)
+    await sc.start()
+    assert await iterate_until(sc, r, 40) == 40
+    await sc.iterate()  # the policy's first decision for functions it just met comes at the next iteration
+    await sc.shutdown()
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    decisions = [x for x in rows if x["type"] == "decision"]
+    scales = [x for x in rows if x["type"] == "scale"]
+    assert {d["function"] for d in decisions} == {f"fn{i}" for i in range(4)}
+    assert all(d["keep_alive_s"] == 600.0 and d["desired"] >= 0 for d in decisions)
+    assert {s["function"]: s["requested"] for s in scales} == {f"fn{i}": 1 for i in range(4)}
+    # nothing was acted on: the dry-run actuator only recorded the same requests
+    assert {rec.function for rec in sc.actuator.records} == {f"fn{i}" for i in range(4)}
+    await r.aclose()
