@@ -33,6 +33,8 @@ from prewarmer.policies.base import Policy
 from prewarmer.workloads.base import FunctionTable
 
 UNLIMITED = 1 << 40
+# The agent settings an award overrides, and their values before the agent first sets them.
+_SETTINGS = (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewarm_delay_s", 0.0))
 
 
 class CoordinatedPolicy(Policy):
@@ -116,14 +118,13 @@ class CoordinatedPolicy(Policy):
         function that loses its award goes back to its agent's own settings."""
         if self.hold_s <= 0:
             return actions
-        n = len(self.mem_gb)
+        self.track(actions)
         awarded = self.held > 0
         lost = ~awarded & self._was_awarded
-        for name, default in (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewarm_delay_s", 0.0)):
+        for name, _ in _SETTINGS:
             cur = getattr(actions, name)
-            cur = np.full(n, np.nan) if cur is None else np.array(cur, np.float64)
-            last = self._last.setdefault(name, np.full(n, default))
-            last[:] = np.where(np.isnan(cur), last, cur)  # the agent's own current setting
+            cur = np.full(len(self.mem_gb), np.nan) if cur is None else np.array(cur, np.float64)
+            last = self._last[name]
             cur[awarded] = 0.0 if name == "prewarm_delay_s" else np.maximum(last[awarded], self.hold_s)
             cur[lost] = last[lost]
             setattr(actions, name, cur)
@@ -133,11 +134,11 @@ class CoordinatedPolicy(Policy):
         return actions
 
     def track(self, actions: Actions) -> Actions:
-        """Remember the agent's own settings (the sidecar applies awards after the decision)."""
-        for name, default in (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewarm_delay_s", 0.0)):
+        """Remember the agent's own settings (NaN / None: unchanged), to restore them when an award ends."""
+        for name, default in _SETTINGS:
+            last = self._last.setdefault(name, np.full(len(self.mem_gb), default))
             cur = getattr(actions, name)
             if cur is not None:
-                last = self._last.setdefault(name, np.full(len(self.mem_gb), default))
                 last[:] = np.where(np.isnan(cur), last, cur)
         return actions
 

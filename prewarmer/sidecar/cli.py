@@ -95,7 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
     from aiohttp import web
 
-    from prewarmer.actuators import DryRunActuator
     from prewarmer.policies import policy_factory
     from prewarmer.sidecar import logs
     from prewarmer.sidecar.metrics import SidecarMetrics, metrics_app
@@ -106,8 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     make_policy = policy_factory(args.policy, online=args.online)
     actuator = build_actuator(args)
     if args.dry_run:
-        actuator = ReadOnlyActuator(actuator, DryRunActuator(Path(args.record).with_suffix(".scale.jsonl")
-                                                      if args.record else None))
+        actuator = ReadOnlyActuator(actuator)
     opts = SidecarOptions(
         replica_id=args.replica_id, prefix=args.prefix, n_shards=args.shards, group=args.group,
         interval_s=parse_duration(args.interval), checkpoint_interval_s=parse_duration(args.checkpoint_interval),

@@ -164,7 +164,11 @@ class WarmFleet:
         `now + lead` (a pre-warm must start now). Forgets what has expired by `now`."""
         self._compact(now)
         lead = np.broadcast_to(np.asarray(lead, np.float64), (self.n,))
-        return np.minimum(np.maximum(self.count(now), self.count(now + lead)), np.minimum(self.limit, self.hold))
+        return np.minimum(np.maximum(self.count(now), self.count(now + lead)), self.cap())
+
+    def cap(self) -> np.ndarray:
+        """The most instances each function may be asked for under its budget awards."""
+        return np.minimum(self.limit, self.hold)
 
     def _compact(self, now: float) -> None:
         keep = self.hold_until > now

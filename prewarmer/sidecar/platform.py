@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prewarmer.actuators import Actuator, DryRunActuator, FunctionStatus, ScaleOutcome, make_actuator
+from prewarmer.actuators import Actuator, FunctionStatus, ScaleOutcome, make_actuator
 
 
 class ReadOnlyActuator(Actuator):
-    """--dry-run: reads the platform through the real actuator, records scale requests instead of sending them."""
+    """--dry-run: reads the platform through the real actuator and sends no scale request."""
 
     kind = "dry-run"
 
-    def __init__(self, reader: Actuator | None, recorder: DryRunActuator) -> None:
-        self.reader, self.recorder = reader, recorder
+    def __init__(self, reader: Actuator | None) -> None:
+        self.reader = reader
 
     async def start(self) -> None:
         if self.reader:
@@ -28,7 +28,9 @@ class ReadOnlyActuator(Actuator):
         return await self.reader.list_functions() if self.reader else []
 
     async def scale(self, function: str, namespace: str, replicas: int) -> ScaleOutcome:
-        return await self.recorder.scale(function, namespace, replicas)
+        # Recorded by the sidecar (--record), like every decision; nothing is sent.
+        return ScaleOutcome(function=function, namespace=namespace, requested=replicas, applied=None,
+                            note=f"dry run: would set {replicas}")
 
 
 def _read_secret(path: str | None, default_path: str) -> str | None:

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from prewarmer.actions import Actions
 from prewarmer.actuators.base import Actuator, ActuatorAuthError, ActuatorError, FunctionStatus
+from prewarmer.coord.redis_budget import BudgetUnavailable, RedisBudget
 from prewarmer.policies.base import Policy
 from prewarmer.sidecar.agent import Decision, ShardAgent
 from prewarmer.sidecar.logs import log
@@ -96,8 +97,6 @@ class Sidecar:
         self.fatal: str | None = None
         self.budget = None
         if opts.budget_gb is not None:
-            from prewarmer.coord.redis_budget import RedisBudget
-
             self.budget = RedisBudget(redis, domain=opts.group, capacity_gb=opts.budget_gb,
                                       tenant_quota_gb=opts.tenant_quota_gb, replica_id=opts.replica_id,
                                       ttl_ms=opts.lease_ttl_ms, prefix=f"{opts.prefix}:budget")
@@ -239,6 +238,7 @@ class Sidecar:
         cold = np.asarray(batch.cold, np.int64)
         status = np.asarray(batch.status, np.int64)
         ids = batch.ids
+        now = self.ts.policy(self.clock())
         for s in np.unique(shard).tolist():
             slot = self.slots.get(s)
             rows = np.flatnonzero(shard == s)
@@ -251,7 +251,6 @@ class Sidecar:
             if not keep:
                 continue
             agent = slot.agent
-            now = self.ts.policy(self.clock())
             names = [fn[r] for r in keep]
             unknown = sorted({n for n in names if n not in agent.index})
             if unknown:
@@ -303,11 +302,11 @@ class Sidecar:
                                          [s.memory_mb for s in new])
                 # Replicas already warm when we first see a function count as just used, so the
                 # policy's keep-alive decides their fate rather than an abrupt release at start.
-                for st in new:
-                    i = slot.agent.index[st.name]
-                    for k in range(st.available_replicas):
-                        slot.agent.fleet.completed(i, f"existing-{k}", now)
-                    slot.last_sent[i] = st.replicas
+                idx = np.array([slot.agent.index[st.name] for st in new])
+                warm = np.array([st.available_replicas for st in new])
+                slot.agent.fleet.completed_many(np.repeat(idx, warm), [f"existing-{k}" for w in warm for k in range(w)],
+                                                np.full(int(warm.sum()), now))
+                slot.last_sent.update({int(i): st.replicas for i, st in zip(idx, new, strict=True)})
         self.metrics.functions.set(sum(len(s.agent.names) for s in self.slots.values()))
 
     def _auth_failed(self, e: ActuatorAuthError) -> None:
@@ -333,13 +332,12 @@ class Sidecar:
             if decision is not None:
                 any_decision = True
                 self._score(slot, decision, desired)
-            slot.desired = np.minimum(desired, agent.fleet.limit)
-            wanted += int(slot.desired.sum())
-        requests = self._scale_requests()
+            slot.desired = desired
+            wanted += int(desired.sum())
         self.metrics.desired.set(wanted)
         if any_decision and self.budget is not None:
-            await self._bid(now)
-            requests = self._scale_requests()
+            await self._bid(now)  # new awards may lower what the fleets may ask for
+        requests = self._scale_requests()
         if not requests or self.fatal:
             return
         if not self.gateway_ok and self.clock() - self.last_status < self.opts.status_interval_s:
@@ -354,7 +352,7 @@ class Sidecar:
             if d is None or not len(d):
                 continue
             sent = np.array([slot.last_sent.get(j, -1) for j in range(len(d))])
-            d = np.minimum(d, slot.agent.fleet.limit)
+            d = np.minimum(d, slot.agent.fleet.cap())
             out += [(slot, int(i), int(d[i])) for i in np.flatnonzero(d != sent)]
         return out
 
@@ -376,8 +374,6 @@ class Sidecar:
             owners.append(slot)
         if not owners:
             return
-        from prewarmer.coord.redis_budget import BudgetUnavailable
-
         try:
             award = await self.budget.submit(names, rank, value, mem, tenant)
         except BudgetUnavailable as e:  # keep the last awards until Redis is back
