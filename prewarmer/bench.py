@@ -130,6 +130,7 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
             z = np.zeros(n, np.int64)
             obs = Observation(now=60.0 * (k + 1), dt=60.0, arrivals=arr, cold_starts=z, completions=arr,
                               timed_out=z, alive=z + 1, starting=z, busy=z, idle_warm=z + 1, in_flight=z,
+                              peak_in_flight=z,
                               concurrency=np.zeros(n), wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n),
                               memory_mb=np.full(n, 256.0), idle_time_func=np.empty(0, np.int32),
                               idle_time_s=np.empty(0), startup_s=np.ones(n))

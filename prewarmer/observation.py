@@ -27,6 +27,7 @@ class Observation:
     busy: np.ndarray  # instances executing at least one request
     idle_warm: np.ndarray  # ready instances executing nothing
     in_flight: np.ndarray  # requests in the system now (waiting or executing)
+    peak_in_flight: np.ndarray  # most requests in the system at once during the tick: instances it needed
     concurrency: np.ndarray  # float64 time-averaged requests in the system over the tick
     wasted_gb_s: np.ndarray  # float64 over the tick
     busy_gb_s: np.ndarray  # float64 over the tick

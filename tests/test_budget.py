@@ -165,3 +165,17 @@ def test_coordinated_training_sees_the_budget_and_is_paid_for_decommitments(tmp_
     assert roll["features"][..., 22].max() > 0.5
     history = train(wl, cfg, tmp_path / "capped.pt")
     assert len(history) == 2 and all(np.isfinite(h["reward_per_tick"]) for h in history)
+
+
+def test_scaling_stays_within_the_award_and_never_releases_awarded_instances():
+    from types import SimpleNamespace
+
+    from prewarmer.coord.policy import CoordinatedPolicy
+
+    pol = CoordinatedPolicy(KeepAlivePolicy(600.0))
+    pol.held = np.array([2, 0, 3, 0])
+    acts = Actions(scale_to=np.array([9, 9, 1, -1]), max_instances=np.array([2, 1, 3, 1]))
+    out = pol.bound_scaling(acts, SimpleNamespace(alive=np.array([1, 0, 3, 2])))
+    # 0: capped at its award of 2; 1: no award, capped at its limit of 1; 2: awarded, a scale-down to 1 would
+    # release held instances -> no change; 3: nothing asked.
+    assert out.scale_to.tolist() == [2, 1, -1, -1]

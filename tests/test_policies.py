@@ -31,7 +31,7 @@ def observation(now: float, n: int = 1, *, concurrency=0.0, alive=0, starting=0,
         now=now, dt=dt, arrivals=z, cold_starts=z, completions=z, timed_out=z,
         alive=np.broadcast_to(np.asarray(alive, np.int64), (n,)).copy(),
         starting=np.broadcast_to(np.asarray(starting, np.int64), (n,)).copy(), busy=z, idle_warm=z,
-        in_flight=z, concurrency=np.broadcast_to(np.asarray(concurrency, np.float64), (n,)).copy(),
+        in_flight=z, peak_in_flight=z, concurrency=np.broadcast_to(np.asarray(concurrency, np.float64), (n,)).copy(),
         wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n), memory_mb=np.full(n, GB),
         idle_time_func=np.asarray(idle_func, np.int32),
         idle_time_s=np.asarray(idle_s, np.float64))

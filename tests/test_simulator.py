@@ -234,6 +234,30 @@ def test_memory_cap_deadline_not_reached_still_served() -> None:
     assert m["wasted_gb_s"] == pytest.approx(94.0)
 
 
+class _LimitThenPrewarm(Policy):
+    """b may run no instance at first; at the 1 s tick b may run one and a asks for a prewarm."""
+
+    tick_s = 1.0
+
+    def reset(self, functions, now: float) -> Actions:
+        return Actions(keep_alive_s=np.full(2, 600.0), max_instances=np.array([5, 0]))
+
+    def decide(self, now: float, obs) -> Actions:
+        if now == 1.0:
+            return Actions(max_instances=np.array([5, 1]), prewarm=np.array([1, 0]))
+        return Actions.none()
+
+
+def test_a_prewarm_never_takes_memory_a_waiting_request_can_use() -> None:
+    # Cap 1 GB. b's request (t=0.5, 2 s) waits: b may run no instance. At t=1 b may run one and a asks for a
+    # prewarm in the same tick: the waiting request gets the only GB (starts 1, ready 2, done 4: latency
+    # 3.5 s) and a's prewarm finds no memory.
+    w = ListWorkload([("a", GB), ("b", GB)], [(0.5, 1, 2.0)], 20.0)
+    res = run(w, _LimitThenPrewarm(), memory_cap_gb=1.0)
+    assert res.fi[0, E.F_STARTS] == 0 and res.fi[1, E.F_DONE] == 1
+    assert lat_sum(res) == pytest.approx([0.0, 3.5])
+
+
 # --------------------------------------------------------------------------------------------------
 # start-up models and container concurrency
 # --------------------------------------------------------------------------------------------------

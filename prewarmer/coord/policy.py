@@ -111,7 +111,18 @@ class CoordinatedPolicy(Policy):
             return self.track(actions)
         award = allocate(b, len(self.mem_gb), self.capacity(obs), held=self.held)
         actions.max_instances = self.award(award.instances, award.decommitted, award.price)
-        return self.hold_awards(actions)
+        return self.bound_scaling(self.hold_awards(actions), obs)
+
+    def bound_scaling(self, actions: Actions, obs: Observation) -> Actions:
+        """An agent's `scale_to` within its award (prewarming beyond it would take memory the auction gave
+        others), and never down for an awarded function (its instances are held, as above)."""
+        st = actions.scale_to
+        if st is None:
+            return actions
+        limit = actions.max_instances if actions.max_instances is not None else np.full(len(st), UNLIMITED)
+        st = np.where(st >= 0, np.minimum(st, limit), st)
+        actions.scale_to = np.where((self.held > 0) & (st >= 0) & (st < obs.alive), -1, st).astype(np.int64)
+        return actions
 
     def hold_awards(self, actions: Actions) -> Actions:
         """Awarded functions keep their instances at least `hold_s` and do not release them early; a

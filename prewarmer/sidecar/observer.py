@@ -30,6 +30,7 @@ class LiveObserver:
         self.busy_s = np.zeros(n)
         self.it_f: list[np.ndarray] = []
         self.it_v: list[np.ndarray] = []
+        self.spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (function, arrival, done) per batch
 
     def grow(self, memory_mb: np.ndarray) -> None:
         add = len(memory_mb) - len(self.memory_mb)
@@ -55,6 +56,7 @@ class LiveObserver:
         self.failed += np.bincount(f, weights=(status[order] >= 500), minlength=n).astype(np.int64)
         self.busy_s += np.bincount(f, weights=d, minlength=n)
         done = a + s + d
+        self.spans.append((f, a, done))
         # Idle gap: from the function's previous completion to this arrival (as the simulator logs it).
         prev_done = np.empty_like(done)
         prev_done[1:] = done[:-1]
@@ -90,7 +92,7 @@ class LiveObserver:
         obs = Observation(
             now=now, dt=dt, arrivals=self.arrivals, cold_starts=self.cold, completions=self.arrivals.copy(),
             timed_out=self.failed, alive=replicas, starting=replicas - ready, busy=busy, idle_warm=idle,
-            in_flight=busy.copy(), concurrency=concurrency,
+            in_flight=busy.copy(), peak_in_flight=self._peak_in_flight(n), concurrency=concurrency,
             wasted_gb_s=np.maximum(ready * dt - self.busy_s, 0) * mem_gb,
             busy_gb_s=self.busy_s * mem_gb, memory_mb=self.memory_mb.copy(),
             idle_time_func=np.concatenate(self.it_f) if self.it_f else np.zeros(0, np.int32),
@@ -98,3 +100,27 @@ class LiveObserver:
             memory_used_gb=float((replicas * mem_gb).sum()), startup_s=startup, epoch_s=self.epoch_s)
         self._new_tick(n)
         return obs
+
+    def _peak_in_flight(self, n: int) -> np.ndarray:
+        """Most invocations of each function in flight at once, among those reported this tick.
+
+        Events arrive when invocations end, so an invocation still running at the tick is counted in
+        the tick that reports it; the simulator counts it where it runs. Sweep: +1 at each arrival,
+        -1 at each end, sorted per function by time (ends first on ties), running sum per function."""
+        peak = np.zeros(n, np.int64)
+        if not self.spans:
+            return peak
+        t = np.concatenate([np.concatenate([sp[1], sp[2]]) for sp in self.spans])
+        f2 = np.concatenate([np.concatenate([sp[0], sp[0]]) for sp in self.spans])
+        step = np.concatenate([np.concatenate([np.ones(len(sp[0]), np.int64), -np.ones(len(sp[0]), np.int64)])
+                               for sp in self.spans])
+        order = np.lexsort((step, t, f2))
+        f2, step = f2[order], step[order]
+        run = np.cumsum(step)
+        first = np.ones(len(f2), bool)
+        first[1:] = f2[1:] != f2[:-1]
+        starts = np.flatnonzero(first)
+        # Restart the running sum at each function's first entry.
+        base = np.repeat(run[starts] - step[starts], np.diff(np.append(starts, len(f2))))
+        np.maximum.at(peak, f2, run - base)
+        return peak

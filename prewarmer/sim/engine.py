@@ -21,7 +21,8 @@ from numba import njit
 F_ALIVE, F_BUSY, F_STARTING, F_IDLE, F_REQ, F_ARRIVALS, F_COLD, F_DONE, F_TIMEOUT = range(9)
 F_STARTS, F_STARTS_SERVED, F_RELEASED, F_PEND, F_PGEN, F_QLEN, F_CC, F_QUEUED = range(9, 17)
 F_TENANT, F_MAXINST = 17, 18  # tenant index (-1 none); most instances the function may have alive
-NFI = 19
+F_PEAK = 19  # most requests in the system at once since the last observation
+NFI = 20
 NO_LIMIT = 1 << 62
 # Per-function float columns (fs).
 S_MEM_GB, S_STARTUP, S_KA, S_PWD, S_LAST_T, S_WASTE, S_BUSY, S_CONC, S_LAST_DONE, S_SIGMA = range(10)
@@ -433,6 +434,8 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
     _touch(fs, fi, f, t)
     fi[f, F_ARRIVALS] += 1
     fi[f, F_REQ] += 1
+    if fi[f, F_REQ] > fi[f, F_PEAK]:
+        fi[f, F_PEAK] = fi[f, F_REQ]
     gi[G_REQ_TOTAL] += 1
     if fs[f, S_LAST_DONE] >= 0.0:
         n = gi[G_ITN]
@@ -605,7 +608,10 @@ def touch_all(fs, fi, t):
 @njit(cache=True)
 def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, max_hold,
                   max_instances, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt):
-    """Apply one tick's actions for every function. NaN / negative entries mean "no change"."""
+    """Apply one tick's actions for every function. NaN / negative entries mean "no change".
+
+    Order: settings and releases first, then (under a memory cap) requests already waiting take the
+    memory, and only then do prewarms start: a prewarm never jumps ahead of a queued request."""
     nf = fs.shape[0]
     for f in range(nf):
         if keep_alive.shape[0] and not np.isnan(keep_alive[f]):
@@ -618,16 +624,6 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             fs[f, S_MAX_HOLD] = max_hold[f]
         if max_instances.shape[0] and max_instances[f] >= 0:
             fi[f, F_MAXINST] = max_instances[f]
-        want = 0
-        if prewarm.shape[0] and prewarm[f] > 0:
-            want = prewarm[f]
-        if scale_to.shape[0] and scale_to[f] >= 0:
-            want = max(want, scale_to[f] - fi[f, F_ALIVE])
-        if fs[f, S_MAX_HOLD] < np.inf:
-            want = min(want, max(0, int(fs[f, S_MAX_HOLD]) - fi[f, F_IDLE]))
-        for _ in range(want):
-            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
-                break
         drop = 0
         if release.shape[0] and release[f] > 0:
             drop = release[f]
@@ -643,6 +639,17 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             drop -= 1
     if gf[G_CAP] < np.inf:
         _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
+    for f in range(nf):
+        want = 0
+        if prewarm.shape[0] and prewarm[f] > 0:
+            want = prewarm[f]
+        if scale_to.shape[0] and scale_to[f] >= 0:
+            want = max(want, scale_to[f] - fi[f, F_ALIVE])
+        if fs[f, S_MAX_HOLD] < np.inf:
+            want = min(want, max(0, int(fs[f, S_MAX_HOLD]) - fi[f, F_IDLE]))
+        for _ in range(want):
+            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
+                break
 
 
 @njit(cache=True)

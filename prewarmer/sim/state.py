@@ -157,12 +157,14 @@ class SimState:
         fi = self.fi
         n_it = int(self.gi[E.G_ITN])
         self.gi[E.G_ITN] = 0
+        peak = fi[:, E.F_PEAK].copy()
+        fi[:, E.F_PEAK] = fi[:, E.F_REQ]
         return Observation(
             now=now, dt=dt,
             arrivals=cur["arrivals"] - prev["arrivals"], cold_starts=cur["cold"] - prev["cold"],
             completions=cur["done"] - prev["done"], timed_out=cur["timeout"] - prev["timeout"],
             alive=fi[:, E.F_ALIVE].copy(), starting=fi[:, E.F_STARTING].copy(), busy=fi[:, E.F_BUSY].copy(),
-            idle_warm=fi[:, E.F_IDLE] - fi[:, E.F_STARTING], in_flight=fi[:, E.F_REQ].copy(),
+            idle_warm=fi[:, E.F_IDLE] - fi[:, E.F_STARTING], in_flight=fi[:, E.F_REQ].copy(), peak_in_flight=peak,
             concurrency=(cur["conc"] - prev["conc"]) / dt if dt > 0 else fi[:, E.F_REQ].astype(float),
             wasted_gb_s=cur["waste"] - prev["waste"], busy_gb_s=cur["busy"] - prev["busy"],
             memory_mb=self.fs[:, E.S_MEM_GB] * 1024.0, startup_s=self.fs[:, E.S_STARTUP].copy(),
