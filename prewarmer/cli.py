@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Centralized training of the marl policy on an explicit training workload.")
     _add_workload_args(tp)
     tp.add_argument("--out", required=True, metavar="MODEL.pt", help="checkpoint to write (also periodically)")
-    tp.add_argument("--episodes", type=int, default=200, help="training episodes (200)")
+    tp.add_argument("--episodes", type=int, default=200, help="PPO episodes (200; 0 = stop after cloning)")
+    tp.add_argument("--clone-episodes", type=int, default=40,
+                    help="episodes cloning the forecast-quantile rule before PPO (40)")
+    tp.add_argument("--forecaster-steps", type=int, default=4000,
+                    help="Adam steps fitting the peak forecaster (4000; 0 keeps it untrained)")
     tp.add_argument("--window-minutes", type=int, default=360, help="minutes replayed per episode (360)")
     tp.add_argument("--functions-per-episode", type=int, default=256, help="agents per episode (256)")
     tp.add_argument("--checkpoint-every", type=int, default=10, help="episodes between checkpoints (10)")
@@ -284,7 +288,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.coordinated and args.memory_cap is None:
             raise UsageError("--coordinated trains under a budget: give --memory-cap too")
-        cfg = TrainConfig(**{"episodes": args.episodes, "window_minutes": args.window_minutes,
+        cfg = TrainConfig(**{"episodes": args.episodes, "clone_episodes": args.clone_episodes,
+                             "forecaster_steps": args.forecaster_steps, "window_minutes": args.window_minutes,
                              "functions_per_episode": args.functions_per_episode, "seed": args.seed,
                              "checkpoint_every": args.checkpoint_every, "memory_cap_gb": args.memory_cap,
                              "coordinated": args.coordinated, **overrides})
@@ -293,11 +298,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"training config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     workload = load_workload(args)
     console = Console(stderr=True)
-    console.print(f"training on {len(workload.functions)} functions, {workload.horizon_s / 3600:.1f} h; "
-                  f"{cfg.episodes} episodes of {cfg.window_minutes} min x {cfg.functions_per_episode} agents")
+    console.print(f"training on {len(workload.functions)} functions, {workload.horizon_s / 3600:.1f} h: "
+                  f"peak forecaster ({cfg.forecaster_steps} steps), {cfg.clone_episodes} cloning + {cfg.episodes} PPO "
+                  f"episodes of "
+                  f"{cfg.window_minutes} min x {cfg.functions_per_episode} agents")
+
+    def on_phase(phase: str, rec: dict) -> None:
+        if args.quiet:
+            return
+        if phase == "forecaster":
+            cov = ", ".join(f"{c:.2f}" for c in rec["coverage"])
+            console.print(f"peak forecaster: {rec['samples']:,} samples, pinball loss {rec['loss']:.3f}, "
+                          f"coverage of q{list(rec['taus'])}: {cov} ({rec['wall_s']:.0f} s)")
+        elif rec["episode"] % 5 == 0:
+            console.print(f"cloning episode {rec['episode']}: agreement {rec['agreement']:.1%}, "
+                          f"cold-start rate {rec['cold_start_rate']:.3%}")
     with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeRemainingColumn(), console=console, disable=args.quiet or not console.is_terminal) as bar:
-        task = bar.add_task("train", total=cfg.episodes, info="")
+        task = bar.add_task("train", total=max(cfg.episodes, 1), info="")
 
         def on_episode(ep: int, rec: dict) -> None:
             bar.update(task, completed=ep, info=f"reward/tick {rec['reward_per_tick']:.3f} "
@@ -306,7 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"episode {ep}: reward/tick {rec['reward_per_tick']:.4f}, "
                       f"cold-start rate {rec['cold_start_rate']:.3%}", file=sys.stderr)
 
-        history = train(workload, cfg, args.out, resume=args.resume, on_episode=on_episode)
+        history = train(workload, cfg, args.out, resume=args.resume, on_episode=on_episode, on_phase=on_phase)
     curve = args.plot or str(Path(args.out).with_suffix(".png"))
     if history:
         plot_curve(history, curve)

@@ -8,7 +8,17 @@ import torch
 
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
-from prewarmer.agents.action_space import HYBRID, KEEP, N_CHOICES, PREWARM, RELEASE, to_actions
+from prewarmer.agents.action_space import (
+    FORECAST,
+    FORECAST_HOLD_S,
+    FORECAST_TAUS,
+    HYBRID,
+    KEEP,
+    N_CHOICES,
+    RELEASE,
+    teacher_choice,
+    to_actions,
+)
 from prewarmer.agents.features import FEATURE_NAMES, N_FEATURES, FeatureBuilder
 from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
@@ -25,7 +35,7 @@ def obs_with(arrivals: np.ndarray, now: float, idle_warm: int = 0) -> Observatio
     z = np.zeros(n, np.int64)
     return Observation(now=now, dt=60.0, arrivals=np.asarray(arrivals, np.int64), cold_starts=z.copy(),
                        completions=z.copy(), timed_out=z.copy(), alive=z + idle_warm, starting=z, busy=z,
-                       idle_warm=z + idle_warm, in_flight=z,
+                       idle_warm=z + idle_warm, in_flight=z, peak_in_flight=z,
                        concurrency=np.zeros(n), wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n),
                        memory_mb=np.full(n, 256.0), idle_time_func=np.empty(0, np.int32),
                        idle_time_s=np.empty(0), startup_s=np.ones(n))
@@ -59,9 +69,8 @@ def test_hazard_of_a_periodic_function() -> None:
 def test_action_translation() -> None:
     obs = obs_with(np.zeros(3), 60.0)
     obs.idle_warm[:] = [0, 2, 0]
-    acts, ka, pw = to_actions(np.array([RELEASE, RELEASE, PREWARM]), obs, np.full(3, 600.0), np.zeros(3))
-    assert list(acts.release_idle[:2] > 0) == [True, True]
-    assert list(acts.prewarm) == [0, 0, 1]
+    acts, ka, pw = to_actions(np.array([RELEASE, RELEASE, KEEP]), obs, np.full(3, 600.0), np.zeros(3))
+    assert list(acts.release_idle > 0) == [True, True, False]
     assert ka.tolist() == [0.0, 0.0, 600.0] and pw.tolist() == [0.0, 0.0, 0.0]
     hyb = Actions(keep_alive_s=np.array([66.0, 14400.0, 120.0]), surplus_keep_alive_s=np.array([66.0, 600.0, 120.0]),
                   prewarm_delay_s=np.array([540.0, 0.0, 0.0]))
@@ -69,6 +78,25 @@ def test_action_translation() -> None:
                               hyb)
     assert ka.tolist() == [66.0, 600.0, 120.0] and pw.tolist() == [540.0, 30.0, 0.0]
     assert np.isnan(acts.keep_alive_s[1]) and acts.prewarm_delay_s[0] == 540.0 and np.isnan(acts.prewarm_delay_s[1])
+    # Forecast choices scale to the chosen quantile of the next peak; idle instances wait for the next decision.
+    from prewarmer.forecast.peak import TAUS
+
+    q = np.tile(np.arange(len(TAUS), dtype=float) + 2.5, (3, 1))  # quantile k predicts k + 2.5 instances
+    first, last = FORECAST[0], FORECAST[-1]
+    acts, ka, pw = to_actions(np.array([first, last, HYBRID]), obs, np.full(3, 600.0), np.full(3, 30.0), hyb, q)
+    col = [TAUS.index(FORECAST_TAUS[0]), TAUS.index(FORECAST_TAUS[-1])]
+    assert acts.scale_to.tolist() == [col[0] + 3, col[1] + 3, -1]
+    assert acts.surplus_keep_alive_s.tolist()[:2] == [FORECAST_HOLD_S] * 2
+    assert ka.tolist() == [max(66.0, FORECAST_HOLD_S), 14400.0, 120.0] and pw.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_teacher_rule_prices_an_idle_instance_against_a_cold_start() -> None:
+    # cold start costs 1, an idle GB-tick 0.1: a 128 MB function wants q(1/1.0125) -> the highest quantile,
+    # a 2.5 GB one q(1/1.25 = 0.8) -> the nearest offered (0.75 or 0.85), a rare function follows hybrid.
+    rate = np.array([5.0, 5.0, 0.05])
+    choice = teacher_choice(rate, np.array([128.0, 2560.0, 128.0]), 1.0, 0.1)
+    assert choice[0] == FORECAST[-1] and choice[2] == HYBRID
+    assert FORECAST_TAUS[choice[1] - FORECAST[0]] in (0.75, 0.85)
 
 
 def _model(seed: int = 0) -> ActorCritic:
@@ -112,6 +140,11 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path) -> None:
     torch.save(doc, tmp_path / "shape.pt")
     with pytest.raises(checkpoint.CheckpointError, match="weights do not match"):
         checkpoint.load(tmp_path / "shape.pt")
+    doc = torch.load(path, weights_only=True)
+    doc["format"] = "prewarmer-marl-v1"
+    torch.save(doc, tmp_path / "old.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="old.pt: a prewarmer-marl-v1 checkpoint.*retrain"):
+        checkpoint.load(tmp_path / "old.pt")
     with pytest.raises(ValueError, match="marl"):
         policy_factory(f"marl:{bad}")
 
@@ -135,7 +168,7 @@ def test_training_improves_reward_on_a_small_workload(tmp_path) -> None:
     # the reward (cold start 1, waste 0.03 per GB-minute) pays to release after each call and prewarm before the next.
     w = periodic_workload(n=16, minutes=180, period=10, memory_mb=4096.0)
     cfg = TrainConfig(episodes=12, window_minutes=120, functions_per_episode=16, checkpoint_every=6, seed=1,
-                      minibatch=1024, epochs=4, lr=3e-3)
+                      minibatch=1024, epochs=4, lr=3e-3, forecaster_steps=50, clone_episodes=0)
     idx = np.arange(16)
     torch.manual_seed(cfg.seed)
     before = _greedy_reward(ActorCritic(N_CHOICES, hidden=cfg.hidden), w, idx, cfg)
@@ -148,6 +181,35 @@ def test_training_improves_reward_on_a_small_workload(tmp_path) -> None:
     cfg2 = cfg.model_copy(update={"episodes": 14})
     history2 = train(w, cfg2, tmp_path / "m2.pt", resume=tmp_path / "m.pt")
     assert [h["episode"] for h in history2] == list(range(1, 15))
+
+
+def test_cloning_teaches_the_rule_and_ppo_keeps_near_it(tmp_path) -> None:
+    # Busy functions (forecast choices) and rare ones (hybrid): the actor must learn to tell them apart.
+    rng = np.random.default_rng(0)
+    n, minutes = 12, 150
+    counts = np.zeros((n, minutes), np.int32)
+    counts[:6] = rng.poisson(np.linspace(2, 20, 6)[:, None], (6, minutes))
+    counts[6:, ::30] = 1
+    table = FunctionTable(names=[f"f{i}" for i in range(n)], apps=np.arange(n, dtype=np.int32),
+                          app_names=[f"f{i}" for i in range(n)], memory_mb=np.tile([256.0, 2048.0], n // 2),
+                          cold_start_s=np.full(n, np.nan))
+    pct = np.tile(np.array([2000, 2000, 4000, 6000, 8000, 10000, 10000], float), (n, 1))
+    w = MinuteCountWorkload(table, counts, pct)
+    cfg = TrainConfig(episodes=2, window_minutes=120, functions_per_episode=n, seed=2, minibatch=512,
+                      forecaster_steps=300, clone_episodes=6, checkpoint_every=1)
+    pre = []
+    train(w, cfg, tmp_path / "m.pt", on_phase=lambda phase, rec: pre.append((phase, rec)))
+    forecaster = [rec for phase, rec in pre if phase == "forecaster"][0]
+    assert forecaster["samples"] > 0 and forecaster["coverage"][-1] > forecaster["coverage"][0]
+    clones = [rec for phase, rec in pre if phase == "clone"]
+    assert len(clones) == 6 and clones[-1]["agreement"] > 0.9 and clones[-1]["agreement"] > clones[0]["agreement"]
+    model, doc = checkpoint.load(tmp_path / "m.pt")
+    assert doc["meta"]["pretraining"]["clone"][-1]["agreement"] == clones[-1]["agreement"]
+    roll = run_episode(model, w, np.arange(n), cfg, seed=5, sample=False)
+    late = slice(30, None)  # after the forecaster's history has filled
+    agree = (roll["choices"][late] == roll["rules"][late]).mean()
+    assert agree > 0.9, agree
+    assert (roll["rules"][late, :6] >= FORECAST[0]).all() and (roll["rules"][late, 6:] == HYBRID).all()
 
 
 def test_online_learning_updates_and_guard_falls_back_to_hybrid() -> None:

@@ -1,10 +1,17 @@
 """The discrete choices of one agent per tick, and their translation into platform `Actions`.
 
-keep (change nothing), release (let every idle instance go now and keep none), a keep-alive from a
-ladder (1, 5, 10, 30 min), prewarm (one instance now if none is warm or starting, 10 min keep-alive),
-scale-out (start instances up to the concurrency seen in the last tick) and hybrid (follow the
-windows of the hybrid histogram policy, kept up to date for every function as a shadow). These map
-onto the verbs every actuator implements (keep-alive, prewarm delay, release idle, prewarm k, scale to n).
+- keep (change nothing); release (let every idle instance go now and keep none);
+- a keep-alive from a ladder (1, 10, 30 min);
+- hybrid: follow the windows of the hybrid histogram policy, kept up to date for every function as a
+  shadow (what a rarely invoked function needs: an idle-time histogram, pre-warming before the call);
+- provision a forecast quantile (0.75 … 0.98) of the next tick's peak in flight: scale to that many
+  instances now (starting missing ones, releasing idle ones beyond it), instances that idle during
+  the tick are kept 5 minutes (past the next decision, which trims them), the last one follows hybrid's keep-alive.
+These map onto the verbs every actuator implements (keep-alive, prewarm delay, release idle, scale to n).
+
+`teacher_choice` is the hand-written rule the agents are first cloned from before PPO (see
+`prewarmer.agents.train`): busy functions provision the quantile that prices an idle instance-tick
+against a cold start, the others follow hybrid.
 """
 
 from __future__ import annotations
@@ -12,39 +19,61 @@ from __future__ import annotations
 import numpy as np
 
 from prewarmer.actions import Actions
+from prewarmer.forecast.peak import TAUS
 from prewarmer.observation import Observation
 
-CHOICES = ("keep", "release", "keep-alive 1m", "keep-alive 5m", "keep-alive 10m", "keep-alive 30m", "prewarm",
-           "scale-out", "hybrid")
+FORECAST_TAUS = (0.75, 0.85, 0.9, 0.95, 0.98)
+CHOICES = ("keep", "release", "keep-alive 1m", "keep-alive 10m", "keep-alive 30m", "hybrid",
+           *(f"forecast q{round(100 * t)}" for t in FORECAST_TAUS))
 N_CHOICES = len(CHOICES)
-KEEP, RELEASE, KA1, KA5, KA10, KA30, PREWARM, SCALE_OUT, HYBRID = range(N_CHOICES)
-_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 300.0, 600.0, 1800.0, 600.0, 600.0, np.nan])
+KEEP, RELEASE, KA1, KA10, KA30, HYBRID = range(6)
+FORECAST = np.arange(6, N_CHOICES)  # choice index of each FORECAST_TAUS entry
+_TAU_COLUMN = np.array([TAUS.index(t) for t in FORECAST_TAUS])
+_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 600.0, 1800.0, np.nan] + [np.nan] * len(FORECAST_TAUS))
+FORECAST_HOLD_S = 300.0  # instances idle after a forecast tick: long enough to outlive a tick, scale_to trims them
 
 
 def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, prewarm_delay: np.ndarray,
-               hybrid: Actions | None = None) -> tuple[Actions, np.ndarray, np.ndarray]:
+               hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None,
+               ) -> tuple[Actions, np.ndarray, np.ndarray]:
     """Platform actions for each function's choice, and the (keep-alive, prewarm delay) now in force.
 
-    `hybrid` holds the shadow hybrid policy's current windows (needed for the `hybrid` choice)."""
+    `hybrid` holds the shadow hybrid policy's current windows (the `hybrid` and forecast choices use
+    them); `peak_quantiles` (F, len(TAUS)) the peak forecaster's answer (needed by forecast choices)."""
     choice = np.asarray(choice, np.int64)
+    n = len(choice)
     ka = _KEEP_ALIVE[choice]
     surplus = ka.copy()
     pw = np.where(choice == KEEP, np.nan, 0.0)
+    forecast = choice >= FORECAST[0]
     if hybrid is not None:
         use = choice == HYBRID
         ka = np.where(use, hybrid.keep_alive_s, ka)
         surplus = np.where(use, hybrid.surplus_keep_alive_s, surplus)
         pw = np.where(use, hybrid.prewarm_delay_s, pw)
+        ka = np.where(forecast, np.maximum(hybrid.keep_alive_s, FORECAST_HOLD_S), ka)
     else:
         pw = np.where(choice == HYBRID, np.nan, pw)
+        ka = np.where(forecast, FORECAST_HOLD_S, ka)
+    surplus = np.where(forecast, FORECAST_HOLD_S, surplus)
+    scale = np.full(n, -1, np.int64)
+    if peak_quantiles is not None and forecast.any():
+        col = _TAU_COLUMN[np.clip(choice - FORECAST[0], 0, len(FORECAST_TAUS) - 1)]
+        q = peak_quantiles[np.arange(n), col]
+        scale = np.where(forecast, np.ceil(q - 0.05), -1).astype(np.int64)
     new_ka = np.where(np.isnan(ka), keep_alive, ka)
     new_pw = np.where(np.isnan(pw), prewarm_delay, pw)
     release = np.where(choice == RELEASE, np.iinfo(np.int32).max, 0).astype(np.int64)
-    ready = obs.idle_warm + obs.starting
-    prewarm = np.where((choice == PREWARM) & (ready == 0), 1, 0).astype(np.int64)
-    want = np.ceil(obs.concurrency).astype(np.int64)
-    scale = np.where(choice == SCALE_OUT, np.maximum(want, 1), -1)
-    # scale-out never shrinks: it only adds up to the recent concurrency.
-    scale = np.where((scale >= 0) & (scale < obs.alive), -1, scale).astype(np.int64)
-    return Actions(keep_alive_s=ka, surplus_keep_alive_s=surplus, prewarm_delay_s=pw, prewarm=prewarm,
-                   scale_to=scale, release_idle=release), new_ka, new_pw
+    return Actions(keep_alive_s=ka, surplus_keep_alive_s=surplus, prewarm_delay_s=pw, scale_to=scale,
+                   release_idle=release), new_ka, new_pw
+
+
+def teacher_choice(rate_per_tick: np.ndarray, memory_mb: np.ndarray, cold_start_cost: float,
+                   idle_gb_tick_cost: float, min_rate: float = 0.3) -> np.ndarray:
+    """The rule the agents start from: functions invoked at least `min_rate` times per tick provision
+    the forecast quantile nearest to cost(cold start) / (cost(cold start) + cost(one idle instance for a
+    tick)), the newsvendor quantile; the others follow hybrid."""
+    idle = idle_gb_tick_cost * np.asarray(memory_mb, np.float64) / 1024.0
+    tau = cold_start_cost / np.maximum(cold_start_cost + idle, 1e-12)
+    k = np.abs(np.asarray(FORECAST_TAUS)[None, :] - tau[:, None]).argmin(axis=1)
+    return np.where(np.asarray(rate_per_tick) >= min_rate, FORECAST[k], HYBRID).astype(np.int64)

@@ -11,7 +11,7 @@ from prewarmer.agents.action_space import CHOICES
 from prewarmer.agents.features import FEATURE_NAMES
 from prewarmer.agents.network import ActorCritic
 
-FORMAT = "prewarmer-marl-v1"
+FORMAT = "prewarmer-marl-v2"  # v2: peak forecaster inside, forecast-quantile actions
 DEFAULT_CHECKPOINT = Path(__file__).with_name("default_marl.pt")
 
 
@@ -39,6 +39,8 @@ def load(path: str | Path) -> tuple[ActorCritic, dict]:
         doc = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle/zip/runtime errors of many kinds for a damaged file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    if isinstance(doc, dict) and str(doc.get("format", "")).startswith("prewarmer-marl-") and doc["format"] != FORMAT:
+        raise CheckpointError(f"{path}: a {doc['format']} checkpoint; this version reads {FORMAT}: retrain it")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a prewarmer MARL checkpoint (expected format {FORMAT!r})")
     if list(doc.get("features", [])) != list(FEATURE_NAMES):
@@ -60,6 +62,10 @@ def export_for_inference(src: str | Path, dst: str | Path, note: str = "") -> No
     model, doc = load(src)
     meta = doc.get("meta", {})
     history = meta.get("history", [])
+    pre = meta.get("pretraining") or {}
+    clone = pre.get("clone") or []
     slim = {"config": meta.get("config"), "workload": meta.get("workload"), "episodes": len(history),
-            "last_episode": history[-1] if history else None, "note": note}
+            "last_episode": history[-1] if history else None, "note": note,
+            "pretraining": {"forecaster": pre.get("forecaster"), "clone_episodes": len(clone),
+                            "clone_agreement": clone[-1]["agreement"] if clone else None}}
     save(dst, model, slim)

@@ -3,7 +3,8 @@
 One builder serves the simulator and the live sidecar: it only reads `Observation`s (one per
 control tick) and keeps small rolling state per function, updated for all functions at once.
 Local features describe the function (recent counts, idle time and its hazard, instances, its own
-cold starts and waste, time of day/week, profile, the hybrid policy's current windows); two global
+cold starts and waste, time of day/week, profile, the hybrid policy's current windows, the peak
+forecaster's quantiles of the instances it needs next tick); two global
 features summarize the platform (memory pressure, aggregate load). Features are scaled to roughly
 [-1, 3] for the networks.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from prewarmer.actions import Actions
+from prewarmer.forecast.peak import TAUS
 from prewarmer.observation import Observation
 
 HISTORY = 60  # ticks of per-tick counts kept per function
@@ -23,7 +25,8 @@ FEATURE_NAMES = (
     "log_count_1", "log_rate_5", "log_rate_60", "idle_ticks", "hazard_1", "hazard_5", "hazard_15",
     "log_idle_warm", "log_busy", "log_starting", "cold_ewma", "waste_ewma", "tod_sin", "tod_cos", "dow_sin",
     "dow_cos", "log_memory_gb", "log_duration_s", "log_startup_s", "last_keep_alive", "hybrid_keep_alive",
-    "hybrid_prewarm", "memory_pressure", "global_load",
+    "hybrid_prewarm", "memory_pressure", "global_load", "log_rate_ewma", "log_peak_1", "log_peak_q50",
+    "log_peak_q90", "log_peak_q98",
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -44,9 +47,11 @@ class FeatureBuilder:
         self.cold_ewma = np.zeros(n)
         self.waste_ewma = np.zeros(n)
         self.duration_ewma = np.full(n, np.nan)
+        self.rate_ewma = np.zeros(n)  # arrivals per tick, smoothed over ~10 ticks (the teacher rule reads it)
 
     def update(self, obs: Observation, keep_alive_s: np.ndarray | None = None,
-               hybrid: Actions | None = None) -> np.ndarray:
+               hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None) -> np.ndarray:
+        """Fold in one tick; `peak_quantiles` (F, len(TAUS)) is the peak forecaster's answer for the next tick."""
         n = self.n
         arr = obs.arrivals.astype(np.float64)
         slot = self.k % HISTORY
@@ -66,6 +71,7 @@ class FeatureBuilder:
         self.idle_ticks = np.where(hit, 0, np.minimum(self.idle_ticks + 1, GAP_BINS - 1))
 
         a = 0.1
+        self.rate_ewma = (1 - a) * self.rate_ewma + a * arr
         self.cold_ewma = (1 - a) * self.cold_ewma + a * obs.cold_starts
         mem_gb = np.maximum(obs.memory_mb / 1024.0, 1e-3)
         self.waste_ewma = (1 - a) * self.waste_ewma + a * obs.wasted_gb_s / mem_gb / 60.0
@@ -104,6 +110,13 @@ class FeatureBuilder:
         cap = obs.memory_cap_gb
         f[:, 22] = obs.memory_used_gb / cap if np.isfinite(cap) and cap > 0 else 0.0
         f[:, 23] = np.log1p(arr.sum()) / 10.0
+        f[:, 24] = np.log1p(self.rate_ewma)
+        f[:, 25] = np.log1p(obs.peak_in_flight)
+        if peak_quantiles is not None:
+            cols = [TAUS.index(t) for t in (0.5, 0.9, 0.98)]
+            f[:, 26:29] = np.log1p(peak_quantiles[:, cols])
+        else:
+            f[:, 26:29] = 0.0
         return f.astype(np.float32)
 
     def hazard(self, ks: tuple[int, ...]) -> np.ndarray:

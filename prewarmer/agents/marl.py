@@ -1,7 +1,12 @@
 """The `marl` policy: one shared network, one agent per function, each acting on its own features.
 
-Inference is one batched forward pass for all functions per tick. Acting is greedy (argmax) and so
+Per tick, for all functions at once: the shadow hybrid policy updates its windows, the peak forecaster
+predicts quantiles of each function's instance need for the next tick (one forward pass), the
+features are built, and the actor chooses (one forward pass). Acting is greedy (argmax) and so
 deterministic; training samples from the same distribution (see `prewarmer.agents.train`).
+With `teacher=(cold cost, idle GB-tick cost)` the hand-written rule's choices are computed too
+(`action_space.teacher_choice`) and, with `teacher_acts`, made instead of the actor's: the data
+of behaviour cloning, and the anchor of PPO's cloning term.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import torch
 
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
-from prewarmer.agents.action_space import N_CHOICES, to_actions
+from prewarmer.agents.action_space import N_CHOICES, teacher_choice, to_actions
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.network import ActorCritic
+from prewarmer.forecast.peak import N_PEAKS, PeakHistory, predict
 from prewarmer.observation import Observation
 from prewarmer.policies.base import Policy
 from prewarmer.policies.hybrid import HybridHistogramPolicy
@@ -26,7 +32,8 @@ class MARLPolicy(Policy):
     tick_s = 60.0
 
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
-                 sample: bool = False, seed: int = 0) -> None:
+                 sample: bool = False, seed: int = 0, teacher: tuple[float, float] | None = None,
+                 teacher_acts: bool = True) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -36,6 +43,7 @@ class MARLPolicy(Policy):
         self.model = model
         self.path = str(path) if path else str(checkpoint.DEFAULT_CHECKPOINT)
         self.sample = sample
+        self.teacher, self.teacher_acts = teacher, teacher_acts
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = "marl"
         self.last: dict[str, np.ndarray] = {}
@@ -43,6 +51,8 @@ class MARLPolicy(Policy):
     def reset(self, functions: FunctionTable, now: float) -> Actions:
         n = len(functions)
         self.features = FeatureBuilder(n)
+        self.memory_mb = np.asarray(functions.memory_mb, np.float64)
+        self.peaks = PeakHistory(self.memory_mb)
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
@@ -64,11 +74,21 @@ class MARLPolicy(Policy):
 
     def decide(self, now: float, obs: Observation) -> Actions:
         self.hybrid_actions = self.hybrid.decide(now, obs)
-        feats = self.features.update(obs, self.keep_alive, self.hybrid_actions)
-        choice, logp = self.act(feats)
+        self.peaks.update(obs.peak_in_flight, obs.arrivals)
+        quantiles = predict(self.model.forecaster, self.peaks)
+        feats = self.features.update(obs, self.keep_alive, self.hybrid_actions, quantiles)
+        rule = None
+        if self.teacher is not None:
+            # Until the forecaster has a full history, the rule leaves everyone to hybrid.
+            rate = self.features.rate_ewma if self.features.k >= N_PEAKS else np.zeros(len(feats))
+            rule = teacher_choice(rate, self.memory_mb, *self.teacher)
+        if rule is not None and self.teacher_acts:
+            choice, logp = rule, np.zeros(len(rule), np.float32)
+        else:
+            choice, logp = self.act(feats)
         actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
-                                                                  self.hybrid_actions)
-        self.last = {"features": feats, "choice": choice, "logp": logp}
+                                                                  self.hybrid_actions, quantiles)
+        self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 
     def describe(self) -> dict:

@@ -2,7 +2,9 @@
 
 Every agent runs the same actor on its own function's features: decentralized execution. During
 training the critic also sees a summary of all agents (the mean feature vector), which is the
-"centralized" half of centralized training with decentralized execution.
+"centralized" half of centralized training with decentralized execution. The peak forecaster whose
+quantiles the agents read (and provision) travels in the same module, so one checkpoint holds all
+that the agents learned.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from prewarmer.agents.features import N_FEATURES
+from prewarmer.forecast.peak import PeakQuantileNet
 
 
 def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -24,6 +27,7 @@ class ActorCritic(nn.Module):
         self.n_features, self.n_actions, self.hidden = n_features, n_actions, hidden
         self.actor = mlp(n_features, n_actions, hidden)
         self.critic = mlp(2 * n_features, 1, hidden)
+        self.forecaster = PeakQuantileNet()
 
     def logits(self, local: torch.Tensor) -> torch.Tensor:
         return self.actor(local)

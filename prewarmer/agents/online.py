@@ -112,7 +112,8 @@ class OnlineMARLPolicy(MARLPolicy):
             actions.keep_alive_s = np.where(fb, hyb.keep_alive_s, actions.keep_alive_s)
             actions.surplus_keep_alive_s = np.where(fb, hyb.surplus_keep_alive_s, actions.surplus_keep_alive_s)
             actions.prewarm_delay_s = np.where(fb, hyb.prewarm_delay_s, 0.0)
-            actions.prewarm = np.where(fb, 0, actions.prewarm)
+            if actions.prewarm is not None:
+                actions.prewarm = np.where(fb, 0, actions.prewarm)
             actions.scale_to = np.where(fb, -1, actions.scale_to)
             actions.release_idle = np.where(fb, 0, actions.release_idle)
         return actions

@@ -1,9 +1,14 @@
-"""Centralized training of the shared agent network with PPO, in the replay simulator.
+"""Centralized training of the shared agent network in the replay simulator, in three phases.
 
-Read top to bottom: each episode replays a random window of the training workload for a random
-subset of functions; every function's agent acts on its local features with the shared actor
-(sampling); rewards come from each function's own cold starts and waste; advantages use GAE with a
-critic that also sees the mean features of all agents (centralized value); then a few PPO epochs.
+Read top to bottom (`train`):
+1. the peak forecaster: one replay of the training workload records every function's peak of
+   requests in flight per tick; the quantile network is fitted to them (pinball loss);
+2. behaviour cloning: episodes in which the hand-written rule (`action_space.teacher_choice`) acts;
+   the actor learns to choose as the rule does (cross-entropy), the critic learns the returns;
+3. PPO: each episode replays a random window of the training workload for a random subset of
+   functions; every function's agent acts on its local features with the shared actor (sampling);
+   rewards come from each function's own cold starts and waste; advantages use GAE with a critic
+   that also sees the mean features of all agents (centralized value); then a few PPO epochs.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
 from prewarmer.agents.action_space import N_CHOICES
 from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
 from prewarmer.coord.policy import CoordinatedPolicy
+from prewarmer.forecast import peak as peak_forecast
 from prewarmer.observation import Observation
+from prewarmer.policies.keepalive import KeepAlivePolicy
 from prewarmer.sim.env import ReplayEnv
 from prewarmer.sim.result import ReplayConfig
 from prewarmer.workloads.base import MinuteCountWorkload, Workload
@@ -35,7 +43,7 @@ class RewardWeights(BaseModel):
     latency_per_s: float = Field(0.0, ge=0, description="per second of start-up delay added to requests")
     sla_violation: float = Field(0.0, ge=0, description="per cold start whose delay exceeds sla_s")
     sla_s: float = Field(0.5, gt=0)
-    waste_per_gb_min: float = Field(0.03, ge=0, description="per GB-minute held idle (energy)")
+    waste_per_gb_min: float = Field(0.1, ge=0, description="per GB-minute held idle (energy)")
     utilization_bonus: float = Field(0.0, ge=0, description="times busy / (busy + idle) memory over the tick")
     per_invocation: bool = Field(False, description="divide by the tick's invocations (at least 1), so a rare "
                                                     "function's cold start weighs like a busy one's cold-start rate")
@@ -45,7 +53,13 @@ class RewardWeights(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    episodes: int = Field(200, ge=1)
+    episodes: int = Field(200, ge=0, description="PPO episodes after the forecaster and the cloning (0: none)")
+    forecaster_steps: int = Field(4000, ge=0, description="Adam steps fitting the peak forecaster (0: keep it)")
+    clone_episodes: int = Field(40, ge=0, description="episodes of behaviour cloning of the rule before PPO")
+    clone_epochs: int = Field(8, ge=1)
+    clone_lr: float = Field(1e-3, gt=0)
+    clone_coef: float = Field(0.5, ge=0, description="weight of the rule's cross-entropy kept in the PPO loss: PPO "
+                                                     "departs from the rule only where the advantage pays for it")
     window_minutes: int = Field(360, ge=10)
     functions_per_episode: int = Field(256, ge=1)
     gamma: float = 0.95
@@ -92,18 +106,44 @@ def window(workload: Workload, m0: int, m1: int) -> Workload:
                                start_minute=workload.start_minute + m0, description=workload.describe())
 
 
+def record_peaks(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(peaks, arrivals), each (functions, ticks): one replay of the workload under a 10-minute keep-alive.
+
+    A function's peak of requests in flight hardly depends on the policy (without a memory cap), so
+    one replay serves as the forecaster's training data."""
+    env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0), tick_s=60.0)
+    env.reset()
+    actions = KeepAlivePolicy(600.0).reset(env.functions, 0.0)
+    peaks, arrivals = [], []
+    while True:
+        obs, done = env.step(actions)
+        peaks.append(obs.peak_in_flight)
+        arrivals.append(obs.arrivals)
+        if done:
+            break
+        actions = Actions.none()
+    return np.stack(peaks, axis=1), np.stack(arrivals, axis=1)
+
+
+def teacher_costs(cfg: TrainConfig) -> tuple[float, float]:
+    """(cost of a cold start, cost of an idle GB held one tick) that the cloned rule trades, from the reward."""
+    return cfg.reward.cold_start, cfg.reward.waste_per_gb_min
+
+
 def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: TrainConfig, seed: int,
-                sample: bool = True) -> dict[str, np.ndarray]:
-    """One rollout: per tick the features, choices, log-probs, values and the rewards that followed."""
+                sample: bool = True, teacher: bool = False) -> dict[str, np.ndarray]:
+    """One rollout: per tick the features, choices, log-probs, values and the rewards that followed.
+
+    `teacher`: the rule chooses (behaviour cloning data) instead of the actor."""
     capped = cfg.memory_cap_gb is not None
     env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0, memory_cap_gb=cfg.memory_cap_gb,
                                            queue_deadline_s=cfg.queue_deadline_s if capped else None),
                     idx=idx, tick_s=60.0)
     env.reset()
-    policy = MARLPolicy(model=model, sample=sample, seed=seed)
+    policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=teacher_costs(cfg), teacher_acts=teacher)
     driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
     actions = driver.reset(env.functions, 0.0)
-    feats, choices, logps, rewards, colds, wastes, arrivals = [], [], [], [], [], [], []
+    feats, choices, logps, rules, rewards, colds, wastes, arrivals = [], [], [], [], [], [], [], []
     while True:
         obs, done = env.step(actions)
         if feats:  # the outcome of the previous tick's choices
@@ -117,7 +157,9 @@ def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: Tr
         feats.append(policy.last["features"])
         choices.append(policy.last["choice"])
         logps.append(policy.last["logp"])
+        rules.append(policy.last["rule"])
     return {"features": np.stack(feats), "choices": np.stack(choices), "logp": np.stack(logps),
+            "rules": np.stack(rules),
             "rewards": np.stack(rewards), "cold_starts": float(np.sum(colds)), "wasted_gb_s": float(np.sum(wastes)),
             "invocations": float(np.sum(arrivals))}
 
@@ -140,46 +182,129 @@ def advantages(model: ActorCritic, roll: dict[str, np.ndarray], gamma: float, la
     return adv, adv + values, glob.reshape(T * F, D).numpy()
 
 
-def ppo_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict, adv: np.ndarray, returns: np.ndarray,
-               glob: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> dict[str, float]:
+def _flat(roll: dict, returns: np.ndarray, glob: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """(features, global summaries, choices, returns) of a rollout as flat (agent-tick) tensors."""
     T, F, D = roll["features"].shape
-    x = torch.from_numpy(roll["features"].reshape(T * F, D))
-    g = torch.from_numpy(glob)
-    a = torch.from_numpy(roll["choices"].reshape(-1).astype(np.int64))
-    old_logp = torch.from_numpy(roll["logp"].reshape(-1))
-    adv_t = torch.from_numpy(adv.reshape(-1))
-    adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
-    ret = torch.from_numpy(returns.reshape(-1).astype(np.float32))
-    n = T * F
-    stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+    return (torch.from_numpy(roll["features"].reshape(T * F, D)), torch.from_numpy(glob),
+            torch.from_numpy(roll["choices"].reshape(-1).astype(np.int64)),
+            torch.from_numpy(returns.reshape(-1).astype(np.float32)))
+
+
+def _descend(model: ActorCritic, opt: torch.optim.Optimizer, n: int, epochs: int, cfg: TrainConfig,
+             rng: np.random.Generator, step: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
+             ) -> dict[str, float]:
+    """Shuffled minibatch epochs over n samples; `step(indices)` gives the loss and stats to average."""
+    totals: dict[str, float] = {}
     steps = 0
-    for _ in range(cfg.epochs):
+    for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(n))
         for start in range(0, n, cfg.minibatch):
-            mb = order[start:start + cfg.minibatch]
-            logits = model.logits(x[mb])
-            logp_all = torch.log_softmax(logits, dim=1)
-            logp = logp_all.gather(1, a[mb][:, None]).squeeze(1)
-            ratio = torch.exp(logp - old_logp[mb])
-            pg = -torch.min(ratio * adv_t[mb], torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * adv_t[mb]).mean()
-            v = model.value(x[mb], g[mb])
-            vl = ((v - ret[mb]) ** 2).mean()
-            ent = -(torch.softmax(logits, dim=1) * logp_all).sum(dim=1).mean()
-            loss = pg + cfg.value_coef * vl - cfg.entropy * ent
+            loss, stats = step(order[start:start + cfg.minibatch])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
             opt.step()
-            stats["policy_loss"] += pg.item()
-            stats["value_loss"] += vl.item()
-            stats["entropy"] += ent.item()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
             steps += 1
-    return {k: v / max(steps, 1) for k, v in stats.items()}
+    return {k: v / max(steps, 1) for k, v in totals.items()}
+
+
+def ppo_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict, adv: np.ndarray, returns: np.ndarray,
+               glob: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> dict[str, float]:
+    x, g, a, ret = _flat(roll, returns, glob)
+    old_logp = torch.from_numpy(roll["logp"].reshape(-1))
+    rules = torch.from_numpy(roll["rules"].reshape(-1).astype(np.int64)) if "rules" in roll else None
+    adv_t = torch.from_numpy(adv.reshape(-1))
+    adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
+
+    def step(mb: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model.logits(x[mb])
+        logp_all = torch.log_softmax(logits, dim=1)
+        logp = logp_all.gather(1, a[mb][:, None]).squeeze(1)
+        ratio = torch.exp(logp - old_logp[mb])
+        pg = -torch.min(ratio * adv_t[mb], torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip) * adv_t[mb]).mean()
+        vl = ((model.value(x[mb], g[mb]) - ret[mb]) ** 2).mean()
+        ent = -(torch.softmax(logits, dim=1) * logp_all).sum(dim=1).mean()
+        loss = pg + cfg.value_coef * vl - cfg.entropy * ent
+        if rules is not None and cfg.clone_coef > 0:
+            loss = loss + cfg.clone_coef * torch.nn.functional.cross_entropy(logits, rules[mb])
+        return loss, {"policy_loss": pg.item(), "value_loss": vl.item(), "entropy": ent.item()}
+
+    return _descend(model, opt, len(x), cfg.epochs, cfg, rng, step)
+
+
+def clone_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict, returns: np.ndarray, glob: np.ndarray,
+                 cfg: TrainConfig, rng: np.random.Generator) -> dict[str, float]:
+    """Behaviour cloning step: the actor imitates the rule's choices, the critic fits the returns."""
+    x, g, a, ret = _flat(roll, returns, glob)
+
+    def step(mb: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model.logits(x[mb])
+        ce = torch.nn.functional.cross_entropy(logits, a[mb])
+        vl = ((model.value(x[mb], g[mb]) - ret[mb]) ** 2).mean()
+        return ce + cfg.value_coef * vl, {"clone_loss": ce.item(), "value_loss": vl.item(),
+                                          "agreement": (logits.argmax(dim=1) == a[mb]).float().mean().item()}
+
+    return _descend(model, opt, len(x), cfg.clone_epochs, cfg, rng, step)
+
+
+def sample_episode(workload: Workload, cfg: TrainConfig, rng: np.random.Generator) -> tuple[Workload, np.ndarray, int]:
+    """A random window of the workload and a random subset of the functions invoked in it."""
+    minutes = int(round(workload.horizon_s / 60))
+    counts = getattr(workload, "counts", None)
+    span = min(cfg.window_minutes, minutes)
+    m0 = int(rng.integers(0, minutes - span + 1))
+    w = window(workload, m0, m0 + span)
+    pool = np.arange(len(workload.functions))
+    if counts is not None:  # functions that are invoked in the window teach something
+        active = np.flatnonzero(counts[:, m0:m0 + span].sum(axis=1) > 0)
+        pool = active if len(active) else pool
+    idx = np.sort(rng.choice(pool, size=min(cfg.functions_per_episode, len(pool)), replace=False))
+    return w, idx, m0
+
+
+def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.random.Generator,
+             on_phase: Callable[[str, dict], None] | None = None) -> dict:
+    """Phases 1 and 2: fit the peak forecaster, then clone the rule into the actor (and warm up the critic)."""
+    out: dict = {}
+    if cfg.forecaster_steps > 0:
+        t0 = time.perf_counter()
+        peaks, arrivals = record_peaks(workload, seed=cfg.seed)
+        stats = peak_forecast.fit(model.forecaster, peaks, arrivals, workload.functions.memory_mb,
+                                  steps=cfg.forecaster_steps, seed=cfg.seed)
+        stats["coverage"] = peak_forecast.coverage(model.forecaster, peaks, arrivals, workload.functions.memory_mb)
+        out["forecaster"] = {**stats, "taus": list(peak_forecast.TAUS), "wall_s": time.perf_counter() - t0}
+        if on_phase is not None:
+            on_phase("forecaster", out["forecaster"])
+    opt = torch.optim.Adam([p for name, p in model.named_parameters() if not name.startswith("forecaster.")],
+                           lr=cfg.clone_lr)
+    clones = []
+    for ep in range(cfg.clone_episodes):
+        t0 = time.perf_counter()
+        w, idx, m0 = sample_episode(workload, cfg, rng)
+        roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)), teacher=True)
+        _, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
+        rec = {"episode": ep + 1, "window": [m0, m0 + span_of(w)], "functions": len(idx),
+               "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
+               "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0),
+               **clone_update(model, opt, roll, returns, glob, cfg, rng), "wall_s": time.perf_counter() - t0}
+        clones.append(rec)
+        if on_phase is not None:
+            on_phase("clone", rec)
+    out["clone"] = clones
+    return out
+
+
+def span_of(w: Workload) -> int:
+    return int(round(w.horizon_s / 60))
 
 
 def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | Path | None = None,
-          on_episode: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Train and write checkpoints to `out` (every `checkpoint_every` episodes and at the end)."""
+          on_episode: Callable[[int, dict], None] | None = None,
+          on_phase: Callable[[str, dict], None] | None = None) -> list[dict]:
+    """Train and write checkpoints to `out` (every `checkpoint_every` PPO episodes and at the end);
+    returns the PPO history. A resumed run skips the phases its checkpoint has done."""
     torch.set_num_threads(1)  # tiny networks: threads cost more than they give (and keep training on one core)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -187,6 +312,7 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict] = []
     first = 0
+    pretraining: dict | None = None
     if resume is not None:
         model, doc = checkpoint.load(resume)
         model.train()
@@ -194,21 +320,18 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
         if "optimizer" in doc:
             opt.load_state_dict(doc["optimizer"])
         history = list(doc["meta"].get("history", []))
+        pretraining = doc["meta"].get("pretraining")
         first = len(history)
         rng = np.random.default_rng([cfg.seed, first])
-    minutes = int(round(workload.horizon_s / 60))
-    counts = getattr(workload, "counts", None)
-    n_all = len(workload.functions)
+    if pretraining is None:
+        pretraining = pretrain(model, workload, cfg, rng, on_phase)
+        if cfg.episodes == 0:
+            checkpoint.save(out, model, {"config": json.loads(cfg.model_dump_json()), "history": history,
+                                         "pretraining": pretraining, "workload": workload.describe()}, opt)
     for ep in range(first, cfg.episodes):
         t0 = time.perf_counter()
-        span = min(cfg.window_minutes, minutes)
-        m0 = int(rng.integers(0, minutes - span + 1))
-        w = window(workload, m0, m0 + span)
-        pool = np.arange(n_all)
-        if counts is not None:  # functions that are invoked in the window teach something
-            active = np.flatnonzero(counts[:, m0:m0 + span].sum(axis=1) > 0)
-            pool = active if len(active) else pool
-        idx = np.sort(rng.choice(pool, size=min(cfg.functions_per_episode, len(pool)), replace=False))
+        w, idx, m0 = sample_episode(workload, cfg, rng)
+        span = span_of(w)
         roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)))
         adv, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
         stats = ppo_update(model, opt, roll, adv, returns, glob, cfg, rng)
@@ -220,7 +343,7 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
         if on_episode is not None:
             on_episode(ep + 1, rec)
         if (ep + 1) % cfg.checkpoint_every == 0 or ep + 1 == cfg.episodes:
-            meta = {"config": json.loads(cfg.model_dump_json()), "history": history,
+            meta = {"config": json.loads(cfg.model_dump_json()), "history": history, "pretraining": pretraining,
                     "workload": workload.describe()}
             checkpoint.save(out, model, meta, opt)
     return history
