@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from prewarmer.console import wide_console
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure2019-d01-sample1000"
 
@@ -60,9 +61,7 @@ def cmd_bench_replay(args: argparse.Namespace) -> int:
         return 2
     specs = args.policy or list(BASELINES)
     workers = [int(w) for w in str(args.workers).split(",")]
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)  # a table in a log or CI output should not be squeezed to 80 columns
+    console = wide_console()
     console.print(f"warm-up (compile or load the engine): {_warm_up():.1f} s")
     rows = []
     for spec in specs:
@@ -112,7 +111,7 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
     from prewarmer.workloads.base import FunctionTable
 
     torch.manual_seed(0)
-    console = Console() if Console().is_terminal else Console(width=150)
+    console = wide_console()
     table = Table(title="marl control tick, one core (median of repeats)")
     for c in ("functions", "tick ms (median)", "p90 ms", "features + actions ms", "forward ms"):
         table.add_column(c, justify="right")

@@ -70,3 +70,27 @@ def all_arrivals(workload: Workload, seed: int, chunk_s: float = 3600.0) -> tupl
     chunks = list(workload.chunks(seed, chunk_s))
     return (np.concatenate([c.t for c in chunks]), np.concatenate([c.func for c in chunks]),
             np.concatenate([c.duration for c in chunks]))
+
+
+async def serve_on_loopback(app, **runner_options) -> tuple:
+    """Run an aiohttp app on 127.0.0.1, on a free port: (runner, to clean up; base URL)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+async def checkpointed_events(redis, shards: int) -> int:
+    """Events vouched for by the shard checkpoints in Redis (what a restarted sidecar resumes with)."""
+    from prewarmer.policies import policy_factory
+    from prewarmer.sidecar.agent import ShardAgent
+
+    total = 0
+    for s in range(shards):
+        blob = await redis.get(f"prewarmer:events:state:prewarmer:{s}")
+        if blob:
+            total += ShardAgent.loads(blob, policy_factory("fixed")).events
+    return total

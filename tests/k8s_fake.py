@@ -18,6 +18,7 @@ import json
 from typing import Any, NamedTuple
 
 from aiohttp import web
+from helpers import serve_on_loopback
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -113,12 +114,7 @@ class FakeK8sAPI:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_on_loopback(app, access_log=None)
         return self.url
 
     async def stop(self) -> None:

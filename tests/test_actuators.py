@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import serve_on_loopback
 from k8s_fake import (
     MERGE,
     FakeK8sAPI,
@@ -85,12 +86,7 @@ class FakeGateway:
         app = web.Application()
         app.router.add_get("/system/functions", self._functions)
         app.router.add_post("/system/scale-function/{name}", self._scale)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_on_loopback(app, access_log=None)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from helpers import serve_on_loopback
 from prometheus_client.parser import text_string_to_metric_families
 
 from prewarmer.gateway.app import GATEWAY, Gateway, create_app
@@ -124,14 +125,10 @@ async def running(tmp_path: Path, auth: dict[str, str] | None = None, **options)
     """A gateway on a free loopback port; on exit it is shut down and every worker it started must be gone."""
     cli = {"port": 0, "functions_dir": FUNCTIONS, "secret_mount_path": tmp_path / "no-secrets", **options}
     app = create_app(load_config(cli, env={}))
-    runner = web.AppRunner(app, shutdown_timeout=5.0)
-    await runner.setup()
+    runner, url = await serve_on_loopback(app, shutdown_timeout=5.0)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
         async with aiohttp.ClientSession() as session:
-            yield GW(f"http://127.0.0.1:{port}", app, session, auth)
+            yield GW(url, app, session, auth)
     finally:
         await runner.cleanup()
         pids = app[GATEWAY].pool.all_pids
@@ -476,11 +473,7 @@ async def test_events_wait_in_the_buffer_while_redis_is_down(tmp_path, redis_ser
 async def test_shutdown_lets_in_flight_requests_finish_and_leaves_no_worker(tmp_path):
     cfg = load_config({"port": 0, "functions_dir": FUNCTIONS, "secret_mount_path": tmp_path / "none"}, env={})
     app = create_app(cfg)
-    runner = web.AppRunner(app, shutdown_timeout=10.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await serve_on_loopback(app, shutdown_timeout=10.0)
     pool = app[GATEWAY].pool
     try:
         async with aiohttp.ClientSession() as s:

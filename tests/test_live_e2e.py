@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from helpers import checkpointed_events
 from test_gateway import NS, basic, eventually, running
 
 from prewarmer.actuators import make_actuator
 from prewarmer.policies import policy_factory
-from prewarmer.sidecar.agent import ShardAgent
 from prewarmer.sidecar.run import Sidecar, SidecarOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,13 +104,8 @@ async def test_wrong_gateway_credentials_stop_the_sidecar_without_a_retry_storm(
         assert "Traceback" not in err.decode()
 
 
-async def _counted(r: aioredis.Redis, shards: int = 16) -> int:
-    total = 0
-    for s in range(shards):
-        blob = await r.get(f"prewarmer:events:state:prewarmer:{s}")
-        if blob:
-            total += ShardAgent.loads(blob, policy_factory("fixed")).events
-    return total
+async def _counted(r: aioredis.Redis) -> int:
+    return await checkpointed_events(r, 16)
 
 
 def _start_sidecar(url: str, redis_url: str, pw: Path, log: Path) -> subprocess.Popen:

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from helpers import checkpointed_events
 
 from prewarmer.actuators import DryRunActuator
 from prewarmer.policies import policy_factory
-from prewarmer.sidecar.agent import ShardAgent
 from prewarmer.sidecar.run import Sidecar, SidecarOptions
 from prewarmer.stream.events import InvocationEvent
 from prewarmer.stream.keys import dead_letter_key, shard_of, stream_key
@@ -41,13 +41,7 @@ def sidecar(redis: aioredis.Redis, replica: str = "r1", policy: str = "fixed:10m
 
 
 async def counted(redis: aioredis.Redis) -> int:
-    """Events vouched for by the checkpoints in Redis (what a restarted sidecar would resume with)."""
-    total = 0
-    for s in range(N_SHARDS):
-        blob = await redis.get(f"prewarmer:events:state:prewarmer:{s}")
-        if blob:
-            total += ShardAgent.loads(blob, policy_factory("fixed:10m")).events
-    return total
+    return await checkpointed_events(redis, N_SHARDS)
 
 
 async def iterate_until(sc: Sidecar, redis: aioredis.Redis, want: int, deadline_s: float = 30.0) -> int:

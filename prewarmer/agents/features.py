@@ -29,6 +29,7 @@ FEATURE_NAMES = (
     "log_peak_q90", "log_peak_q98",
 )
 N_FEATURES = len(FEATURE_NAMES)
+_PEAK_COLUMNS = [TAUS.index(t) for t in (0.5, 0.9, 0.98)]  # the forecast quantiles fed as features
 
 
 class FeatureBuilder:
@@ -113,8 +114,7 @@ class FeatureBuilder:
         f[:, 24] = np.log1p(self.rate_ewma)
         f[:, 25] = np.log1p(obs.peak_in_flight)
         if peak_quantiles is not None:
-            cols = [TAUS.index(t) for t in (0.5, 0.9, 0.98)]
-            f[:, 26:29] = np.log1p(peak_quantiles[:, cols])
+            f[:, 26:29] = np.log1p(peak_quantiles[:, _PEAK_COLUMNS])
         else:
             f[:, 26:29] = 0.0
         return f.astype(np.float32)

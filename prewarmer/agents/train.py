@@ -249,8 +249,9 @@ def clone_update(model: ActorCritic, opt: torch.optim.Optimizer, roll: dict, ret
     return _descend(model, opt, len(x), cfg.clone_epochs, cfg, rng, step)
 
 
-def sample_episode(workload: Workload, cfg: TrainConfig, rng: np.random.Generator) -> tuple[Workload, np.ndarray, int]:
-    """A random window of the workload and a random subset of the functions invoked in it."""
+def sample_episode(workload: Workload, cfg: TrainConfig, rng: np.random.Generator,
+                   ) -> tuple[Workload, np.ndarray, list[int]]:
+    """A random window of the workload, a random subset of the functions invoked in it, and the window's minutes."""
     minutes = int(round(workload.horizon_s / 60))
     counts = getattr(workload, "counts", None)
     span = min(cfg.window_minutes, minutes)
@@ -261,7 +262,7 @@ def sample_episode(workload: Workload, cfg: TrainConfig, rng: np.random.Generato
         active = np.flatnonzero(counts[:, m0:m0 + span].sum(axis=1) > 0)
         pool = active if len(active) else pool
     idx = np.sort(rng.choice(pool, size=min(cfg.functions_per_episode, len(pool)), replace=False))
-    return w, idx, m0
+    return w, idx, [m0, m0 + span]
 
 
 def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.random.Generator,
@@ -273,7 +274,6 @@ def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.r
         peaks, arrivals = record_peaks(workload, seed=cfg.seed)
         stats = peak_forecast.fit(model.forecaster, peaks, arrivals, workload.functions.memory_mb,
                                   steps=cfg.forecaster_steps, seed=cfg.seed)
-        stats["coverage"] = peak_forecast.coverage(model.forecaster, peaks, arrivals, workload.functions.memory_mb)
         out["forecaster"] = {**stats, "taus": list(peak_forecast.TAUS), "wall_s": time.perf_counter() - t0}
         if on_phase is not None:
             on_phase("forecaster", out["forecaster"])
@@ -282,10 +282,10 @@ def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.r
     clones = []
     for ep in range(cfg.clone_episodes):
         t0 = time.perf_counter()
-        w, idx, m0 = sample_episode(workload, cfg, rng)
+        w, idx, minutes = sample_episode(workload, cfg, rng)
         roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)), teacher=True)
         _, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
-        rec = {"episode": ep + 1, "window": [m0, m0 + span_of(w)], "functions": len(idx),
+        rec = {"episode": ep + 1, "window": minutes, "functions": len(idx),
                "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
                "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0),
                **clone_update(model, opt, roll, returns, glob, cfg, rng), "wall_s": time.perf_counter() - t0}
@@ -294,10 +294,6 @@ def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.r
             on_phase("clone", rec)
     out["clone"] = clones
     return out
-
-
-def span_of(w: Workload) -> int:
-    return int(round(w.horizon_s / 60))
 
 
 def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | Path | None = None,
@@ -325,17 +321,20 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
         rng = np.random.default_rng([cfg.seed, first])
     if pretraining is None:
         pretraining = pretrain(model, workload, cfg, rng, on_phase)
-        if cfg.episodes == 0:
-            checkpoint.save(out, model, {"config": json.loads(cfg.model_dump_json()), "history": history,
-                                         "pretraining": pretraining, "workload": workload.describe()}, opt)
+
+    def save() -> None:
+        checkpoint.save(out, model, {"config": json.loads(cfg.model_dump_json()), "history": history,
+                                     "pretraining": pretraining, "workload": workload.describe()}, opt)
+
+    if first >= cfg.episodes:  # no PPO episode left (--episodes 0): keep what the pretraining learned
+        save()
     for ep in range(first, cfg.episodes):
         t0 = time.perf_counter()
-        w, idx, m0 = sample_episode(workload, cfg, rng)
-        span = span_of(w)
+        w, idx, minutes = sample_episode(workload, cfg, rng)
         roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)))
         adv, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
         stats = ppo_update(model, opt, roll, adv, returns, glob, cfg, rng)
-        rec = {"episode": ep + 1, "window": [m0, m0 + span], "functions": len(idx),
+        rec = {"episode": ep + 1, "window": minutes, "functions": len(idx),
                "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
                "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0),
                "wasted_gb_s": roll["wasted_gb_s"], "wall_s": time.perf_counter() - t0, **stats}
@@ -343,9 +342,7 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
         if on_episode is not None:
             on_episode(ep + 1, rec)
         if (ep + 1) % cfg.checkpoint_every == 0 or ep + 1 == cfg.episodes:
-            meta = {"config": json.loads(cfg.model_dump_json()), "history": history, "pretraining": pretraining,
-                    "workload": workload.describe()}
-            checkpoint.save(out, model, meta, opt)
+            save()
     return history
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from prewarmer.stream.consumer import connect
+from prewarmer.stream.consumer import client_for
 
 DEFAULT_PREFIX = "prewarmer:budget"
 
@@ -313,8 +313,7 @@ class RedisBudget:
                  prefix: str = DEFAULT_PREFIX) -> None:
         if ttl_ms <= 0:
             raise ValueError("ttl_ms must be positive")
-        self._owns_client = isinstance(redis, str)
-        self.redis = connect(redis) if isinstance(redis, str) else redis
+        self.redis, self._owns_client = client_for(redis)
         self.domain = domain
         self.capacity_gb = float(capacity_gb)
         self.tenant_quota_gb = dict(tenant_quota_gb or {})

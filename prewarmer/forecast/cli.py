@@ -85,6 +85,7 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from prewarmer.console import wide_console
     from prewarmer.forecast import FORECASTERS
     from prewarmer.forecast.evaluate import evaluate
     from prewarmer.workloads import detect
@@ -107,7 +108,7 @@ def cmd_forecast_eval(args: argparse.Namespace) -> int:
     rel_train, rel_test = (train[0] - span[0], train[1] - span[0]), (test[0] - span[0], test[1] - span[0])
 
     err = Console(stderr=True)
-    out = Console() if Console().is_terminal else Console(width=150)  # logs and CI: do not squeeze to 80 columns
+    out = wide_console()
     err.print(f"{len(workload.functions)} functions, train minutes {train[0]}:{train[1]}, "
               f"test minutes {test[0]}:{test[1]}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

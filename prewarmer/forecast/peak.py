@@ -101,11 +101,12 @@ def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarra
 
 
 def fit(net: PeakQuantileNet, peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray, steps: int = 4000,
-        batch: int = 4096, lr: float = 1e-3, seed: int = 0) -> dict[str, float]:
-    """Train on a recorded run (arrays (F, T) per tick) with the pinball loss in instances; returns stats."""
+        batch: int = 4096, lr: float = 1e-3, seed: int = 0) -> dict:
+    """Train on a recorded run (arrays (F, T) per tick) with the pinball loss in instances; returns the
+    samples, the final loss and the coverage of each quantile on the training data."""
     x, y, s = training_pairs(peaks, arrivals, memory_mb)
     if len(x) == 0:
-        return {"samples": 0, "loss": float("nan")}
+        return {"samples": 0, "loss": float("nan"), "coverage": _coverage(net, x, y, s)}
     gen = torch.Generator().manual_seed(seed)
     xt, yt, st = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(s)
     taus = torch.tensor(TAUS, dtype=torch.float32)
@@ -126,12 +127,15 @@ def fit(net: PeakQuantileNet, peaks: np.ndarray, arrivals: np.ndarray, memory_mb
             loss_sum += loss.item()
             n += 1
     net.eval()
-    return {"samples": int(len(x)), "loss": loss_sum / max(n, 1)}
+    return {"samples": int(len(x)), "loss": loss_sum / max(n, 1), "coverage": _coverage(net, x, y, s)}
 
 
 def coverage(net: PeakQuantileNet, peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray) -> list[float]:
     """Share of next peaks at or below each predicted quantile (calibration: close to TAUS)."""
-    x, y, s = training_pairs(peaks, arrivals, memory_mb)
+    return _coverage(net, *training_pairs(peaks, arrivals, memory_mb))
+
+
+def _coverage(net: PeakQuantileNet, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> list[float]:
     if len(x) == 0:
         return [float("nan")] * len(TAUS)
     with torch.no_grad():

@@ -7,8 +7,9 @@ import json
 import time
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
+
+from prewarmer.console import wide_console
 
 
 def tick_latency(spec: str, n: int, repeat: int, events_per_function: float = 5.0, seed: int = 0) -> dict:
@@ -47,17 +48,13 @@ def cmd_bench_tick(args: argparse.Namespace) -> int:
     for spec in args.policy or ["fixed", "hybrid", "marl"]:
         for n in [int(x) for x in str(args.functions).split(",")]:
             rows.append(tick_latency(spec, n, args.repeat))
-    console = Console() if Console().is_terminal else Console(width=150)
     table = Table(title="sidecar control tick, one core (median of repeats)")
     for c in ("policy", "functions", "tick ms (median)", "p90 ms", "state update µs/event"):
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(r["policy"], f"{r['functions']:,}", f"{r['tick_ms_median']:.1f}", f"{r['tick_ms_p90']:.1f}",
                       f"{r['ingest_us_per_event']:.2f}")
-    console.print(table)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    _show(table, rows, args.json)
     return 0
 
 
@@ -68,17 +65,21 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from prewarmer.stream.bench import bench_ingest
 
     result = asyncio.run(bench_ingest(args.redis, n_events=args.events, batch=args.batch, n_shards=args.shards))
-    console = Console() if Console().is_terminal else Console(width=150)
     table = Table(title=f"Redis Streams ingest, {args.events:,} events, batch {args.batch}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for k, v in result.items():
         table.add_row(k, f"{v:,.0f}" if isinstance(v, float | int) else str(v))
-    console.print(table)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    _show(table, result, args.json)
     return 0
+
+
+def _show(table: Table, data: object, json_path: str | None) -> None:
+    """Print the table; with --json also write the figures behind it."""
+    wide_console().print(table)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(data, fh, indent=2)
 
 
 def add_bench_parsers(bsub: argparse._SubParsersAction) -> None:

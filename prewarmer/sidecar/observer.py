@@ -110,10 +110,10 @@ class LiveObserver:
         peak = np.zeros(n, np.int64)
         if not self.spans:
             return peak
-        t = np.concatenate([np.concatenate([sp[1], sp[2]]) for sp in self.spans])
-        f2 = np.concatenate([np.concatenate([sp[0], sp[0]]) for sp in self.spans])
-        step = np.concatenate([np.concatenate([np.ones(len(sp[0]), np.int64), -np.ones(len(sp[0]), np.int64)])
-                               for sp in self.spans])
+        f, arrival, done = (np.concatenate(col) for col in zip(*self.spans, strict=True))
+        t = np.concatenate([arrival, done])
+        f2 = np.concatenate([f, f])
+        step = np.repeat(np.array([1, -1], np.int64), len(f))
         order = np.lexsort((step, t, f2))
         f2, step = f2[order], step[order]
         run = np.cumsum(step)

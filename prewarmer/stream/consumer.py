@@ -73,6 +73,13 @@ def connect(url: str, socket_timeout: float = 5.0) -> aioredis.Redis:
                                    **kwargs)
 
 
+def client_for(redis: str | aioredis.Redis, socket_timeout: float = 5.0) -> tuple[aioredis.Redis, bool]:
+    """(client, made here): a URL gets a client of its own, which its maker closes; a client is shared."""
+    if isinstance(redis, str):
+        return connect(redis, socket_timeout), True
+    return redis, False
+
+
 @contextlib.contextmanager
 def unavailable_as_error() -> Iterator[None]:
     """Turn the ways Redis can be unreachable into StreamUnavailable; other Redis errors pass unchanged."""
@@ -111,9 +118,8 @@ class RedisEventSource:
                  group: str = "prewarmer", consumer: str | None = None, batch_size: int = 1000,
                  block_ms: int | None = 1000, claim_min_idle_ms: int = 30_000, claim_interval_s: float | None = None,
                  dead_letter_maxlen: int = 100_000, prefetch: bool = True) -> None:
-        self._owns_client = isinstance(redis, str)
         # The socket must outlive a blocking XREADGROUP, or the wait would look like an outage.
-        self.redis = connect(redis, (block_ms or 0) / 1000 + 5.0) if isinstance(redis, str) else redis
+        self.redis, self._owns_client = client_for(redis, (block_ms or 0) / 1000 + 5.0)
         self.prefix = prefix
         self.n_shards = n_shards
         self.group = group

@@ -19,7 +19,7 @@ from collections import deque
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from prewarmer.stream.consumer import connect
+from prewarmer.stream.consumer import client_for
 from prewarmer.stream.events import InvocationEvent
 from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS, shard_of, stream_key
 
@@ -36,8 +36,7 @@ class RedisEventProducer:
     def __init__(self, redis: str | aioredis.Redis, prefix: str = DEFAULT_PREFIX, n_shards: int = DEFAULT_SHARDS,
                  maxlen: int = 1_000_000, batch_size: int = 1000, flush_interval_s: float = 0.05,
                  max_buffer: int = 100_000, backoff_initial_s: float = 0.05, backoff_max_s: float = 5.0) -> None:
-        self._owns_client = isinstance(redis, str)
-        self.redis = connect(redis) if isinstance(redis, str) else redis
+        self.redis, self._owns_client = client_for(redis)
         self.prefix = prefix
         self.n_shards = n_shards
         self.maxlen = maxlen

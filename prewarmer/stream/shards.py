@@ -22,7 +22,7 @@ import math
 
 import redis.asyncio as aioredis
 
-from prewarmer.stream.consumer import connect, unavailable_as_error
+from prewarmer.stream.consumer import client_for, unavailable_as_error
 from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
 
 # Register (or refresh) this replica and drop the expired ones; returns the live ids, sorted.
@@ -66,8 +66,7 @@ class ShardLeases:
 
     def __init__(self, redis: str | aioredis.Redis, replica_id: str, n_shards: int = DEFAULT_SHARDS,
                  prefix: str = DEFAULT_PREFIX, lease_ttl_ms: int = 10_000, heartbeat_ttl_ms: int | None = None) -> None:
-        self._owns_client = isinstance(redis, str)
-        self.redis = connect(redis) if isinstance(redis, str) else redis
+        self.redis, self._owns_client = client_for(redis)
         self.replica_id = replica_id
         self.n_shards = n_shards
         self.prefix = prefix
