@@ -13,12 +13,16 @@ from prewarmer.agents.action_space import (
     FORECAST_HOLD_S,
     FORECAST_TAUS,
     HYBRID,
+    KA10,
     KEEP,
     N_CHOICES,
     RELEASE,
+    TRACKED,
+    newsvendor_choice,
     teacher_choice,
     to_actions,
 )
+from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FEATURE_NAMES, N_FEATURES, FeatureBuilder
 from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
@@ -90,13 +94,51 @@ def test_action_translation() -> None:
     assert ka.tolist() == [max(66.0, FORECAST_HOLD_S), 14400.0, 120.0] and pw.tolist() == [0.0, 0.0, 0.0]
 
 
-def test_teacher_rule_prices_an_idle_instance_against_a_cold_start() -> None:
+def test_newsvendor_quantile_prices_an_idle_instance_against_a_cold_start() -> None:
     # cold start costs 1, an idle GB-tick 0.1: a 128 MB function wants q(1/1.0125) -> the highest quantile,
-    # a 2.5 GB one q(1/1.25 = 0.8) -> the nearest offered (0.75 or 0.85), a rare function follows hybrid.
-    rate = np.array([5.0, 5.0, 0.05])
-    choice = teacher_choice(rate, np.array([128.0, 2560.0, 128.0]), 1.0, 0.1)
-    assert choice[0] == FORECAST[-1] and choice[2] == HYBRID
-    assert FORECAST_TAUS[choice[1] - FORECAST[0]] in (0.75, 0.85)
+    # a 2.5 GB one q(1/1.25 = 0.8) -> the nearest offered (0.75 or 0.85).
+    choice = newsvendor_choice(np.array([128.0, 2560.0]), 1.0, 0.1)
+    assert choice[0] == FORECAST[-1] and FORECAST_TAUS[choice[1] - FORECAST[0]] in (0.75, 0.85)
+
+
+def test_teacher_rule_keeps_busy_functions_alive_while_warming_up_then_tracks() -> None:
+    rate = np.array([5.0, 0.3, 0.05])
+    assert teacher_choice(rate, warming_up=True).tolist() == [KA10, KA10, HYBRID]
+    assert teacher_choice(rate, warming_up=False).tolist() == [TRACKED, TRACKED, HYBRID]
+
+
+def test_tracker_falls_back_to_the_newsvendor_quantile_until_warm() -> None:
+    from prewarmer.forecast.peak import TAUS
+
+    tr = ProvisioningTracker(np.full(2, 1024.0), 0.1, warmup=10)
+    for _ in range(5):
+        tr.update(np.full(2, 3.0))
+        tr.propose(np.tile(np.arange(len(TAUS), dtype=float), (2, 1)), np.zeros((2, 20)))
+    assert tr.best().tolist() == newsvendor_choice(np.full(2, 1024.0), 1.0, 0.1).tolist()
+
+
+def test_tracker_picks_the_option_that_cost_its_function_least() -> None:
+    from prewarmer.forecast.peak import TAUS
+
+    # Function 0 rises and falls smoothly and its forecast is right at q90 (q75 = need - 2 … q98 = need + 2):
+    # q90 costs nothing, the keep-alive pool (largest of the last 10 peaks) idles on every way down.
+    # Function 1 (128 MB: an idle instance is cheap) bursts to 40 every 10th tick; its forecast never sees
+    # it coming (all quantiles 1): the keep-alive pool holds the burst's instances until the next one.
+    ticks = 80
+    need = np.zeros((2, ticks + 1))
+    need[0] = 10 + np.round(6 * np.sin(np.arange(ticks + 1) / 4.0))
+    need[1, ::10] = 40.0
+    offsets = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0])  # per TAUS column: q90 -> +0
+    assert TAUS[int(np.flatnonzero(offsets == 0)[0])] == 0.9
+    tr = ProvisioningTracker(np.array([1024.0, 128.0]), 0.1, halflife=50, warmup=10)
+    peaks = np.zeros((2, 20))
+    for t in range(ticks):
+        tr.update(need[:, t])
+        peaks[:, 1:] = peaks[:, :-1]
+        peaks[:, 0] = need[:, t]
+        q = np.stack([need[0, t + 1] + offsets, np.ones(len(TAUS))])
+        tr.propose(q, peaks)
+    assert tr.best().tolist() == [FORECAST[FORECAST_TAUS.index(0.9)], KA10]
 
 
 def _model(seed: int = 0) -> ActorCritic:

@@ -116,11 +116,13 @@ def test_forecaster_learns_a_periodic_burst() -> None:
 def test_forecaster_quantiles_never_cross_and_are_calibrated() -> None:
     rng = np.random.default_rng(1)
     rate = rng.uniform(2.0, 30.0, (40, 1))
-    p = rng.poisson(np.repeat(rate, 200, axis=1)).astype(float)
-    net = _fit(p[:, :150], p[:, :150] * 2, steps=1200)
+    p = rng.poisson(np.repeat(rate, 300, axis=1)).astype(float)
+    net = _fit(p[:, :200], p[:, :200] * 2, steps=1200)
     q = peak.predict(net, _history_of(p))
     assert (np.diff(q, axis=1) >= -1e-6).all() and (q >= 0).all()
-    cov = peak.coverage(net, p[:, 150:], p[:, 150:] * 2, np.full(40, 512.0))  # held-out ticks
+    held_out = p[:, 200:]  # its first HISTORY ticks are history, the rest are forecast
+    assert held_out.shape[1] > peak.HISTORY
+    cov = peak.coverage(net, held_out, held_out * 2, np.full(40, 512.0))
     assert all(c >= tau - 0.1 for c, tau in zip(cov, peak.TAUS, strict=True)), cov
     assert cov[0] < cov[-1]
 
@@ -140,3 +142,14 @@ def test_forecaster_on_empty_and_silent_data() -> None:
     assert stats["samples"] == 0 and all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     assert peak.coverage(net, np.zeros((5, 10)), np.zeros((5, 10)), np.full(5, 256.0)) == pytest.approx(
         [float("nan")] * len(peak.TAUS), nan_ok=True)
+
+
+def test_seasonal_guess_finds_the_period_and_copes_with_flat_series() -> None:
+    t = np.arange(peak.HISTORY)[::-1]  # newest first: column 0 is the latest tick
+    # A burst every 7 ticks; the next tick is t = 60 (60 % 7 = 4): quiet in row 0, a burst in row 1.
+    rows = np.stack([np.where(t % 7 == 6, 30.0, 0.0), np.where(t % 7 == 4, 30.0, 0.0), np.zeros(peak.HISTORY),
+                     np.full(peak.HISTORY, 4.0)])
+    guess, around, acf = peak.seasonal(rows)
+    assert guess[:2].tolist() == [0.0, 30.0] and acf[0] > 0.8 and acf[1] > 0.8
+    assert around[0] == 0.0 and around[1] == 30.0
+    assert np.isfinite(acf).all() and acf[2] == 0.0 and acf[3] == 0.0 and guess[3] == 4.0

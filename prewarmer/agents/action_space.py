@@ -6,12 +6,14 @@
   shadow (what a rarely invoked function needs: an idle-time histogram, pre-warming before the call);
 - provision a forecast quantile (0.75 … 0.98) of the next tick's peak in flight: scale to that many
   instances now (starting missing ones, releasing idle ones beyond it), instances that idle during
-  the tick are kept 5 minutes (past the next decision, which trims them), the last one follows hybrid's keep-alive.
+  the tick are kept 5 minutes (past the next decision, which trims them), the last one follows hybrid's keep-alive;
+- forecast tracked: whichever of those quantiles or the 10-minute keep-alive has cost this function
+  least so far (`prewarmer.agents.experts`).
 These map onto the verbs every actuator implements (keep-alive, prewarm delay, release idle, scale to n).
 
 `teacher_choice` is the hand-written rule the agents are first cloned from before PPO (see
-`prewarmer.agents.train`): busy functions provision the quantile that prices an idle instance-tick
-against a cold start, the others follow hybrid.
+`prewarmer.agents.train`): busy functions take the tracked option (a 10-minute keep-alive while the
+forecaster's history fills), the others follow hybrid.
 """
 
 from __future__ import annotations
@@ -24,23 +26,29 @@ from prewarmer.observation import Observation
 
 FORECAST_TAUS = (0.75, 0.85, 0.9, 0.95, 0.98)
 CHOICES = ("keep", "release", "keep-alive 1m", "keep-alive 10m", "keep-alive 30m", "hybrid",
-           *(f"forecast q{round(100 * t)}" for t in FORECAST_TAUS))
+           *(f"forecast q{round(100 * t)}" for t in FORECAST_TAUS), "forecast tracked")
 N_CHOICES = len(CHOICES)
 KEEP, RELEASE, KA1, KA10, KA30, HYBRID = range(6)
-FORECAST = np.arange(6, N_CHOICES)  # choice index of each FORECAST_TAUS entry
+FORECAST = np.arange(6, 6 + len(FORECAST_TAUS))  # choice index of each FORECAST_TAUS entry
+TRACKED = N_CHOICES - 1
 _TAU_COLUMN = np.array([TAUS.index(t) for t in FORECAST_TAUS])
-_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 600.0, 1800.0, np.nan] + [np.nan] * len(FORECAST_TAUS))
+_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 600.0, 1800.0, np.nan] + [np.nan] * len(FORECAST_TAUS) + [np.nan])
 FORECAST_HOLD_S = 300.0  # instances idle after a forecast tick: long enough to outlive a tick, scale_to trims them
 
 
 def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, prewarm_delay: np.ndarray,
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None,
-               ) -> tuple[Actions, np.ndarray, np.ndarray]:
+               tracked: np.ndarray | None = None) -> tuple[Actions, np.ndarray, np.ndarray]:
     """Platform actions for each function's choice, and the (keep-alive, prewarm delay) now in force.
 
     `hybrid` holds the shadow hybrid policy's current windows (the `hybrid` and forecast choices use
-    them); `peak_quantiles` (F, len(TAUS)) the peak forecaster's answer (needed by forecast choices)."""
+    them); `peak_quantiles` (F, len(TAUS)) the peak forecaster's answer (needed by forecast choices);
+    `tracked` the choice `forecast tracked` stands for, per function (a forecast quantile or KA10)."""
     choice = np.asarray(choice, np.int64)
+    if (choice == TRACKED).any():
+        if tracked is None:
+            raise ValueError("the 'forecast tracked' choice needs the tracked choices")
+        choice = np.where(choice == TRACKED, tracked, choice)
     n = len(choice)
     ka = _KEEP_ALIVE[choice]
     surplus = ka.copy()
@@ -68,12 +76,17 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
                    release_idle=release), new_ka, new_pw
 
 
-def teacher_choice(rate_per_tick: np.ndarray, memory_mb: np.ndarray, cold_start_cost: float,
-                   idle_gb_tick_cost: float, min_rate: float = 0.3) -> np.ndarray:
-    """The rule the agents start from: functions invoked at least `min_rate` times per tick provision
-    the forecast quantile nearest to cost(cold start) / (cost(cold start) + cost(one idle instance for a
-    tick)), the newsvendor quantile; the others follow hybrid."""
+def newsvendor_choice(memory_mb: np.ndarray, cold_start_cost: float, idle_gb_tick_cost: float) -> np.ndarray:
+    """The forecast choice nearest to cost(cold start) / (cost(cold start) + cost(one idle instance for a
+    tick)): the quantile at which one more instance costs as much idle as it saves in cold starts."""
     idle = idle_gb_tick_cost * np.asarray(memory_mb, np.float64) / 1024.0
     tau = cold_start_cost / np.maximum(cold_start_cost + idle, 1e-12)
-    k = np.abs(np.asarray(FORECAST_TAUS)[None, :] - tau[:, None]).argmin(axis=1)
-    return np.where(np.asarray(rate_per_tick) >= min_rate, FORECAST[k], HYBRID).astype(np.int64)
+    return FORECAST[np.abs(np.asarray(FORECAST_TAUS)[None, :] - tau[:, None]).argmin(axis=1)]
+
+
+def teacher_choice(rate_per_tick: np.ndarray, warming_up: bool, min_rate: float = 0.3) -> np.ndarray:
+    """The rule the agents start from: functions invoked at least `min_rate` times per tick take the
+    tracked provisioning option, or a 10-minute keep-alive while the forecaster is `warming_up` (its
+    history is still mostly empty); the others follow hybrid."""
+    busy = np.asarray(rate_per_tick) >= min_rate
+    return np.where(busy, KA10 if warming_up else TRACKED, HYBRID).astype(np.int64)

@@ -11,7 +11,7 @@ from prewarmer.agents.action_space import CHOICES
 from prewarmer.agents.features import FEATURE_NAMES
 from prewarmer.agents.network import ActorCritic
 
-FORMAT = "prewarmer-marl-v2"  # v2: peak forecaster inside, forecast-quantile actions
+FORMAT = "prewarmer-marl-v3"  # v3: forecaster ensemble with seasonal inputs, tracked provisioning
 DEFAULT_CHECKPOINT = Path(__file__).with_name("default_marl.pt")
 
 

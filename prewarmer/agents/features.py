@@ -4,7 +4,7 @@ One builder serves the simulator and the live sidecar: it only reads `Observatio
 control tick) and keeps small rolling state per function, updated for all functions at once.
 Local features describe the function (recent counts, idle time and its hazard, instances, its own
 cold starts and waste, time of day/week, profile, the hybrid policy's current windows, the peak
-forecaster's quantiles of the instances it needs next tick); two global
+forecaster's quantiles of the instances it needs next tick, how much history it has); two global
 features summarize the platform (memory pressure, aggregate load). Features are scaled to roughly
 [-1, 3] for the networks.
 """
@@ -26,7 +26,7 @@ FEATURE_NAMES = (
     "log_idle_warm", "log_busy", "log_starting", "cold_ewma", "waste_ewma", "tod_sin", "tod_cos", "dow_sin",
     "dow_cos", "log_memory_gb", "log_duration_s", "log_startup_s", "last_keep_alive", "hybrid_keep_alive",
     "hybrid_prewarm", "memory_pressure", "global_load", "log_rate_ewma", "log_peak_1", "log_peak_q50",
-    "log_peak_q90", "log_peak_q98",
+    "log_peak_q90", "log_peak_q98", "history_fill",
 )
 N_FEATURES = len(FEATURE_NAMES)
 _PEAK_COLUMNS = [TAUS.index(t) for t in (0.5, 0.9, 0.98)]  # the forecast quantiles fed as features
@@ -117,6 +117,7 @@ class FeatureBuilder:
             f[:, 26:29] = np.log1p(peak_quantiles[:, _PEAK_COLUMNS])
         else:
             f[:, 26:29] = 0.0
+        f[:, 29] = min(self.k, HISTORY) / HISTORY  # how much of the rolling history is real (vs empty at start)
         return f.astype(np.float32)
 
     def hazard(self, ks: tuple[int, ...]) -> np.ndarray:

@@ -1,12 +1,13 @@
 """The `marl` policy: one shared network, one agent per function, each acting on its own features.
 
-Per tick, for all functions at once: the shadow hybrid policy updates its windows, the peak forecaster
-predicts quantiles of each function's instance need for the next tick (one forward pass), the
-features are built, and the actor chooses (one forward pass). Acting is greedy (argmax) and so
-deterministic; training samples from the same distribution (see `prewarmer.agents.train`).
-With `teacher=(cold cost, idle GB-tick cost)` the hand-written rule's choices are computed too
-(`action_space.teacher_choice`) and, with `teacher_acts`, made instead of the actor's: the data
-of behaviour cloning, and the anchor of PPO's cloning term.
+Per tick, for all functions at once: the shadow hybrid policy updates its windows, each agent scores
+its provisioning options against the peak that just happened (`experts.ProvisioningTracker`), the
+peak forecaster predicts quantiles of each function's instance need for the next tick (one forward
+pass), the features are built, and the actor chooses (one forward pass). Acting is greedy (argmax)
+and so deterministic; training samples from the same distribution (see `prewarmer.agents.train`).
+With `teacher=True` the hand-written rule's choices are computed too (`action_space.teacher_choice`)
+and, with `teacher_acts`, made instead of the actor's: the data of behaviour cloning, and the anchor
+of PPO's cloning term.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
 from prewarmer.agents.action_space import N_CHOICES, teacher_choice, to_actions
+from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.network import ActorCritic
 from prewarmer.forecast.peak import N_PEAKS, PeakHistory, predict
@@ -32,8 +34,7 @@ class MARLPolicy(Policy):
     tick_s = 60.0
 
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
-                 sample: bool = False, seed: int = 0, teacher: tuple[float, float] | None = None,
-                 teacher_acts: bool = True) -> None:
+                 sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -53,6 +54,7 @@ class MARLPolicy(Policy):
         self.features = FeatureBuilder(n)
         self.memory_mb = np.asarray(functions.memory_mb, np.float64)
         self.peaks = PeakHistory(self.memory_mb)
+        self.tracker = ProvisioningTracker(self.memory_mb, float(self.model.idle_gb_tick_cost))
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
@@ -75,19 +77,22 @@ class MARLPolicy(Policy):
     def decide(self, now: float, obs: Observation) -> Actions:
         self.hybrid_actions = self.hybrid.decide(now, obs)
         self.peaks.update(obs.peak_in_flight, obs.arrivals)
+        self.tracker.update(obs.peak_in_flight)
         quantiles = predict(self.model.forecaster, self.peaks)
+        self.tracker.propose(quantiles, self.peaks.peaks)
         feats = self.features.update(obs, self.keep_alive, self.hybrid_actions, quantiles)
         rule = None
-        if self.teacher is not None:
-            # Until the forecaster has a full history, the rule leaves everyone to hybrid.
-            rate = self.features.rate_ewma if self.features.k >= N_PEAKS else np.zeros(len(feats))
-            rule = teacher_choice(rate, self.memory_mb, *self.teacher)
+        if self.teacher:
+            # While the forecaster's history fills, the rate so far says who is busy (the EWMA still rises).
+            warming_up = self.features.k < N_PEAKS
+            rate = self.features.sum60 / self.features.k if warming_up else self.features.rate_ewma
+            rule = teacher_choice(rate, warming_up)
         if rule is not None and self.teacher_acts:
             choice, logp = rule, np.zeros(len(rule), np.float32)
         else:
             choice, logp = self.act(feats)
         actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
-                                                                  self.hybrid_actions, quantiles)
+                                                                  self.hybrid_actions, quantiles, self.tracker.best())
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 

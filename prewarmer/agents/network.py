@@ -28,6 +28,9 @@ class ActorCritic(nn.Module):
         self.actor = mlp(n_features, n_actions, hidden)
         self.critic = mlp(2 * n_features, 1, hidden)
         self.forecaster = PeakQuantileNet()
+        # What one idle GB held for a tick costs against a cold start, for the agents' scoring of their
+        # provisioning options (`prewarmer.agents.experts`): set by training from its reward, saved with it.
+        self.register_buffer("idle_gb_tick_cost", torch.tensor(0.07))
 
     def logits(self, local: torch.Tensor) -> torch.Tensor:
         return self.actor(local)

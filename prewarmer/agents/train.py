@@ -43,7 +43,8 @@ class RewardWeights(BaseModel):
     latency_per_s: float = Field(0.0, ge=0, description="per second of start-up delay added to requests")
     sla_violation: float = Field(0.0, ge=0, description="per cold start whose delay exceeds sla_s")
     sla_s: float = Field(0.5, gt=0)
-    waste_per_gb_min: float = Field(0.1, ge=0, description="per GB-minute held idle (energy)")
+    waste_per_gb_min: float = Field(0.07, ge=0, description="per GB-minute held idle (energy); also the price "
+                                                            "the agents score their provisioning options with")
     utilization_bonus: float = Field(0.0, ge=0, description="times busy / (busy + idle) memory over the tick")
     per_invocation: bool = Field(False, description="divide by the tick's invocations (at least 1), so a rare "
                                                     "function's cold start weighs like a busy one's cold-start rate")
@@ -125,9 +126,9 @@ def record_peaks(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return np.stack(peaks, axis=1), np.stack(arrivals, axis=1)
 
 
-def teacher_costs(cfg: TrainConfig) -> tuple[float, float]:
-    """(cost of a cold start, cost of an idle GB held one tick) that the cloned rule trades, from the reward."""
-    return cfg.reward.cold_start, cfg.reward.waste_per_gb_min
+def idle_gb_tick_cost(cfg: TrainConfig) -> float:
+    """An idle GB held one tick, priced in cold starts: how the agents score their provisioning options."""
+    return cfg.reward.waste_per_gb_min / max(cfg.reward.cold_start, 1e-9)
 
 
 def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: TrainConfig, seed: int,
@@ -140,7 +141,7 @@ def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: Tr
                                            queue_deadline_s=cfg.queue_deadline_s if capped else None),
                     idx=idx, tick_s=60.0)
     env.reset()
-    policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=teacher_costs(cfg), teacher_acts=teacher)
+    policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=True, teacher_acts=teacher)
     driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
     actions = driver.reset(env.functions, 0.0)
     feats, choices, logps, rules, rewards, colds, wastes, arrivals = [], [], [], [], [], [], [], []
@@ -305,6 +306,7 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = ActorCritic(N_CHOICES, hidden=cfg.hidden)
+    model.idle_gb_tick_cost.fill_(idle_gb_tick_cost(cfg))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict] = []
     first = 0

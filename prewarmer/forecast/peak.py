@@ -1,17 +1,23 @@
 """Peak forecaster: quantiles of how many instances each function will need in the next tick.
 
 What a function needs within a tick is its peak of requests in flight (`Observation.peak_in_flight`):
-a pool that large at the start of the tick serves every request of the tick warm. One small MLP,
+a pool that large at the start of the tick serves every request of the tick warm. One small network,
 shared by all functions, maps a function's recent peaks and arrivals to several quantiles of its next
-peak at once (`TAUS`). The agents choose which quantile to provision: a high one for a small function
-whose idle instance costs little, a lower one for a large function (an idle GB-minute against a cold
-start is the trade, see `prewarmer.agents.action_space.teacher_choice`).
+peak at once (`TAUS`). The agents choose which quantile to provision (see
+`prewarmer.agents.action_space` and `prewarmer.agents.experts`).
 
-Inputs per function (26 values), scaled by s = 1 + mean of its last 10 peaks so that one network
+Inputs per function (`N_INPUTS` = 30), scaled by s = 1 + mean of its last 10 peaks so that one network
 serves functions whose peaks differ by four orders of magnitude: the last 20 peaks / s, the last 3
-minute counts / (1 + their 10-minute mean), log(s) / 5, log(memory GB), std of the last 10 peaks / s.
-Outputs: quantiles in units of s, increasing in tau by construction (a base plus softplus steps), so
-they never cross. Trained with the pinball loss on a training trace (`fit`), on CPU in seconds.
+minute counts / (1 + their 10-minute mean) (a = that mean), log(s) / 5, log(memory GB), std of the last
+10 peaks / s, log(s / a) / 5 (by Little's law the function's duration: whether a jump in arrivals moves
+its peak now or over many minutes), and a seasonal guess from the last `HISTORY` peaks: the lag of
+2–30 ticks with the highest autocorrelation, the peak that lag predicts for the next tick (and the
+largest of it and its two neighbours, for timers that drift) / s, and that autocorrelation.
+Outputs: quantiles in units of s, a correction added to the last peak (persistence is the default,
+which keeps large smooth functions steady), increasing in tau by construction (a base plus softplus
+steps), so they never cross. The network is an ensemble of `MEMBERS` MLPs trained from different
+seeds whose quantiles are averaged: on functions unlike the training ones single members disagree by
+a third of their under-provisioning (measured, see the README), the average does not.
 """
 
 from __future__ import annotations
@@ -22,20 +28,34 @@ from torch import nn
 
 TAUS = (0.5, 0.75, 0.85, 0.9, 0.95, 0.98)
 N_PEAKS = 20  # peaks of the last ticks fed to the network
+HISTORY = 60  # peaks kept for the seasonal lag; training pairs start once this much history exists
 N_ARRIVALS = 10  # counts kept (the last 3 fed, the 10 for their scale)
-N_INPUTS = N_PEAKS + 3 + 3
+SEASON_LAGS = np.arange(2, 31)
+N_INPUTS = N_PEAKS + 3 + 4 + 3
+MEMBERS = 3
 
 
-class PeakQuantileNet(nn.Module):
-    def __init__(self, hidden: int = 64) -> None:
+class _QuantileMLP(nn.Module):
+    def __init__(self, hidden: int) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(N_INPUTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                   nn.Linear(hidden, len(TAUS)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.body(x)
-        steps = nn.functional.softplus(z[:, 1:])
-        return torch.cat([z[:, :1], z[:, :1] + torch.cumsum(steps, dim=1)], dim=1)
+        base = x[:, :1] + z[:, :1]  # column 0 of the inputs is the last peak / s
+        return torch.cat([base, base + torch.cumsum(nn.functional.softplus(z[:, 1:]), dim=1)], dim=1)
+
+
+class PeakQuantileNet(nn.Module):
+    """`MEMBERS` quantile MLPs; the forecast is their average (still non-crossing)."""
+
+    def __init__(self, hidden: int = 64, members: int = MEMBERS) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(_QuantileMLP(hidden) for _ in range(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
 class PeakHistory:
@@ -44,7 +64,7 @@ class PeakHistory:
     def __init__(self, memory_mb: np.ndarray) -> None:
         n = len(memory_mb)
         self.log_mem = np.log(np.maximum(np.asarray(memory_mb, np.float64) / 1024.0, 1e-3))
-        self.peaks = np.zeros((n, N_PEAKS))  # column 0 = the tick that just ended
+        self.peaks = np.zeros((n, HISTORY))  # column 0 = the tick that just ended
         self.arrivals = np.zeros((n, N_ARRIVALS))
 
     def update(self, peak_in_flight: np.ndarray, arrivals: np.ndarray) -> None:
@@ -58,17 +78,37 @@ class PeakHistory:
         return inputs(self.peaks, self.arrivals, self.log_mem)
 
 
+def seasonal(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows of peaks (newest first): (the next peak the best lag predicts, the largest of it and its
+    neighbours, that lag's autocorrelation). All lags at once through one FFT per row."""
+    x = peaks - peaks.mean(axis=1, keepdims=True)
+    spec = np.fft.rfft(x, n=2 * peaks.shape[1])
+    acf = np.fft.irfft(spec * np.conj(spec), n=2 * peaks.shape[1])[:, SEASON_LAGS]
+    acf /= (x * x).sum(axis=1, keepdims=True) + 1e-9
+    k = acf.argmax(axis=1)
+    lag = SEASON_LAGS[k]
+    rows = np.arange(len(peaks))
+    guess = peaks[rows, lag - 1]  # lag L before the next tick is column L - 1 (column 0 = now)
+    around = np.maximum(np.maximum(peaks[rows, lag - 2], guess), peaks[rows, np.minimum(lag, peaks.shape[1] - 1)])
+    return guess, around, acf[rows, k]
+
+
 def inputs(peaks: np.ndarray, arrivals: np.ndarray, log_mem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs from the last N_PEAKS peaks and N_ARRIVALS counts (newest first) of each row."""
+    """Network inputs from the last HISTORY peaks and N_ARRIVALS counts (newest first) of each row."""
     recent = peaks[:, :10]
     s = recent.mean(axis=1) + 1.0
     a_scale = arrivals.mean(axis=1) + 1.0
+    guess, around, acf = seasonal(peaks)
     x = np.empty((len(peaks), N_INPUTS), np.float32)
-    x[:, :N_PEAKS] = peaks / s[:, None]
+    x[:, :N_PEAKS] = peaks[:, :N_PEAKS] / s[:, None]
     x[:, N_PEAKS:N_PEAKS + 3] = arrivals[:, :3] / a_scale[:, None]
     x[:, N_PEAKS + 3] = np.log(s) / 5.0
     x[:, N_PEAKS + 4] = log_mem
     x[:, N_PEAKS + 5] = recent.std(axis=1) / s
+    x[:, N_PEAKS + 6] = (np.log(s) - np.log(a_scale)) / 5.0
+    x[:, N_PEAKS + 7] = guess / s
+    x[:, N_PEAKS + 8] = around / s
+    x[:, N_PEAKS + 9] = np.clip(acf, -1.0, 1.0)
     return x, s
 
 
@@ -90,8 +130,8 @@ def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarra
     p, a = peaks[keep].astype(np.float64), arrivals[keep].astype(np.float64)
     log_mem = np.log(np.maximum(np.asarray(memory_mb, np.float64)[keep] / 1024.0, 1e-3))
     xs, ys, ss = [], [], []
-    for t in range(N_PEAKS, p.shape[1]):
-        x, s = inputs(p[:, t - N_PEAKS:t][:, ::-1], a[:, t - N_ARRIVALS:t][:, ::-1], log_mem)
+    for t in range(HISTORY, p.shape[1]):
+        x, s = inputs(p[:, t - HISTORY:t][:, ::-1], a[:, t - N_ARRIVALS:t][:, ::-1], log_mem)
         xs.append(x)
         ys.append(p[:, t] / s)
         ss.append(s)
@@ -102,32 +142,40 @@ def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarra
 
 def fit(net: PeakQuantileNet, peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray, steps: int = 4000,
         batch: int = 4096, lr: float = 1e-3, seed: int = 0) -> dict:
-    """Train on a recorded run (arrays (F, T) per tick) with the pinball loss in instances; returns the
-    samples, the final loss and the coverage of each quantile on the training data."""
+    """Train every member (its own seed) on a recorded run (arrays (F, T) per tick) with the pinball
+    loss in instances; returns the samples, the final loss and the ensemble's coverage of each quantile
+    on the training data."""
     x, y, s = training_pairs(peaks, arrivals, memory_mb)
     if len(x) == 0:
         return {"samples": 0, "loss": float("nan"), "coverage": _coverage(net, x, y, s)}
-    gen = torch.Generator().manual_seed(seed)
     xt, yt, st = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(s)
     taus = torch.tensor(TAUS, dtype=torch.float32)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    # Decay to zero: the quantiles settle instead of wandering with the last minibatches.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 - k / steps)
+    losses = []
     net.train()
-    loss_sum, n = 0.0, 0
-    for step in range(steps):
-        i = torch.randint(0, len(xt), (min(batch, len(xt)),), generator=gen)
-        err = (yt[i, None] - net(xt[i])) * st[i, None]  # in instances: a cold start vs an idle instance-tick
-        loss = torch.maximum(taus * err, (taus - 1.0) * err).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step >= steps - 200:
-            loss_sum += loss.item()
-            n += 1
+    for k, member in enumerate(net.members):
+        gen = torch.Generator().manual_seed(seed + k)
+        torch.manual_seed(seed + k)
+        for layer in member.body:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()  # members differ by their seed, not only by their batches
+        opt = torch.optim.Adam(member.parameters(), lr=lr)
+        # Decay to zero: the quantiles settle instead of wandering with the last minibatches.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / steps)
+        loss_sum, n = 0.0, 0
+        for step in range(steps):
+            i = torch.randint(0, len(xt), (min(batch, len(xt)),), generator=gen)
+            err = (yt[i, None] - member(xt[i])) * st[i, None]  # in instances: a cold start vs an idle instance-tick
+            loss = torch.maximum(taus * err, (taus - 1.0) * err).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step >= steps - 200:
+                loss_sum += loss.item()
+                n += 1
+        losses.append(loss_sum / max(n, 1))
     net.eval()
-    return {"samples": int(len(x)), "loss": loss_sum / max(n, 1), "coverage": _coverage(net, x, y, s)}
+    return {"samples": int(len(x)), "loss": float(np.mean(losses)), "coverage": _coverage(net, x, y, s)}
 
 
 def coverage(net: PeakQuantileNet, peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray) -> list[float]:

@@ -1,0 +1,60 @@
+"""Per-function choice of how much to provision, from what each option would have cost it so far.
+
+The peak forecaster is shared by all functions and calibrated on the training ones; on a function
+unlike them its quantiles can be too low (a burst it has not learned) or too high. Each agent
+therefore keeps score, on its own function's data, of the provisioning options it can take: the
+forecast quantiles of `action_space.FORECAST_TAUS` and a 10-minute keep-alive (whose pool is about
+the largest peak of the last 10 ticks). After every tick each option is charged what it would have
+cost: one per instance short of the peak (a cold start) plus `idle_gb_tick_cost` per GB of instances
+beyond it (one idle tick), in a sum that halves every `halflife` ticks. The `forecast tracked` action
+provisions the option with the lowest score. Until `warmup` ticks have been scored, the score is
+not trusted and the newsvendor quantile (cold / (cold + idle cost)) stands in.
+
+On functions the forecaster never saw this costs less than any one quantile for all (README).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prewarmer.agents.action_space import FORECAST, FORECAST_TAUS, KA10, newsvendor_choice
+from prewarmer.forecast.peak import TAUS
+
+KEEP_ALIVE_TICKS = 10  # the keep-alive option's pool: the largest peak of this many ticks
+_COLUMNS = np.array([TAUS.index(t) for t in FORECAST_TAUS])
+OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is carried out by
+
+
+class ProvisioningTracker:
+    def __init__(self, memory_mb: np.ndarray, idle_gb_tick_cost: float, cold_start_cost: float = 1.0,
+                 halflife: float = 120.0, warmup: int = 60) -> None:
+        self.gb = np.asarray(memory_mb, np.float64) / 1024.0
+        self.idle_cost, self.cold_cost = idle_gb_tick_cost, cold_start_cost
+        self.decay = 0.5 ** (1.0 / halflife)
+        self.warmup = warmup
+        self.score = np.zeros((len(self.gb), len(OPTION_CHOICES)))
+        self.pools: np.ndarray | None = None  # what each option would provision for the coming tick
+        self.scored = 0
+        self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), cold_start_cost, idle_gb_tick_cost)
+
+    def update(self, peak_in_flight: np.ndarray) -> None:
+        """Charge every option for the tick that just ended (its peak is now known)."""
+        if self.pools is None:
+            return
+        need = np.asarray(peak_in_flight, np.float64)[:, None]
+        cost = self.cold_cost * np.maximum(need - self.pools, 0.0) \
+            + self.idle_cost * np.maximum(self.pools - need, 0.0) * self.gb[:, None]
+        self.score = self.decay * self.score + cost
+        self.scored += 1
+
+    def propose(self, quantiles: np.ndarray, recent_peaks: np.ndarray) -> None:
+        """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks
+        of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
+        forecast = np.ceil(quantiles[:, _COLUMNS] - 0.05)
+        self.pools = np.concatenate([forecast, recent_peaks[:, :KEEP_ALIVE_TICKS].max(axis=1)[:, None]], axis=1)
+
+    def best(self) -> np.ndarray:
+        """The choice (an `action_space` index) of the lowest-scored option of every function."""
+        if self.scored < self.warmup:
+            return self.fallback
+        return OPTION_CHOICES[self.score.argmin(axis=1)]
