@@ -92,6 +92,17 @@ def test_action_translation() -> None:
     assert acts.scale_to.tolist() == [col[0] + 3, col[1] + 3, -1]
     assert acts.surplus_keep_alive_s.tolist()[:2] == [FORECAST_HOLD_S] * 2
     assert ka.tolist() == [max(66.0, FORECAST_HOLD_S), 14400.0, 120.0] and pw.tolist() == [0.0, 0.0, 0.0]
+    # A forecast of no need trims to one instance while one is alive (its keep-alive decides), starts none.
+    obs.alive[:] = [2, 0, 1]
+    acts, _, _ = to_actions(np.full(3, first), obs, np.full(3, 600.0), np.zeros(3), hyb, np.zeros((3, len(TAUS))))
+    assert acts.scale_to.tolist() == [1, 0, 1]
+    # 'forecast tracked' stands for each function's tracked choice.
+    tracked = np.array([last, HYBRID, KA10])
+    acts, ka, _ = to_actions(np.full(3, TRACKED), obs, np.full(3, 600.0), np.zeros(3), hyb, q, tracked)
+    assert acts.scale_to.tolist() == [col[1] + 3, -1, -1]
+    assert ka.tolist() == [max(66.0, FORECAST_HOLD_S), 14400.0, 600.0]
+    with pytest.raises(ValueError, match="tracked"):
+        to_actions(np.full(3, TRACKED), obs, np.full(3, 600.0), np.zeros(3), hyb, q)
 
 
 def test_newsvendor_quantile_prices_an_idle_instance_against_a_cold_start() -> None:

@@ -68,7 +68,10 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     if peak_quantiles is not None and forecast.any():
         col = _TAU_COLUMN[np.clip(choice - FORECAST[0], 0, len(FORECAST_TAUS) - 1)]
         q = peak_quantiles[np.arange(n), col]
-        scale = np.where(forecast, np.ceil(q - 0.05), -1).astype(np.int64)
+        # Trim to the forecast but never below one while an instance is alive: the last one's fate is
+        # its keep-alive (hybrid's), as for a rarely invoked function under hybrid.
+        target = np.maximum(np.ceil(q - 0.05), np.minimum(obs.alive, 1))
+        scale = np.where(forecast, target, -1).astype(np.int64)
     new_ka = np.where(np.isnan(ka), keep_alive, ka)
     new_pw = np.where(np.isnan(pw), prewarm_delay, pw)
     release = np.where(choice == RELEASE, np.iinfo(np.int32).max, 0).astype(np.int64)
