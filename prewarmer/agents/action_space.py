@@ -87,9 +87,13 @@ def newsvendor_choice(memory_mb: np.ndarray, cold_start_cost: float, idle_gb_tic
     return FORECAST[np.abs(np.asarray(FORECAST_TAUS)[None, :] - tau[:, None]).argmin(axis=1)]
 
 
-def teacher_choice(rate_per_tick: np.ndarray, warming_up: bool, min_rate: float = 0.3) -> np.ndarray:
+def teacher_choice(rate_per_tick: np.ndarray, warming_up: bool, min_rate: float = 0.06) -> np.ndarray:
     """The rule the agents start from: functions invoked at least `min_rate` times per tick take the
     tracked provisioning option, or a 10-minute keep-alive while the forecaster is `warming_up` (its
-    history is still mostly empty); the others follow hybrid."""
+    history is still mostly empty); the others follow hybrid. The rate is an EWMA over ~10 ticks, so a
+    function invoked once stays above 0.06 for five ticks, in which its instance is kept (hybrid's
+    keep-alive, at least 5 minutes) rather than released to be prewarmed later. Chosen on validation
+    windows: 0.04–0.08 all gave fewer cold starts and a lower p75 than 0.3 at the same waste; 0 kept
+    too much."""
     busy = np.asarray(rate_per_tick) >= min_rate
     return np.where(busy, KA10 if warming_up else TRACKED, HYBRID).astype(np.int64)
