@@ -32,7 +32,7 @@ KEEP, RELEASE, KA1, KA10, KA30, HYBRID = range(6)
 FORECAST = np.arange(6, 6 + len(FORECAST_TAUS))  # choice index of each FORECAST_TAUS entry
 TRACKED = N_CHOICES - 1
 _TAU_COLUMN = np.array([TAUS.index(t) for t in FORECAST_TAUS])
-_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 600.0, 1800.0, np.nan] + [np.nan] * len(FORECAST_TAUS) + [np.nan])
+_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 600.0, 1800.0, np.nan] + [np.nan] * (N_CHOICES - 6))  # forecasts: below
 FORECAST_HOLD_S = 300.0  # instances idle after a forecast tick: long enough to outlive a tick, scale_to trims them
 
 
