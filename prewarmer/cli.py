@@ -300,8 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(f"training on {len(workload.functions)} functions, {workload.horizon_s / 3600:.1f} h: "
                   f"peak forecaster ({cfg.forecaster_steps} steps), {cfg.clone_episodes} cloning + {cfg.episodes} PPO "
-                  f"episodes of "
-                  f"{cfg.window_minutes} min x {cfg.functions_per_episode} agents")
+                  f"episodes of {cfg.window_minutes} min x {cfg.functions_per_episode} agents")
 
     def on_phase(phase: str, rec: dict) -> None:
         if args.quiet:

@@ -66,17 +66,21 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     surplus = np.where(forecast, FORECAST_HOLD_S, surplus)
     scale = np.full(n, -1, np.int64)
     if peak_quantiles is not None and forecast.any():
-        col = _TAU_COLUMN[np.clip(choice - FORECAST[0], 0, len(FORECAST_TAUS) - 1)]
-        q = peak_quantiles[np.arange(n), col]
+        pool = forecast_pools(peak_quantiles)[np.arange(n), np.clip(choice - FORECAST[0], 0, len(FORECAST_TAUS) - 1)]
         # Trim to the forecast but never below one while an instance is alive: the last one's fate is
         # its keep-alive (hybrid's), as for a rarely invoked function under hybrid.
-        target = np.maximum(np.ceil(q - 0.05), np.minimum(obs.alive, 1))
+        target = np.maximum(pool, np.minimum(obs.alive, 1))
         scale = np.where(forecast, target, -1).astype(np.int64)
     new_ka = np.where(np.isnan(ka), keep_alive, ka)
     new_pw = np.where(np.isnan(pw), prewarm_delay, pw)
     release = np.where(choice == RELEASE, np.iinfo(np.int32).max, 0).astype(np.int64)
     return Actions(keep_alive_s=ka, surplus_keep_alive_s=surplus, prewarm_delay_s=pw, scale_to=scale,
                    release_idle=release), new_ka, new_pw
+
+
+def forecast_pools(peak_quantiles: np.ndarray) -> np.ndarray:
+    """(F, len(FORECAST_TAUS)) instances each forecast choice provisions, from the forecaster's (F, len(TAUS))."""
+    return np.ceil(peak_quantiles[:, _TAU_COLUMN] - 0.05)
 
 
 def newsvendor_choice(memory_mb: np.ndarray, cold_start_cost: float, idle_gb_tick_cost: float) -> np.ndarray:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from prewarmer.agents.action_space import FORECAST, FORECAST_TAUS, KA10, newsvendor_choice
-from prewarmer.forecast.peak import TAUS
+from prewarmer.agents.action_space import FORECAST, KA10, forecast_pools, newsvendor_choice
 
 KEEP_ALIVE_TICKS = 10  # the keep-alive option's pool: the largest peak of this many ticks
-_COLUMNS = np.array([TAUS.index(t) for t in FORECAST_TAUS])
 OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is carried out by
 
 
@@ -50,8 +48,8 @@ class ProvisioningTracker:
     def propose(self, quantiles: np.ndarray, recent_peaks: np.ndarray) -> None:
         """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks
         of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
-        forecast = np.ceil(quantiles[:, _COLUMNS] - 0.05)
-        self.pools = np.concatenate([forecast, recent_peaks[:, :KEEP_ALIVE_TICKS].max(axis=1)[:, None]], axis=1)
+        keep_alive_pool = recent_peaks[:, :KEEP_ALIVE_TICKS].max(axis=1)[:, None]
+        self.pools = np.concatenate([forecast_pools(quantiles), keep_alive_pool], axis=1)
 
     def best(self) -> np.ndarray:
         """The choice (an `action_space` index) of the lowest-scored option of every function."""

@@ -266,6 +266,13 @@ def sample_episode(workload: Workload, cfg: TrainConfig, rng: np.random.Generato
     return w, idx, [m0, m0 + span]
 
 
+def _episode_record(ep: int, minutes: list[int], idx: np.ndarray, roll: dict) -> dict:
+    """What the history keeps of every cloning or PPO episode."""
+    return {"episode": ep + 1, "window": minutes, "functions": len(idx),
+            "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
+            "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0)}
+
+
 def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.random.Generator,
              on_phase: Callable[[str, dict], None] | None = None) -> dict:
     """Phases 1 and 2: fit the peak forecaster, then clone the rule into the actor (and warm up the critic)."""
@@ -286,10 +293,8 @@ def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.r
         w, idx, minutes = sample_episode(workload, cfg, rng)
         roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)), teacher=True)
         _, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
-        rec = {"episode": ep + 1, "window": minutes, "functions": len(idx),
-               "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
-               "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0),
-               **clone_update(model, opt, roll, returns, glob, cfg, rng), "wall_s": time.perf_counter() - t0}
+        rec = {**_episode_record(ep, minutes, idx, roll), **clone_update(model, opt, roll, returns, glob, cfg, rng),
+               "wall_s": time.perf_counter() - t0}
         clones.append(rec)
         if on_phase is not None:
             on_phase("clone", rec)
@@ -336,10 +341,8 @@ def train(workload: Workload, cfg: TrainConfig, out: str | Path, resume: str | P
         roll = run_episode(model, w, idx, cfg, seed=int(rng.integers(1 << 31)))
         adv, returns, glob = advantages(model, roll, cfg.gamma, cfg.gae_lambda)
         stats = ppo_update(model, opt, roll, adv, returns, glob, cfg, rng)
-        rec = {"episode": ep + 1, "window": minutes, "functions": len(idx),
-               "reward_per_tick": float(roll["rewards"].sum() / roll["rewards"].size),
-               "cold_start_rate": roll["cold_starts"] / max(roll["invocations"], 1.0),
-               "wasted_gb_s": roll["wasted_gb_s"], "wall_s": time.perf_counter() - t0, **stats}
+        rec = {**_episode_record(ep, minutes, idx, roll), "wasted_gb_s": roll["wasted_gb_s"],
+               "wall_s": time.perf_counter() - t0, **stats}
         history.append(rec)
         if on_episode is not None:
             on_episode(ep + 1, rec)

@@ -115,9 +115,13 @@ def inputs(peaks: np.ndarray, arrivals: np.ndarray, log_mem: np.ndarray) -> tupl
 @torch.no_grad()
 def predict(net: PeakQuantileNet, history: PeakHistory) -> np.ndarray:
     """(F, len(TAUS)) predicted peaks in instances, >= 0; one forward pass for all functions."""
-    x, s = history.inputs()
-    q = net(torch.from_numpy(x)).numpy()
-    return np.maximum(q, 0.0) * s[:, None]
+    return _in_instances(net, *history.inputs())
+
+
+@torch.no_grad()
+def _in_instances(net: PeakQuantileNet, x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The network's quantiles (units of s) as instances, >= 0."""
+    return np.maximum(net(torch.from_numpy(x)).numpy(), 0.0) * s[:, None]
 
 
 def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray, min_rate: float = 0.2,
@@ -186,6 +190,5 @@ def coverage(net: PeakQuantileNet, peaks: np.ndarray, arrivals: np.ndarray, memo
 def _coverage(net: PeakQuantileNet, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> list[float]:
     if len(x) == 0:
         return [float("nan")] * len(TAUS)
-    with torch.no_grad():
-        q = np.maximum(net(torch.from_numpy(x)).numpy(), 0.0) * s[:, None]
+    q = _in_instances(net, x, s)
     return [float(np.mean(y * s <= np.ceil(q[:, k] - 1e-6))) for k in range(len(TAUS))]
