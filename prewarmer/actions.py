@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NO_CHANGE = np.nan
+_NO_CHANGE = {"keep_alive_s": np.nan, "surplus_keep_alive_s": np.nan, "prewarm_delay_s": np.nan, "prewarm": 0,
+              "scale_to": -1, "release_idle": 0, "max_hold": np.nan, "max_instances": -1}
+_FIELDS = tuple(_NO_CHANGE)
 
 
 @dataclass
@@ -43,11 +45,21 @@ class Actions:
         return cls()
 
     def validate(self, n_functions: int) -> None:
-        for name in ("keep_alive_s", "surplus_keep_alive_s", "prewarm_delay_s", "prewarm", "scale_to", "release_idle",
-                     "max_hold", "max_instances"):
+        for name in _FIELDS:
             a = getattr(self, name)
             if a is not None and np.shape(a) != (n_functions,):
                 raise ValueError(f"Actions.{name} has shape {np.shape(a)}, expected ({n_functions},)")
+
+    def only_from(self, first: int) -> Actions:
+        """These actions for functions `first`.. only: "no change" for the ones before (see `Policy.grow`)."""
+        out = Actions()
+        for name in _FIELDS:
+            a = getattr(self, name)
+            if a is not None:
+                a = np.array(a, copy=True)
+                a[:first] = _NO_CHANGE[name]
+            setattr(out, name, a)
+        return out
 
     def counts(self) -> dict[str, int]:
         """How many functions each verb touched (for logs and metrics)."""

@@ -23,7 +23,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
 
 def _child(trace: str, spec: str, workers: int) -> dict:
-    from prewarmer.policies import policy_factory
+    from prewarmer.registry import policy_factory
     from prewarmer.sim.replay import ReplayConfig, replay
     from prewarmer.workloads.detect import open_trace
 
@@ -41,7 +41,7 @@ def _child(trace: str, spec: str, workers: int) -> dict:
 
 def _warm_up() -> float:
     """Compile (or load from cache) the engine so timings measure simulation, not compilation."""
-    from prewarmer.policies import policy_factory
+    from prewarmer.registry import policy_factory
     from prewarmer.sim.replay import ReplayConfig, replay
     from prewarmer.workloads.synthetic import azure_like
 
@@ -53,7 +53,7 @@ def _warm_up() -> float:
 
 
 def cmd_bench_replay(args: argparse.Namespace) -> int:
-    from prewarmer.policies import BASELINES
+    from prewarmer.registry import BASELINES
 
     trace = args.trace or str(DEFAULT_TRACE)
     if not Path(trace).exists():

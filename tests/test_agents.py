@@ -29,7 +29,7 @@ from prewarmer.agents.network import ActorCritic
 from prewarmer.agents.train import TrainConfig, run_episode, train
 from prewarmer.cli import main
 from prewarmer.observation import Observation
-from prewarmer.policies import policy_factory
+from prewarmer.registry import policy_factory
 from prewarmer.sim.replay import ReplayConfig, replay
 from prewarmer.workloads.base import FunctionTable, MinuteCountWorkload
 

@@ -8,8 +8,8 @@ from helpers import ListWorkload
 
 from prewarmer.actions import Actions
 from prewarmer.coord.auction import Bids, allocate
-from prewarmer.policies import policy_factory
 from prewarmer.policies.keepalive import KeepAlivePolicy
+from prewarmer.registry import policy_factory
 from prewarmer.sim import engine as E
 from prewarmer.sim.env import ReplayEnv
 from prewarmer.sim.replay import run_shard

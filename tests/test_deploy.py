@@ -43,7 +43,7 @@ from prewarmer.cli import build_parser
 from prewarmer.gateway.app import create_app
 from prewarmer.gateway.cli import config_from_args
 from prewarmer.gateway.config import GatewayConfig, load_functions, resolve_basic_auth
-from prewarmer.policies import policy_factory
+from prewarmer.registry import policy_factory
 from prewarmer.sidecar.metrics import SidecarMetrics, metrics_app
 from prewarmer.sidecar.platform import build_actuator
 from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS

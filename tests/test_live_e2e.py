@@ -15,7 +15,7 @@ from helpers import checkpointed_events
 from test_gateway import NS, basic, eventually, running
 
 from prewarmer.actuators import make_actuator
-from prewarmer.policies import policy_factory
+from prewarmer.registry import policy_factory
 from prewarmer.sidecar.run import Sidecar, SidecarOptions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from prewarmer.policies import (
     HybridHistogramPolicy,
     KeepAlivePolicy,
     KnativePolicy,
-    policy_factory,
 )
+from prewarmer.registry import policy_factory
 from prewarmer.sim import engine as E
 from prewarmer.sim.replay import SimResult
 

@@ -14,9 +14,9 @@ import pytest
 from helpers import ListWorkload, all_arrivals, run
 
 from prewarmer.actions import Actions
-from prewarmer.policies import policy_factory
 from prewarmer.policies.base import Policy
 from prewarmer.policies.keepalive import KeepAlivePolicy
+from prewarmer.registry import policy_factory
 from prewarmer.sim import engine as E
 from prewarmer.sim.replay import ReplayConfig, SimResult, replay, run_shard
 from prewarmer.sim.startup import StartupModel

@@ -35,6 +35,16 @@ class ProvisioningTracker:
         self.scored = 0
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), cold_start_cost, idle_gb_tick_cost)
 
+    def grow(self, memory_mb: np.ndarray) -> None:
+        """Rows for functions appended to the table (`memory_mb` of all of them): no option scored yet.
+        Their pools come with the next `propose`."""
+        n = len(memory_mb)
+        self.gb = np.asarray(memory_mb, np.float64) / 1024.0
+        self.score = np.concatenate([self.score, np.zeros((n - len(self.score), self.score.shape[1]))])
+        self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), self.cold_cost, self.idle_cost)
+        self.pools = None if self.pools is None else np.concatenate(
+            [self.pools, np.zeros((n - len(self.pools), self.pools.shape[1]))])
+
     def update(self, peak_in_flight: np.ndarray) -> None:
         """Charge every option for the tick that just ended (its peak is now known)."""
         if self.pools is None:

@@ -16,6 +16,7 @@ import numpy as np
 from prewarmer.actions import Actions
 from prewarmer.forecast.peak import TAUS
 from prewarmer.observation import Observation
+from prewarmer.policies.base import pad
 
 HISTORY = 60  # ticks of per-tick counts kept per function
 GAP_BINS = 241  # idle gaps in ticks: 0..239 and "240 or more"
@@ -49,6 +50,14 @@ class FeatureBuilder:
         self.waste_ewma = np.zeros(n)
         self.duration_ewma = np.full(n, np.nan)
         self.rate_ewma = np.zeros(n)  # arrivals per tick, smoothed over ~10 ticks (the teacher rule reads it)
+
+    def grow(self, n: int) -> None:
+        """Rows for functions appended to the table: nothing seen yet."""
+        for name, fill in (("counts", 0.0), ("idle_ticks", GAP_BINS - 1), ("cum_gaps", 0.0), ("sum5", 0.0),
+                           ("sum60", 0.0), ("seen", False), ("cold_ewma", 0.0), ("waste_ewma", 0.0),
+                           ("duration_ewma", np.nan), ("rate_ewma", 0.0)):
+            setattr(self, name, pad(getattr(self, name), n, fill))
+        self.n = n
 
     def update(self, obs: Observation, keep_alive_s: np.ndarray | None = None,
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None) -> np.ndarray:

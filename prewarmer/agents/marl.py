@@ -25,7 +25,7 @@ from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.network import ActorCritic
 from prewarmer.forecast.peak import N_PEAKS, PeakHistory, predict
 from prewarmer.observation import Observation
-from prewarmer.policies.base import Policy
+from prewarmer.policies.base import Policy, pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.workloads.base import FunctionTable
 
@@ -62,6 +62,19 @@ class MARLPolicy(Policy):
         self.hybrid_actions = self.hybrid.reset(functions, now)
         return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
                        prewarm_delay_s=np.zeros(n))
+
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        n, first = len(functions), self.features.n
+        self.features.grow(n)
+        self.memory_mb = np.asarray(functions.memory_mb, np.float64)
+        self.peaks.grow(self.memory_mb)
+        self.tracker.grow(self.memory_mb)
+        self.keep_alive = pad(self.keep_alive, n, 600.0)
+        self.prewarm_delay = pad(self.prewarm_delay, n, 0.0)
+        self.hybrid.grow(functions, now)
+        self.hybrid_actions = self.hybrid.current()
+        return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
+                       prewarm_delay_s=np.zeros(n)).only_from(first)
 
     @torch.no_grad()
     def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

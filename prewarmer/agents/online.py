@@ -23,6 +23,7 @@ from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
 from prewarmer.agents.train import TrainConfig, advantages, ppo_update, reward
 from prewarmer.observation import Observation
+from prewarmer.policies.base import pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.workloads.base import FunctionTable
 
@@ -56,6 +57,21 @@ class OnlineMARLPolicy(MARLPolicy):
         self.scaled_out = np.zeros(n, bool)
         self.tracking = np.zeros(n, bool)
         self.buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        return actions
+
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        actions = super().grow(functions, now)
+        n = len(functions)
+        self.names = functions.names
+        self.shadow.grow(functions, now)
+        self.shadow_actions = self.shadow.current()
+        for name in ("fallback", "scaled_out", "tracking"):
+            setattr(self, name, pad(getattr(self, name), n, False))
+        for name in ("gaps", "cold", "hyb_cold", "waste", "hyb_waste"):
+            setattr(self, name, pad(getattr(self, name), n, 0.0))
+        # The batch so far has one row per known function; start the next one with everyone in it.
+        self.buffer = []
+        self.last = {}
         return actions
 
     # ------------------------------------------------------------------ learning

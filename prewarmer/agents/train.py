@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
 from prewarmer.agents.action_space import N_CHOICES
 from prewarmer.agents.marl import MARLPolicy
@@ -30,6 +29,7 @@ from prewarmer.agents.network import ActorCritic
 from prewarmer.coord.policy import CoordinatedPolicy
 from prewarmer.forecast import peak as peak_forecast
 from prewarmer.observation import Observation
+from prewarmer.platform import begin, tick
 from prewarmer.policies.keepalive import KeepAlivePolicy
 from prewarmer.sim.env import ReplayEnv
 from prewarmer.sim.result import ReplayConfig
@@ -114,15 +114,16 @@ def record_peaks(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndar
     one replay serves as the forecaster's training data."""
     env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0), tick_s=60.0)
     env.reset()
-    actions = KeepAlivePolicy(600.0).reset(env.functions, 0.0)
+    policy = KeepAlivePolicy(600.0)
+    begin(policy, env, env.functions, 0.0)
     peaks, arrivals = [], []
-    while True:
-        obs, done = env.step(actions)
+    for now in env.tick_times():
+        obs = tick(policy, env, now).obs
         peaks.append(obs.peak_in_flight)
         arrivals.append(obs.arrivals)
-        if done:
-            break
-        actions = Actions.none()
+    obs = env.finish()
+    peaks.append(obs.peak_in_flight)
+    arrivals.append(obs.arrivals)
     return np.stack(peaks, axis=1), np.stack(arrivals, axis=1)
 
 
@@ -143,22 +144,25 @@ def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: Tr
     env.reset()
     policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=True, teacher_acts=teacher)
     driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
-    actions = driver.reset(env.functions, 0.0)
+    begin(driver, env, env.functions, 0.0)
     feats, choices, logps, rules, rewards, colds, wastes, arrivals = [], [], [], [], [], [], [], []
-    while True:
-        obs, done = env.step(actions)
-        if feats:  # the outcome of the previous tick's choices
-            rewards.append(reward(obs, cfg.reward, getattr(driver, "compensation", None)))
-            colds.append(obs.cold_starts.sum())
-            wastes.append(obs.wasted_gb_s.sum())
-            arrivals.append(obs.arrivals.sum())
-        if done:
-            break
-        actions = driver.decide(obs.now, obs)
+
+    def outcome(obs: Observation) -> None:  # of the previous tick's choices
+        rewards.append(reward(obs, cfg.reward, getattr(driver, "compensation", None)))
+        colds.append(obs.cold_starts.sum())
+        wastes.append(obs.wasted_gb_s.sum())
+        arrivals.append(obs.arrivals.sum())
+
+    for now in env.tick_times():
+        decision = tick(driver, env, now)
+        if feats:
+            outcome(decision.obs)
         feats.append(policy.last["features"])
         choices.append(policy.last["choice"])
         logps.append(policy.last["logp"])
         rules.append(policy.last["rule"])
+    if feats:
+        outcome(env.finish())
     return {"features": np.stack(feats), "choices": np.stack(choices), "logp": np.stack(logps),
             "rules": np.stack(rules),
             "rewards": np.stack(rewards), "cold_starts": float(np.sum(colds)), "wasted_gb_s": float(np.sum(wastes)),

@@ -27,9 +27,9 @@ import math
 import numpy as np
 
 from prewarmer.actions import Actions
-from prewarmer.coord.auction import Bids, allocate
+from prewarmer.coord.auction import Award, Bids
 from prewarmer.observation import Observation
-from prewarmer.policies.base import Policy
+from prewarmer.policies.base import Policy, pad
 from prewarmer.workloads.base import FunctionTable
 
 UNLIMITED = 1 << 40
@@ -55,10 +55,8 @@ class CoordinatedPolicy(Policy):
         self.decommits = 0
         self.limited_ticks = 0
         self.price = 0.0
-        # In the sidecar the auction runs in Redis across replicas: decide() only bids, and the
-        # awards come back through `award()`.
-        self.external = False
         self.last_bids: Bids | None = None
+        self.limits: np.ndarray | None = None
 
     @property
     def events(self) -> list[str]:
@@ -75,8 +73,22 @@ class CoordinatedPolicy(Policy):
         self.held = np.zeros(n, np.int64)
         self._was_awarded = np.zeros(n, bool)
         self._last = {}
+        self.limits = None
         self.compensation = np.zeros(n)  # decommitment compensation accrued this tick (for rewards)
         return self.inner.reset(functions, now)
+
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        n = len(functions)
+        self.mem_gb = np.asarray(functions.memory_mb, np.float64) / 1024.0
+        self.tenants = (np.asarray(functions.tenants, np.int64) if functions.tenants is not None
+                        else np.full(n, -1, np.int64))
+        self.rate, self.duration, self.peak = pad(self.rate, n, 0.0), pad(self.duration, n, 1.0), pad(self.peak, n, 0.0)
+        self.held, self._was_awarded = pad(self.held, n, 0), pad(self._was_awarded, n, False)
+        self._last = {name: pad(self._last[name], n, default) for name, default in _SETTINGS if name in self._last}
+        self.compensation = pad(self.compensation, n, 0.0)
+        if self.limits is not None:  # a new function has no award yet: one instance, as every limited function
+            self.limits = pad(self.limits, n, 1 if (self.limits < UNLIMITED).any() else UNLIMITED)
+        return self.inner.grow(functions, now)
 
     def bids(self, obs: Observation) -> Bids:
         """Every agent's announcement: for its k-th instance, the expected value per GB-s."""
@@ -97,20 +109,25 @@ class CoordinatedPolicy(Policy):
         p_k = _poisson_at_least(rank, np.maximum(need[f], 1e-9))
         p_k = np.where(rank == 1, np.maximum(p_k, 1.0 - np.exp(-self.rate[f] * self.horizon_s)), p_k)
         value = p_k / (service[f] * self.mem_gb[f])
-        return Bids(func=f.astype(np.int64), rank=rank.astype(np.int64), value=value, mem_gb=self.mem_gb[f],
-                    tenant=self.tenants[f])
+        self.last_bids = Bids(func=f.astype(np.int64), rank=rank.astype(np.int64), value=value,
+                              mem_gb=self.mem_gb[f], tenant=self.tenants[f])
+        return self.last_bids
 
     def capacity(self, obs: Observation) -> float:
         cap = self.budget_gb if self.budget_gb is not None else obs.memory_cap_gb
         return cap * (1.0 - self.reserve) if math.isfinite(cap) else math.inf
 
     def decide(self, now: float, obs: Observation) -> Actions:
-        actions = self.inner.decide(now, obs)
-        b = self.last_bids = self.bids(obs)
-        if self.external:
-            return self.track(actions)
-        award = allocate(b, len(self.mem_gb), self.capacity(obs), held=self.held)
-        actions.max_instances = self.award(award.instances, award.decommitted, award.price)
+        """The agents' own actions; `tick()` then asks for `bids`, runs the auction and calls `settle`."""
+        return self.inner.decide(now, obs)
+
+    def settle(self, actions: Actions, award: Award | None, obs: Observation) -> Actions:
+        """This tick's awards into the agents' actions: instance limits, held awards, bounded scaling.
+        Without an award (the auction was unreachable) the last one stands."""
+        if award is not None:
+            self.limits = self.award(award.instances, award.decommitted, award.price)
+        if self.limits is not None:
+            actions.max_instances = self.limits
         return self.bound_scaling(self.hold_awards(actions), obs)
 
     def bound_scaling(self, actions: Actions, obs: Observation) -> Actions:

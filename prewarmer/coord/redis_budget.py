@@ -39,6 +39,7 @@ configured alike.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from prewarmer.coord.auction import Award, Bids
 from prewarmer.stream.consumer import client_for
 
 DEFAULT_PREFIX = "prewarmer:budget"
@@ -371,3 +373,36 @@ class RedisBudget:
         """Close the client if this object made it from a URL."""
         if self._owns_client:
             await self.redis.aclose()
+
+
+class RedisAllocator:
+    """`prewarmer.platform.Allocator` over a `RedisBudget` seat, for a tick run in a worker thread while the
+    event loop that owns the Redis client runs `submit` (the sidecar ticks its shards that way).
+
+    `names` / `tenants` map the policy's function indices to the names the shared auction knows. A failed
+    or late submit gives None (the policy keeps its last awards) and is kept in `error`."""
+
+    def __init__(self, budget: RedisBudget, names: Sequence[str], tenants: Sequence[str | None],
+                 loop: asyncio.AbstractEventLoop, timeout_s: float = 10.0) -> None:
+        self.budget, self.names, self.tenants, self.loop = budget, list(names), list(tenants), loop
+        self.timeout_s = timeout_s
+        self.error: Exception | None = None
+        self.last: ReplicaAward | None = None
+
+    def allocate(self, bids: Bids, n_functions: int, capacity_gb: float, held: np.ndarray) -> Award | None:
+        f = np.asarray(bids.func, np.int64).tolist()
+        coro = self.budget.submit([self.names[i] for i in f], np.asarray(bids.rank).tolist(),
+                                  np.asarray(bids.value, np.float64).tolist(),
+                                  np.asarray(bids.mem_gb, np.float64).tolist(), [self.tenants[i] for i in f])
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            got = fut.result(self.timeout_s)
+        except (BudgetUnavailable, TimeoutError) as e:
+            fut.cancel()
+            self.error = e
+            return None
+        self.last = got
+        instances = np.array([got.instances.get(n, 0) for n in self.names[:n_functions]], np.int64)
+        decommitted = np.array([got.decommitted.get(n, 0) for n in self.names[:n_functions]], np.int64)
+        return Award(instances=instances, accepted=np.zeros(0, bool), price=got.price, decommitted=decommitted,
+                     used_gb=got.used_gb, tenant_used_gb=np.zeros(0))

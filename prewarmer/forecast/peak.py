@@ -67,6 +67,13 @@ class PeakHistory:
         self.peaks = np.zeros((n, HISTORY))  # column 0 = the tick that just ended
         self.arrivals = np.zeros((n, N_ARRIVALS))
 
+    def grow(self, memory_mb: np.ndarray) -> None:
+        """Rows for functions appended to the table (`memory_mb` of all of them): no history yet."""
+        n = len(memory_mb)
+        self.log_mem = np.log(np.maximum(np.asarray(memory_mb, np.float64) / 1024.0, 1e-3))
+        self.peaks = np.concatenate([self.peaks, np.zeros((n - len(self.peaks), self.peaks.shape[1]))])
+        self.arrivals = np.concatenate([self.arrivals, np.zeros((n - len(self.arrivals), self.arrivals.shape[1]))])
+
     def update(self, peak_in_flight: np.ndarray, arrivals: np.ndarray) -> None:
         self.peaks[:, 1:] = self.peaks[:, :-1]
         self.peaks[:, 0] = peak_in_flight

@@ -35,7 +35,6 @@ from prewarmer.workloads.base import TraceError, Workload
 
 FORMAT = "prewarmer-schedule"
 VERSION = 1
-SAMPLES = ("echo", "cpu", "io", "heavy")
 
 #: Typical (median) trace duration below which a function maps onto `echo`, then `cpu`; longer is `io`.
 #: Long functions are mostly waiting on something in practice, and an I/O-bound stand-in keeps the

@@ -21,7 +21,7 @@ import numpy as np
 
 from prewarmer.actions import Actions
 from prewarmer.observation import Observation
-from prewarmer.policies.base import Policy
+from prewarmer.policies.base import Policy, pad
 from prewarmer.workloads.base import FunctionTable
 
 
@@ -52,9 +52,24 @@ class HybridHistogramPolicy(Policy):
         self.forecast = np.full(n_apps, np.nan)  # ARIMA forecast (s), refreshed when new samples arrive
         self.keep_alive = np.full(n_apps, self.range_s)
         self.prewarm = np.zeros(n_apps)
-        return self._actions()
+        return self.current()
 
-    def _actions(self) -> Actions:
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        first = len(self.apps)
+        self.apps = np.asarray(functions.apps, np.int64)
+        n_apps = int(self.apps.max()) + 1 if len(self.apps) else 0
+        self.bins = pad(self.bins, n_apps, 0)
+        self.oob = pad(self.oob, n_apps, 0)
+        self.raw = pad(self.raw, n_apps, 0.0)
+        self.raw_ptr = pad(self.raw_ptr, n_apps, 0)
+        self.raw_n = pad(self.raw_n, n_apps, 0)
+        self.forecast = pad(self.forecast, n_apps, np.nan)
+        self.keep_alive = pad(self.keep_alive, n_apps, self.range_s)
+        self.prewarm = pad(self.prewarm, n_apps, 0.0)
+        return self.current().only_from(first)
+
+    def current(self) -> Actions:
+        """The windows every function has now, as settings."""
         keep = self.keep_alive[self.apps]
         return Actions(keep_alive_s=keep, surplus_keep_alive_s=np.minimum(keep, self.surplus_keep_alive_s),
                        prewarm_delay_s=self.prewarm[self.apps])
@@ -158,7 +173,7 @@ class HybridHistogramPolicy(Policy):
                 self._refresh_forecasts(apps[arima])
                 pre[arima], keep[arima] = self._arima_windows(self.forecast[apps[arima]])
             self.prewarm[apps], self.keep_alive[apps] = pre, keep
-        return self._actions()
+        return self.current()
 
     def describe(self) -> dict:
         return {"spec": self.spec, "range_s": self.range_s, "bin_s": self.bin_s,

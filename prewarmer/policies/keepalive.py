@@ -17,8 +17,13 @@ class KeepAlivePolicy(Policy):
         self.spec = f"fixed:{_fmt(keep_alive_s)}"
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
+        self.n = len(functions)
         return Actions(keep_alive_s=np.full(len(functions), self.keep_alive_s),
                        prewarm_delay_s=np.zeros(len(functions)))
+
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        first = self.n
+        return self.reset(functions, now).only_from(first)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "keep_alive_s": self.keep_alive_s}
@@ -30,9 +35,13 @@ class AlwaysWarmPolicy(Policy):
     spec = "always-warm"
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
-        n = len(functions)
+        n = self.n = len(functions)
         return Actions(keep_alive_s=np.full(n, np.inf), prewarm_delay_s=np.zeros(n),
                        prewarm=np.ones(n, np.int64))
+
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        first = self.n
+        return self.reset(functions, now).only_from(first)
 
 
 def _fmt(seconds: float) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from prewarmer.actions import Actions
 from prewarmer.observation import Observation
-from prewarmer.policies.base import Policy
+from prewarmer.policies.base import Policy, pad
 from prewarmer.workloads.base import FunctionTable
 
 
@@ -46,6 +46,14 @@ class KnativePolicy(Policy):
         # Instances live until the autoscaler removes them; requests arriving with none ready start one
         # (the activator path), which the next tick's concurrency then accounts for.
         return Actions(keep_alive_s=np.full(n, np.inf), prewarm_delay_s=np.zeros(n))
+
+    def grow(self, functions: FunctionTable, now: float) -> Actions:
+        n, first = len(functions), self.history.shape[1]
+        self.history = pad(self.history, n, 0.0, axis=1)
+        self.panic_until = pad(self.panic_until, n, -np.inf)
+        self.max_panic = pad(self.max_panic, n, 0)
+        self.zero_since = pad(self.zero_since, n, -np.inf)
+        return Actions(keep_alive_s=np.full(n, np.inf), prewarm_delay_s=np.zeros(n)).only_from(first)
 
     def decide(self, now: float, obs: Observation) -> Actions:
         self.history[self.k % self.stable_n] = obs.concurrency

@@ -1,8 +1,9 @@
-"""Replay as an environment with a small reset/step contract (as in Gymnasium).
+"""Replay as the simulated `Platform` (observe/apply), with Gymnasium's small reset/step on top.
 
-One step is one control tick for every function at once: the actions are applied at the current
-time, the simulation runs to the next tick, and the observation of that tick comes back. Replay of a
-policy (`run_shard`) and the training loop of learned agents both drive this one class.
+`observe(now)` runs the simulation to `now` and returns the tick that ends there; `apply(now, actions)`
+acts at that instant. Replay of a policy (`run_shard`) and the training loop of learned agents drive
+it through `prewarmer.platform.tick`, as the sidecar drives its live fleet; `step` is kept for tests
+and tools that want one call per tick.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class ReplayEnv:
 
     def __init__(self, workload: Workload, cfg: ReplayConfig, idx: np.ndarray | None = None,
                  tick_s: float | None = 60.0, top: np.ndarray | None = None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, record_requests: bool = False) -> None:
         n_all = len(workload.functions)
         self.workload, self.cfg, self.progress = workload, cfg, progress
+        self.record_requests = record_requests  # see `SimState.take_requests`
         self.idx = np.arange(n_all) if idx is None else np.asarray(idx, np.int64)
         self.functions: FunctionTable = (workload.functions.subset(self.idx) if len(self.idx) != n_all
                                          else workload.functions)
@@ -52,10 +54,10 @@ class ReplayEnv:
         tenants, quotas = self._tenants()
         self.state = SimState(self.functions.memory_mb, startup, sigma, cfg.container_concurrency,
                               cfg.memory_cap_gb, cfg.queue_deadline_s, tenants=tenants, tenant_quota_gb=quotas,
-                              max_instances=cfg.max_instances)
+                              max_instances=cfg.max_instances, record_requests=self.record_requests)
         E.seed_engine(cfg.seed)
         self.now, self._last_tick = 0.0, 0.0
-        self._next_tick, self._next_sample = self.tick_s, cfg.sample_s
+        self._next_tick, self._next_sample = self.tick_s, cfg.sample_s  # (`step` only)
         self._sample_t: list[float] = []
         self._peaks: list[float] = []
         self._alive_tot: list[int] = []
@@ -79,21 +81,48 @@ class ReplayEnv:
         n = int(tenants.max()) + 1 if len(tenants) else 0
         return tenants.astype(np.int64), np.full(n, cfg.tenant_quota * cfg.memory_cap_gb)
 
+    # ------------------------------------------------------------------ the Platform
+    def tick_times(self) -> Iterator[float]:
+        """The control ticks of the run: every `tick_s` up to and including the horizon."""
+        k = 1
+        while k * self.tick_s <= self.horizon:
+            yield k * self.tick_s
+            k += 1
+
+    def observe(self, now: float) -> Observation:
+        """Run the simulation to `now` (taking the samples on the way) and observe the tick ending there."""
+        self._run_samples(now)
+        if now > self.now and not self._run_to(now):
+            raise ValueError(f"observe({now}) is past the horizon ({self.horizon} s): call finish()")
+        return self._observe(now)
+
+    def apply(self, now: float, actions: Actions) -> None:
+        """Actions take effect at the current simulated time (`now` must be it)."""
+        if now != self.now:
+            raise ValueError(f"apply({now}) while the simulation stands at {self.now}")
+        self.state.apply(now, actions)
+
+    def finish(self) -> Observation:
+        """Run out the horizon, let running requests complete; returns the last tick's observation."""
+        self._run_samples(self.horizon)
+        return self._finish_observation()
+
     def step(self, actions: Actions) -> tuple[Observation, bool]:
-        """Apply `actions` now, run to the next tick (or the end); returns (observation, done)."""
-        st = self.state
-        st.apply(self.now, actions)
-        while True:
-            if not self._run_to(min(self._next_tick, self._next_sample)):
-                return self._finish_observation(), True
-            if self.now >= self._next_sample:
-                self._sample()
-            if self.now >= self._next_tick:
-                obs = self._observe(self.now)
-                self._next_tick += self.tick_s
-                return obs, False
+        """Gymnasium's contract over the Platform: apply `actions` now, run to the next tick (or the
+        end); returns (observation, done)."""
+        self.apply(self.now, actions)
+        if self._next_tick > self.horizon:
+            return self.finish(), True
+        obs = self.observe(self._next_tick)
+        self._next_tick += self.tick_s
+        return obs, False
 
     # ------------------------------------------------------------------ internals
+    def _run_samples(self, until: float) -> None:
+        while self._next_sample <= min(until, self.horizon):
+            self._run_to(self._next_sample)
+            self._sample()
+
     def _run_to(self, t_stop: float) -> bool:
         """Advance to min(t_stop, horizon) across chunk boundaries; False once past the horizon."""
         st, none_t, none_f = self.state, np.empty(0), np.empty(0, np.int64)

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from prewarmer.platform import begin, tick
 from prewarmer.policies.base import Policy
 from prewarmer.sim import engine as E
 from prewarmer.sim.env import ReplayEnv
@@ -33,12 +34,10 @@ def run_shard(workload: Workload, policy: Policy, cfg: ReplayConfig, idx: np.nda
     """
     env = ReplayEnv(workload, cfg, idx, tick_s=policy.tick_s, top=top, progress=progress)
     env.reset()
-    actions = policy.reset(env.functions, 0.0)
-    while True:
-        obs, done = env.step(actions)
-        if done:
-            break
-        actions = policy.decide(obs.now, obs)
+    begin(policy, env, env.functions, 0.0)
+    for now in env.tick_times():
+        tick(policy, env, now)
+    env.finish()
     return env.result(events=list(getattr(policy, "events", [])), keep_state=keep_state)
 
 

@@ -114,10 +114,6 @@ class SimResult:
             "peak_memory_gb": float(self.interval_peak_gb.max()) if len(self.interval_peak_gb) else 0.0,
         }
 
-    def per_function_cold_start_pct(self) -> np.ndarray:
-        arr = self.fi[:, E.F_ARRIVALS]
-        return np.where(arr > 0, 100.0 * self.fi[:, E.F_COLD] / np.maximum(arr, 1), np.nan)
-
 
 def pick_top(workload: Workload, idx: np.ndarray, k: int) -> np.ndarray:
     per = getattr(workload, "counts", None)

@@ -1,0 +1,128 @@
+"""Policy specs, such as `fixed:20m`, `hybrid:range=2h`, `marl:model.pt` or `marl+bid`, to policy constructors.
+
+One table says what each name builds and which parameters it takes. It sits above `policies/`,
+`agents/` and `coord/` (it imports them; none of them imports it), so baselines never depend on the
+learned agents or the coordinator. Learned agents are imported only when a `marl` spec is asked for:
+torch takes a second to load and most commands never need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prewarmer.policies.base import Policy
+from prewarmer.policies.hybrid import HybridHistogramPolicy
+from prewarmer.policies.keepalive import AlwaysWarmPolicy, KeepAlivePolicy
+from prewarmer.policies.kpa import KnativePolicy
+from prewarmer.units import parse_duration
+
+Maker = Callable[[], Policy]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    #: (text after "name:", online learning on) -> a zero-argument constructor; ValueError on bad text.
+    parse: Callable[[str, bool], Maker]
+    usage: str
+
+
+def _keywords(rest: str, table: dict[str, tuple[str, Callable[[str], object]]]) -> dict[str, object]:
+    """`key=value,...` into constructor keywords through `table` (spec key -> (keyword, converter))."""
+    out = {}
+    for part in filter(None, rest.split(",")):
+        if "=" not in part:
+            raise ValueError(f"expected key=value, got {part!r}")
+        key, value = (x.strip() for x in part.split("=", 1))
+        if key not in table:
+            raise ValueError(f"unknown parameter {key!r} (known: {', '.join(table)})")
+        keyword, convert = table[key]
+        out[keyword] = convert(value)
+    return out
+
+
+def _fixed(rest: str, online: bool) -> Maker:
+    ka = parse_duration(rest or "10m")
+    return lambda: KeepAlivePolicy(ka)
+
+
+def _always_warm(rest: str, online: bool) -> Maker:
+    if rest:
+        raise ValueError("always-warm takes no parameters")
+    return AlwaysWarmPolicy
+
+
+_KPA = {"stable_window": ("stable_window_s", parse_duration), "grace": ("scale_to_zero_grace_s", parse_duration),
+        "tick": ("tick_s", parse_duration), "target": ("target", float),
+        "target_utilization": ("target_utilization", float), "panic_threshold_pct": ("panic_threshold_pct", float),
+        "panic_window_pct": ("panic_window_pct", float), "container_concurrency": ("container_concurrency", int)}
+_HYBRID = {"range": ("range_s", parse_duration), "bin": ("bin_s", parse_duration),
+           "surplus": ("surplus_keep_alive_s", parse_duration), "cv_threshold": ("cv_threshold", float),
+           "oob_threshold": ("oob_threshold", float), "head": ("head", float), "tail": ("tail", float),
+           "hist_margin": ("hist_margin", float), "arima_margin": ("arima_margin", float)}
+
+
+def _kpa(rest: str, online: bool) -> Maker:
+    kw = _keywords(rest, _KPA)
+    return lambda: KnativePolicy(**kw)
+
+
+def _hybrid(rest: str, online: bool) -> Maker:
+    kw = _keywords(rest, _HYBRID)
+    return lambda: HybridHistogramPolicy(**kw)
+
+
+def _marl(rest: str, online: bool) -> Maker:
+    from prewarmer.agents import checkpoint
+
+    path = rest or str(checkpoint.DEFAULT_CHECKPOINT)
+    checkpoint.load(path)  # fail now, with a clear message, rather than inside a worker
+    if online:
+        from prewarmer.agents.online import OnlineMARLPolicy
+
+        return lambda: OnlineMARLPolicy(path=path)
+    from prewarmer.agents.marl import MARLPolicy
+
+    return lambda: MARLPolicy(path=path)
+
+
+SPECS = {s.name: s for s in (
+    PolicySpec("fixed", _fixed, "fixed[:KEEP_ALIVE] (default 10m)"),
+    PolicySpec("hybrid", _hybrid, f"hybrid[:{'|'.join(_HYBRID)}=...]"),
+    PolicySpec("kpa", _kpa, f"kpa[:{'|'.join(_KPA)}=...]"),
+    PolicySpec("always-warm", _always_warm, "always-warm"),
+    PolicySpec("marl", _marl, "marl[:CHECKPOINT]"),
+)}
+#: The policies every comparison runs by default (no checkpoint needed).
+BASELINES = ("fixed", "hybrid", "kpa", "always-warm")
+BID_SUFFIX = "+bid"
+
+
+def policy_factory(spec: str, online: bool = False) -> Maker:
+    """A zero-argument constructor for the policy named by `spec` (checked now, built per run).
+
+    `online` makes learned policies keep learning from what they observe (guarded against hybrid).
+    A `+bid` suffix (e.g. `marl+bid`) coordinates the policy's agents under the memory budget."""
+    inner_spec = spec.removesuffix(BID_SUFFIX)
+    name, _, rest = inner_spec.partition(":")
+    entry = SPECS.get(name)
+    if entry is None:
+        raise ValueError(f"policy {spec!r}: unknown policy (known: {', '.join(SPECS)}, any of them {BID_SUFFIX})")
+    try:
+        make = entry.parse(rest, online)
+    except ValueError as e:
+        raise ValueError(f"policy {spec!r}: {e}") from None
+    bid = spec.endswith(BID_SUFFIX)
+
+    def build() -> Policy:
+        policy = make()
+        if bid:
+            from prewarmer.coord.policy import CoordinatedPolicy
+
+            policy.spec = inner_spec
+            policy = CoordinatedPolicy(policy)
+        policy.spec = spec
+        return policy
+
+    return build
