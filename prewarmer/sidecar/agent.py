@@ -10,12 +10,12 @@ from __future__ import annotations
 import pickle
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from prewarmer.actions import Actions
 from prewarmer.observation import Observation
+from prewarmer.platform import Allocator, Decision, tick
 from prewarmer.policies.base import Policy
 from prewarmer.sidecar.fleet import WarmFleet
 from prewarmer.sidecar.observer import LiveObserver
@@ -25,13 +25,20 @@ CHECKPOINT_MAGIC = b"prewarmer-shard-v1\n"
 DEFAULT_MEMORY_MB = 128.0
 
 
-@dataclass
-class Decision:
-    """What one policy tick produced, for metrics, dry-run records and prediction scoring."""
+class LivePlatform:
+    """The live side of `prewarmer.platform.Platform` for one shard: observations from the shard's events
+    and the platform's replica counts (`replicas`, `ready`: what the actuator last read), actions into
+    the warm fleet, whose `desired` counts the sidecar then asks the actuator for."""
 
-    now: float
-    obs: Observation
-    actions: Actions
+    def __init__(self, observer: LiveObserver, fleet: WarmFleet, replicas: np.ndarray, ready: np.ndarray) -> None:
+        self.observer, self.fleet = observer, fleet
+        self.replicas, self.ready = replicas, ready
+
+    def observe(self, now: float) -> Observation:
+        return self.observer.observe(now, self.replicas, self.ready)
+
+    def apply(self, now: float, actions: Actions) -> None:
+        self.fleet.apply(now, actions)
 
 
 class ShardAgent:
@@ -48,12 +55,12 @@ class ShardAgent:
         self.fleet = WarmFleet(0)
         self.next_tick = -np.inf
         self.events = 0  # events folded into this state (what a checkpoint vouches for)
-        self.resets = 0
 
     # ---------------------------------------------------------------- functions
     def add_functions(self, now: float, names: list[str], namespaces: list[str],
                       memory_mb: list[float | None]) -> bool:
-        """Register functions not seen before; returns True if the policy had to start over for them."""
+        """Register functions not seen before (the policy takes them on, keeping what it learned about the
+        others: `Policy.grow`); returns True if there were any."""
         new = [(n, ns, m) for n, ns, m in zip(names, namespaces, memory_mb, strict=True) if n not in self.index]
         if not new:
             return False
@@ -63,13 +70,12 @@ class ShardAgent:
             self.namespaces.append(ns)
             self.memory_mb = np.append(self.memory_mb, float(mem or DEFAULT_MEMORY_MB))
         self.observer.grow(self.memory_mb)
-        self.fleet.grow(len(self.names))
-        # Policies size their state at reset; a new function means a fresh policy for this shard.
-        # Its per-function state is rebuilt from the events that follow.
-        self.policy = self.make_policy()
-        self.fleet.apply(now, self.policy.reset(self.table(), now))
-        self.next_tick = now
-        self.resets += 1
+        self.fleet.grow(self.memory_mb)
+        if self.policy is None:
+            self.policy = self.make_policy()
+            self.fleet.apply(now, self.policy.reset(self.table(), now))
+        else:
+            self.fleet.apply(now, self.policy.grow(self.table(), now))  # the tick schedule goes on
         return True
 
     def table(self) -> FunctionTable:
@@ -79,22 +85,22 @@ class ShardAgent:
 
     # ---------------------------------------------------------------- data path
     def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
-               cold: np.ndarray, status: np.ndarray, instances: list[str]) -> None:
+               cold: np.ndarray, status: np.ndarray) -> None:
         """Events (function indices into this shard, policy seconds) into the observer and the fleet."""
         self.observer.ingest(func, arrival, duration, startup, cold, status)
-        self.fleet.completed_many(func, instances, arrival + startup + duration)
+        self.fleet.reported(func, arrival, duration, arrival + startup + duration)
         self.events += len(func)
 
-    def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray) -> Decision | None:
-        """Run the policy if its control period has come; None otherwise."""
+    def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray,
+             allocator: Allocator | None = None) -> Decision | None:
+        """Run the policy's tick (`prewarmer.platform.tick`) if its control period has come; None otherwise."""
         if self.policy is None or now < self.next_tick:
             return None
-        obs = self.observer.observe(now, replicas, ready)
-        actions = self.policy.decide(now, obs)
-        self.fleet.apply(now, actions)
+        self.fleet.set_startup(self.observer.startup_s)
+        decision = tick(self.policy, LivePlatform(self.observer, self.fleet, replicas, ready), now, allocator)
         period = self.policy.tick_s
         self.next_tick = np.inf if period is None else now + period
-        return Decision(now, obs, actions)
+        return decision
 
     def desired(self, now: float, lead: np.ndarray | float) -> np.ndarray:
         return self.fleet.desired(now, lead)

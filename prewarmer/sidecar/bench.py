@@ -16,7 +16,7 @@ def tick_latency(spec: str, n: int, repeat: int, events_per_function: float = 5.
     """Median and p90 ms of `ShardAgent.tick` + `desired` after a minute of events for n functions."""
     import torch
 
-    from prewarmer.policies import policy_factory
+    from prewarmer.registry import policy_factory
     from prewarmer.sidecar.agent import ShardAgent
 
     torch.set_num_threads(1)
@@ -29,9 +29,8 @@ def tick_latency(spec: str, n: int, repeat: int, events_per_function: float = 5.
         m = int(n * events_per_function)
         f = rng.integers(0, n, m)
         t = np.sort(rng.uniform((k - 1) * tick_s, k * tick_s, m))
-        inst = [f"i{j % 3}" for j in range(m)]
         t0 = time.perf_counter()
-        agent.ingest(f, t, np.full(m, 0.1), np.zeros(m), np.zeros(m, np.int64), np.full(m, 200), inst)
+        agent.ingest(f, t, np.full(m, 0.1), np.zeros(m), np.zeros(m, np.int64), np.full(m, 200))
         t1 = time.perf_counter()
         agent.tick(k * tick_s, np.ones(n, np.int64), np.ones(n, np.int64))
         agent.desired(k * tick_s, agent.startup_s() + 1.0)

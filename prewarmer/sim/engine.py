@@ -28,12 +28,14 @@ NO_LIMIT = 1 << 62
 S_MEM_GB, S_STARTUP, S_KA, S_PWD, S_LAST_T, S_WASTE, S_BUSY, S_CONC, S_LAST_DONE, S_SIGMA = range(10)
 S_LAT_SUM, S_KA_SURPLUS = 10, 11
 S_MAX_HOLD = 12  # award: most ready instances the function may hold idle
-NFS = 13
+S_PW_AT = 13  # when the pending pre-warm of the function's window starts (its latest EV_PREWARM)
+NFS = 14
 # Instance columns.
 I_CREATED, I_READY, I_IDLE_SINCE = range(3)
 NIF = 3
 I_FUNC, I_STATE, I_INFLIGHT, I_CLAIMED, I_VER, I_PREV, I_NEXT, I_GPREV, I_GNEXT, I_LIST, I_BOUND = range(11)
-NII = 11
+I_LIFE = 11  # serial number of the instance's life (an instance slot is reused after a release)
+NII = 12
 # Instance states and per-function list kinds (an instance sits in at most one of these lists).
 ST_FREE, ST_STARTING, ST_READY = 0, 1, 2
 L_NONE, L_IDLE, L_PARTIAL, L_STARTAVAIL = -1, 0, 1, 2
@@ -47,7 +49,8 @@ RQ_FREE, RQ_BOUND, RQ_QUEUED = 0, 1, 2
 # Globals.
 G_FREE, G_NFREE, G_RFREE, G_NRFREE, G_HSIZE, G_QHEAD, G_QTAIL, G_GHEAD, G_GTAIL = range(9)
 G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
-NGI = 12
+G_LIVES, G_RLN = 12, 13  # instance lives started; rows in the request log
+NGI = 14
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
 NGF = 4  # then (used GB, quota GB) per tenant
 # Event kinds.
@@ -58,6 +61,9 @@ LAT_MIN_EXP = -3
 LAT_NBINS = 11 * LAT_BINS_PER_DECADE
 
 STATUS_DONE, STATUS_GROW = 0, 1
+# Request log (optional, for comparing with the live fleet): one row per request that starts executing.
+RL_FUNC, RL_LIFE, RL_ARR, RL_START, RL_DUR = range(5)
+NRL = 5
 
 
 # ---------------------------------------------------------------- heap of (time, payload)
@@ -286,6 +292,8 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     isi[i, I_CLAIMED] = 0
     isi[i, I_VER] += 1
     isi[i, I_BOUND] = -1
+    isi[i, I_LIFE] = gi[G_LIVES]
+    gi[G_LIVES] += 1
     isi[i, I_LIST] = L_NONE
     isi[i, I_GPREV] = -1
     isi[i, I_GNEXT] = -1
@@ -308,9 +316,23 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     return i
 
 
+@njit(cache=True, inline="always")
+def _log_request(rlog, gi, isi, i, arr, t, dur):
+    if rlog.shape[0] == 0:
+        return
+    n = gi[G_RLN]
+    rlog[n, RL_FUNC] = isi[i, I_FUNC]
+    rlog[n, RL_LIFE] = isi[i, I_LIFE]
+    rlog[n, RL_ARR] = arr
+    rlog[n, RL_START] = t
+    rlog[n, RL_DUR] = dur
+    gi[G_RLN] = n + 1
+
+
 @njit(cache=True)
-def _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, i, t, arr, dur):
+def _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, i, t, arr, dur):
     """One request starts executing on ready instance i at t."""
+    _log_request(rlog, gi, isi, i, arr, t, dur)
     f = isi[i, I_FUNC]
     _touch(fs, fi, f, t)
     if isi[i, I_INFLIGHT] == 0:
@@ -335,6 +357,7 @@ def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
         fi[f, F_PEND] += 1
         fi[f, F_PGEN] += 1
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
+        fs[f, S_PW_AT] = t + pwd
         heap_push(hk, hp, gi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
         return
     _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t)
@@ -430,7 +453,7 @@ def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
 # ---------------------------------------------------------------- one arrival
 @njit(cache=True)
 def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
-            lat_hist, it_f, it_v, f, t, dur):
+            lat_hist, rlog, it_f, it_v, f, t, dur):
     _touch(fs, fi, f, t)
     fi[f, F_ARRIVALS] += 1
     fi[f, F_REQ] += 1
@@ -449,7 +472,7 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
     if i < 0:
         i = lt[base + L_IDLE]  # most recently used idle instance: lets the oldest ones expire
     if i >= 0:
-        _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, i, t, t, dur)
+        _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, i, t, t, dur)
         return
     r = _req_new(rqf, rqi, gi, f, t, dur)
     if r < 0:
@@ -471,7 +494,7 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
 
 # ---------------------------------------------------------------- one heap event
 @njit(cache=True)
-def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
+def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist, rlog,
            t, kind, ident, ver):
     capped = gf[G_CAP] < np.inf
     if kind == EV_DONE:
@@ -487,7 +510,7 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
         if fi[f, F_QLEN] > 0:  # a queued request of the same function takes the slot at once
             r = qh[f]
             _unqueue(fi, rqi, gi, qh, qt, r)
-            _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rqf, rqi, i, t, r)
+            _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, rqf, rqi, i, t, r)
             return
         if isi[i, I_INFLIGHT] == 0:
             fi[f, F_BUSY] -= 1
@@ -512,7 +535,7 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
             fi[f, F_STARTS_SERVED] += 1
         while r >= 0:
             nxt = rqi[r, R_FNEXT]
-            _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, i, t, rqf[r, R_ARR], rqf[r, R_DUR])
+            _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, i, t, rqf[r, R_ARR], rqf[r, R_DUR])
             _req_free(rqi, gi, r)
             r = nxt
         isi[i, I_CLAIMED] = 0
@@ -554,10 +577,11 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
 
 
 @njit(cache=True)
-def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rqf, rqi, i, t, r):
+def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, rqf, rqi, i, t, r):
     """A queued request takes a slot that just freed on its own function's instance (no cold start)."""
     f = isi[i, I_FUNC]
     arr, dur = rqf[r, R_ARR], rqf[r, R_DUR]
+    _log_request(rlog, gi, isi, i, arr, t, dur)
     _req_free(rqi, gi, r)
     # The instance stays busy: the slot passes straight from one request to the next.
     isi[i, I_INFLIGHT] += 1
@@ -568,7 +592,7 @@ def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rqf, rqi, i, t, r):
 # ---------------------------------------------------------------- the loop
 @njit(cache=True)
 def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp,
-            rqf, rqi, qh, qt, lat_hist, it_f, it_v, min_free, drain):
+            rqf, rqi, qh, qt, lat_hist, rlog, it_f, it_v, min_free, drain):
     """Process arrivals from `pos` and events strictly before t_end.
 
     With `drain`, stop instead as soon as no request is left in the system (end of a replay).
@@ -577,7 +601,7 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
     n = arr_t.shape[0]
     while True:
         if gi[G_NFREE] < min_free or gi[G_NRFREE] < min_free or gi[G_HSIZE] + 4 * min_free > hk.shape[0] \
-                or gi[G_ITN] >= it_f.shape[0]:
+                or gi[G_ITN] >= it_f.shape[0] or (rlog.shape[0] > 0 and gi[G_RLN] + min_free > rlog.shape[0]):
             return pos, STATUS_GROW, 0.0
         ta = arr_t[pos] if pos < n else np.inf
         th = hk[0] if gi[G_HSIZE] > 0 else np.inf
@@ -587,7 +611,7 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
             if th >= t_end:
                 return pos, STATUS_DONE, t_end
             t, kind, ident, ver = heap_pop(hk, hp, gi)
-            _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
+            _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist, rlog,
                    t, kind, ident, ver)
             if drain and gi[G_REQ_TOTAL] == 0:
                 return pos, STATUS_DONE, t
@@ -595,7 +619,7 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
             if ta >= t_end:
                 return pos, STATUS_DONE, t_end
             _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
-                    lat_hist, it_f, it_v, arr_f[pos], ta, arr_d[pos])
+                    lat_hist, rlog, it_f, it_v, arr_f[pos], ta, arr_d[pos])
             pos += 1
 
 

@@ -19,25 +19,15 @@ class SimState:
     def __init__(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray,
                  concurrency: int = 1, memory_cap_gb: float | None = None,
                  queue_deadline_s: float | None = None, tenants: np.ndarray | None = None,
-                 tenant_quota_gb: np.ndarray | None = None, max_instances: int | None = None) -> None:
-        n = len(memory_mb)
-        self.n = n
-        self.fs = np.zeros((n, E.NFS))
-        self.fi = np.zeros((n, E.NFI), np.int64)
-        self.fs[:, E.S_MEM_GB] = memory_mb / 1024.0
-        self.fs[:, E.S_STARTUP] = startup_s
-        self.fs[:, E.S_SIGMA] = startup_sigma
-        self.fs[:, E.S_KA] = 600.0
-        self.fs[:, E.S_KA_SURPLUS] = np.inf
-        self.fs[:, E.S_LAST_DONE] = -1.0
-        self.fs[:, E.S_MAX_HOLD] = np.inf
-        self.fi[:, E.F_CC] = max(1, int(concurrency))
+                 tenant_quota_gb: np.ndarray | None = None, max_instances: int | None = None,
+                 record_requests: bool = False) -> None:
+        self.concurrency, self.max_instances = max(1, int(concurrency)), max_instances
+        self.n = 0
+        self.fs = np.zeros((0, E.NFS))
+        self.fi = np.zeros((0, E.NFI), np.int64)
+        self.lh = self.lt = self.qh = self.qt = np.zeros(0, np.int64)
+        self._add_functions(np.asarray(memory_mb, np.float64), startup_s, startup_sigma)
         self.fi[:, E.F_TENANT] = -1 if tenants is None or tenant_quota_gb is None else tenants
-        self.fi[:, E.F_MAXINST] = E.NO_LIMIT if max_instances is None else int(max_instances)
-        self.lh = np.full(n * E.NLISTS, -1, np.int64)
-        self.lt = np.full(n * E.NLISTS, -1, np.int64)
-        self.qh = np.full(n, -1, np.int64)
-        self.qt = np.full(n, -1, np.int64)
         self.gi = np.zeros(E.NGI, np.int64)
         n_tenants = 0 if tenant_quota_gb is None else len(tenant_quota_gb)
         self.gf = np.zeros(E.NGF + 2 * n_tenants)
@@ -55,11 +45,40 @@ class SimState:
         self.hp = np.zeros(0, np.int64)
         self.it_f = np.zeros(4096, np.int32)
         self.it_v = np.zeros(4096)
+        # One row per request that starts executing (function, instance life, arrival, start, duration),
+        # kept only when asked for: what a live platform reports, for comparing the two.
+        self.rlog = np.zeros((4096 if record_requests else 0, E.NRL))
         self.min_free = 256
         self._grow_instances(4096)
         self._grow_requests(4096)
         self._grow_heap(16384)
         self._prev = self._counters()
+
+    def _add_functions(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray) -> None:
+        """Rows for functions appended after the known ones (no instance, default settings)."""
+        add = len(memory_mb)
+        fs, fi = np.zeros((add, E.NFS)), np.zeros((add, E.NFI), np.int64)
+        fs[:, E.S_MEM_GB] = memory_mb / 1024.0
+        fs[:, E.S_STARTUP] = startup_s
+        fs[:, E.S_SIGMA] = startup_sigma
+        fs[:, E.S_KA] = 600.0
+        fs[:, E.S_KA_SURPLUS] = np.inf
+        fs[:, E.S_LAST_DONE] = -1.0
+        fs[:, E.S_MAX_HOLD] = np.inf
+        fi[:, E.F_CC] = self.concurrency
+        fi[:, E.F_TENANT] = -1
+        fi[:, E.F_MAXINST] = E.NO_LIMIT if self.max_instances is None else int(self.max_instances)
+        self.fs, self.fi = np.concatenate([self.fs, fs]), np.concatenate([self.fi, fi])
+        self.lh = np.concatenate([self.lh, np.full(add * E.NLISTS, -1, np.int64)])
+        self.lt = np.concatenate([self.lt, np.full(add * E.NLISTS, -1, np.int64)])
+        self.qh = np.concatenate([self.qh, np.full(add, -1, np.int64)])
+        self.qt = np.concatenate([self.qt, np.full(add, -1, np.int64)])
+        self.n += add
+
+    def grow(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray) -> None:
+        """Functions appended after the known ones (a live platform gains functions; replay never does)."""
+        self._add_functions(np.asarray(memory_mb, np.float64), startup_s, startup_sigma)
+        self._prev = {k: np.concatenate([v, np.zeros(len(memory_mb), v.dtype)]) for k, v in self._prev.items()}
 
     # ------------------------------------------------------------------ pools
     def _grow_instances(self, new: int) -> None:
@@ -104,6 +123,8 @@ class SimState:
         if self.gi[E.G_ITN] >= len(self.it_f) - 1:
             self.it_f = np.concatenate([self.it_f, np.zeros_like(self.it_f)])
             self.it_v = np.concatenate([self.it_v, np.zeros_like(self.it_v)])
+        if len(self.rlog) and self.gi[E.G_RLN] + need > len(self.rlog):
+            self.rlog = np.concatenate([self.rlog, np.zeros_like(self.rlog)])
 
     # ------------------------------------------------------------------ stepping
     def advance(self, t_end: float, arr_t: np.ndarray, arr_f: np.ndarray, arr_d: np.ndarray,
@@ -113,7 +134,7 @@ class SimState:
             pos, status, reached = E.advance(
                 t_end, arr_t, arr_f, arr_d, pos, self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
                 self.lh, self.lt, self.hk, self.hp, self.rqf, self.rqi, self.qh,
-                self.qt, self.lat_hist, self.it_f, self.it_v, self.min_free, drain)
+                self.qt, self.lat_hist, self.rlog, self.it_f, self.it_v, self.min_free, drain)
             if status == E.STATUS_DONE:
                 return pos, reached
 
@@ -170,6 +191,12 @@ class SimState:
             memory_mb=self.fs[:, E.S_MEM_GB] * 1024.0, startup_s=self.fs[:, E.S_STARTUP].copy(),
             idle_time_func=self.it_f[:n_it].copy(), idle_time_s=self.it_v[:n_it].copy(),
             memory_used_gb=float(self.gf[E.G_MEM]), memory_cap_gb=float(self.gf[E.G_CAP]))
+
+    def take_requests(self) -> np.ndarray:
+        """The request log since the previous call (rows: `engine.RL_*` columns); empty unless recording."""
+        n = int(self.gi[E.G_RLN])
+        self.gi[E.G_RLN] = 0
+        return self.rlog[:n].copy()
 
     def drop_idle_times(self) -> None:
         self.gi[E.G_ITN] = 0
