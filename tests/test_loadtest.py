@@ -21,15 +21,11 @@ from helpers import ListWorkload
 from prewarmer.gateway.config import load_functions
 from prewarmer.gateway.metrics import GatewayMetrics
 from prewarmer.load import schedule as S
-from prewarmer.load.cli import (
-    MARKER_ENV,
-    add_loadtest_parser,
-    cmd_loadtest,
-    marked_pids,
-    parse_functions,
-    parse_gateway_metrics,
-)
+from prewarmer.load.cli import add_loadtest_parser, cmd_loadtest
+from prewarmer.load.gateway_metrics import parse_gateway_metrics
+from prewarmer.load.processes import MARKER_ENV, marked_pids
 from prewarmer.load.results import Recorder, parse_cold, per_second
+from prewarmer.load.schedule_options import parse_functions
 from prewarmer.load.timing import latency_ms, run_schedule, send_lag_ms
 from prewarmer.workloads.azure2021 import load_azure2021
 from prewarmer.workloads.base import TraceError

@@ -35,6 +35,11 @@ Scaling: each function has a replica target, None until `/system/scale-function`
 
 Accounting: time spent ready-and-idle and busy, times the memory limit, is added to the GB-s
 counters at every state change and at every scrape (`account`), so the figures are exact.
+
+Time: every worker time (arrival, ready, last use, GB-s, the end of a keep-alive) comes from the pool's
+`clock` (`time.monotonic` by default). The keep-alive timers run on the event loop, but a worker idles
+out only once the pool's clock has passed its keep-alive; `expire_idle` applies them at once, so a test
+with a clock of its own can move it and see the worker go at exactly that time.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +115,7 @@ class Worker:
     started_at: float = field(default_factory=time.monotonic)
     ready_at: float = math.inf
     last_used: float = 0.0
+    idle_until: float = math.inf  # on the pool's clock: when the keep-alive releases it (with a timer armed)
     startup_ms: float = 0.0
     pid: int | None = None
     proc: asyncio.subprocess.Process | None = None
@@ -209,8 +215,9 @@ class WorkerPool:
 
     def __init__(self, functions: dict[str, FunctionSpec], *, namespace: str = "openfaas-fn", max_workers: int = 20,
                  keep_alive_s: float = 60.0, exec_timeout_s: float = 60.0, startup_timeout_s: float = 120.0,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.namespace = namespace
+        self.clock = clock  # every worker time (arrival, ready, idle, GB-s, keep-alive) is read from it
         self.max_workers = max_workers
         self.keep_alive_s = keep_alive_s
         self.exec_timeout_s = exec_timeout_s
@@ -244,7 +251,7 @@ class WorkerPool:
         """Run one request on a worker of `name` (KeyError if unknown). Worker failures become 5xx results."""
         f = self.functions[name]
         f.invocations += 1
-        arrival = time.monotonic()
+        arrival = self.clock()
         if self._closing:
             return Invocation(name, 503, b"gateway is shutting down\n", {}, False, 0.0, 0.0,
                               error="gateway is shutting down")
@@ -252,7 +259,7 @@ class WorkerPool:
             w = await self._acquire(f, arrival)
         except _Failure as e:
             # A failed cold start still counts as cold: the caller waited for a start-up that failed.
-            waited = (time.monotonic() - arrival) * 1000
+            waited = (self.clock() - arrival) * 1000
             return Invocation(name, e.status, f"{e}\n".encode(), {}, e.status == 502, waited, 0.0, error=str(e))
         cold = w.ready_at > arrival
         startup_ms = (w.ready_at - arrival) * 1000 if cold else 0.0
@@ -335,7 +342,7 @@ class WorkerPool:
     def _release(self, f: _Function, w: Worker) -> None:
         if w.state is State.STOPPED:
             return
-        w.last_used = time.monotonic()
+        w.last_used = self.clock()
         self._set_state(f, w, State.IDLE)
         self._reconcile(f)
 
@@ -383,19 +390,39 @@ class WorkerPool:
                     w.keepalive.cancel()
                     w.keepalive = None
             elif w.keepalive is None:
+                w.idle_until = self.clock() + self.keep_alive_s
                 w.keepalive = loop.call_later(self.keep_alive_s, self._keepalive_expired, f, w)
 
     def _keepalive_expired(self, f: _Function, w: Worker) -> None:
         w.keepalive = None
+        left = w.idle_until - self.clock()
+        if left > 0 and w.state is State.IDLE:
+            # The timer runs on the event loop's clock: the keep-alive ends on the pool's.
+            w.keepalive = asyncio.get_running_loop().call_later(left, self._keepalive_expired, f, w)
+            return
         if w.state is State.IDLE and len(f.workers) > (f.target or 0):
             self._stop(f, w, "keep_alive")
+
+    def expire_idle(self) -> list[str]:
+        """Run the keep-alive timers that are due on the pool's clock now, without waiting for the event
+        loop to fire them (for a clock other than the loop's); returns the ids of the workers released."""
+        released = []
+        for f in self.functions.values():
+            for w in list(f.workers.values()):
+                if w.keepalive is not None and self.clock() >= w.idle_until:
+                    w.keepalive.cancel()
+                    self._keepalive_expired(f, w)
+                    if w.state is State.STOPPED:
+                        released.append(w.id)
+        return released
 
     # ---- worker lifecycle -----------------------------------------------------------------------
 
     def _start_worker(self, f: _Function, reason: str) -> Worker:
         f.seq += 1
         self.workers_started += 1
-        w = Worker(id=f"{f.spec.name}-{f.seq}", spec=f.spec)
+        now = self.clock()
+        w = Worker(id=f"{f.spec.name}-{f.seq}", spec=f.spec, state_since=now, started_at=now)
         f.workers[w.id] = w
         log_event("worker_start", function=f.spec.name, worker=w.id, reason=reason)
         self._spawn_task(self._lifecycle(f, w), name=f"worker-{w.id}")
@@ -447,7 +474,7 @@ class WorkerPool:
             raise
 
     def _ready(self, f: _Function, w: Worker, meta: dict) -> None:
-        now = time.monotonic()
+        now = self.clock()
         w.ready_at = w.last_used = now
         w.startup_ms = (now - w.started_at) * 1000
         log_event("worker_ready", function=f.spec.name, worker=w.id, pid=w.pid, startup_ms=w.startup_ms,
@@ -512,7 +539,7 @@ class WorkerPool:
             self._pump(f)  # its claimant needs another worker
 
     def _set_state(self, f: _Function, w: Worker, state: State) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if w.state in (State.IDLE, State.BUSY):
             self.metrics.add_gb_seconds(f.label, w.state.value, (now - w.state_since) * f.spec.memory_gb)
         if w.keepalive is not None and state is not State.IDLE:
@@ -522,7 +549,7 @@ class WorkerPool:
 
     def account(self) -> None:
         """Bring the GB-s counters and worker gauges up to this instant (called at every scrape)."""
-        now = time.monotonic()
+        now = self.clock()
         for f in self.functions.values():
             for w in f.workers.values():
                 if w.state in (State.IDLE, State.BUSY):
@@ -546,15 +573,15 @@ class WorkerPool:
         await self._drain_tasks(grace_s)
 
     async def _drain_tasks(self, grace_s: float) -> None:
-        deadline = time.monotonic() + max(grace_s, 0.0) * 3 + 1.0  # EOF, SIGTERM and SIGKILL each get grace_s
+        # A bound on the waits below, so on the event loop's clock (the one their timeouts use), not the pool's.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace_s, 0.0) * 3 + 1.0  # EOF, SIGTERM and SIGKILL each get grace_s
         while self._tasks:
             pending = set(self._tasks)
-            _, still = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-            if still and time.monotonic() >= deadline:
+            _, still = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            if still and loop.time() >= deadline:
                 for t in still:
                     t.cancel()
                 await asyncio.wait(still, timeout=5.0)
                 break
 
-    def live_pids(self) -> Iterable[int]:
-        return (w.pid for f in self.functions.values() for w in f.workers.values() if w.pid is not None)
