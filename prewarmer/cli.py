@@ -25,6 +25,9 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--functions", metavar="SLICE",
                    help="trace: functions START:STOP or first N; azure-like: number of functions (200)")
     g.add_argument("--minutes", metavar="A:B", help="trace minutes [A, B) from the start, e.g. 720:1440")
+    g.add_argument("--strict", action="store_true",
+                   help="trace anomalies (a duplicated function row, a function without memory or duration row) "
+                        "are errors instead of warnings with a count")
     g.add_argument("--duration", metavar="TIME", help="generated workload length, e.g. 6h (azure-like: 6h, "
                                                       "poisson: 1h)")
     g.add_argument("--function", metavar="SPEC", action="append", default=[],
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", metavar="OUT", help="write the JSON report here")
     rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.add_argument("--force", action="store_true",
+                    help="run even when the replay is estimated to take more than an hour")
 
     tp = sub.add_parser("train", help="train the shared agent network (PPO) in the simulator",
                         description="Centralized training of the marl policy on an explicit training workload.")
@@ -163,9 +168,13 @@ def load_workload(args: argparse.Namespace):
         if args.function or args.duration:
             raise UsageError("--function and --duration are for generated workloads, not --trace")
         days = _parse_days(args.days) if args.days else None
-        return detect.open_trace(args.trace, days=days,
-                                 functions=detect.parse_slice(args.functions) if args.functions else None,
-                                 minutes=detect.parse_minutes(args.minutes) if args.minutes else None)
+        workload = detect.open_trace(args.trace, days=days,
+                                     functions=detect.parse_slice(args.functions) if args.functions else None,
+                                     minutes=detect.parse_minutes(args.minutes) if args.minutes else None,
+                                     strict=getattr(args, "strict", False))
+        for warning in workload.describe().get("warnings", []):
+            print(f"prewarmer: warning: {warning}", file=sys.stderr)
+        return workload
     if args.days or args.minutes:
         raise UsageError("--days and --minutes slice a --trace")
     name = args.workload or "azure-like"
@@ -183,6 +192,44 @@ def load_workload(args: argparse.Namespace):
     except ValueError:
         raise UsageError(f"--functions for azure-like is a count, got {args.functions!r}") from None
     return synthetic.azure_like(n_functions=n, duration_s=parse_duration(args.duration or "6h"), seed=args.seed)
+
+
+#: Replay speed the run-time guard assumes: simulated invocations per wall-second per policy, all workers
+#: together (fixed keep-alive ran ~4.5e5/s over the shared 2019 day on the shared 2-core machine; learned
+#: policies are slower). A replay estimated at more than REPLAY_GUARD_S needs --force.
+REPLAY_RATE = 3e5
+REPLAY_GUARD_S = 3600.0
+#: Invocations per function-minute assumed for azure-like before generating it (measured: 14-28).
+AZURE_LIKE_RATE_PER_MIN = 30.0
+
+
+def _estimated_invocations(args: argparse.Namespace) -> float | None:
+    """Invocations of a generated workload, estimated from the arguments alone (before generating it)."""
+    from prewarmer.workloads import synthetic
+
+    if args.trace:
+        return None
+    if (args.workload or "azure-like") == "poisson":
+        specs = args.function or []
+        duration = parse_duration(args.duration or "1h")
+        rates = [synthetic.parse_poisson_function(s).rate_per_s for s in specs] if specs else [2.0, 0.01]
+        return sum(rates) * duration
+    try:
+        n = int(args.functions) if args.functions else 200
+    except ValueError:
+        return None  # load_workload reports it
+    return n * parse_duration(args.duration or "6h") / 60.0 * AZURE_LIKE_RATE_PER_MIN
+
+
+def _guard_size(args: argparse.Namespace, invocations: float | None, policies: int, what: str) -> None:
+    """Refuse (exit 2) a replay estimated to run for hours unless --force."""
+    if invocations is None or args.force:
+        return
+    seconds = invocations * policies / REPLAY_RATE
+    if seconds > REPLAY_GUARD_S:
+        raise UsageError(f"this replay would run for about {seconds / 3600:.3g} h ({invocations:.3g} invocations x "
+                         f"{policies} policies at ~{REPLAY_RATE:.0e} invocations/s); shorten {what}, or pass "
+                         "--force to run it anyway")
 
 
 def _parse_days(text: str) -> list[int]:
@@ -223,7 +270,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from prewarmer import report
-    from prewarmer.policies import BASELINES, policy_factory
+    from prewarmer.registry import BASELINES, policy_factory
     from prewarmer.sim.replay import default_workers, replay
 
     if args.concurrency < 1:
@@ -233,7 +280,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = replay_config(args)
     console = Console(stderr=True)
     t0 = time.perf_counter()
+    _guard_size(args, _estimated_invocations(args), len(specs), "--duration or --functions")
     workload = load_workload(args)
+    if args.trace:
+        _guard_size(args, workload.total_invocations(), len(specs), "--minutes, --days or --functions")
     desc = workload.describe()
     console.print(f"workload: {desc.get('model', desc.get('format'))}, "
                   f"{len(workload.functions)} functions, {workload.horizon_s / 3600:.2f} h "

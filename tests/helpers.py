@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -85,7 +86,7 @@ async def serve_on_loopback(app, **runner_options) -> tuple:
 
 async def checkpointed_events(redis, shards: int) -> int:
     """Events vouched for by the shard checkpoints in Redis (what a restarted sidecar resumes with)."""
-    from prewarmer.policies import policy_factory
+    from prewarmer.registry import policy_factory
     from prewarmer.sidecar.agent import ShardAgent
 
     total = 0
@@ -94,3 +95,12 @@ async def checkpointed_events(redis, shards: int) -> int:
         if blob:
             total += ShardAgent.loads(blob, policy_factory("fixed")).events
     return total
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -177,10 +177,12 @@ def test_2019_memory_file_absent_on_a_day(tmp_path: Path) -> None:
     assert alone.functions.memory_mb.tolist() == [256.0]  # no memory file at all
 
 
-def test_2019_duplicate_rows_are_summed(tmp_path: Path) -> None:
+def test_2019_duplicate_rows_keep_the_first(tmp_path: Path) -> None:
+    # Issue 17: a duplicated row is no longer summed (its invocations were counted twice).
     write_day(tmp_path, 1, [inv_row("a", {0: 1}), inv_row("a", {0: 2, 1: 1})])
     w = load_azure2019(tmp_path)
-    assert w.functions.names == ["a"] and w.counts[0, :2].tolist() == [3, 1]
+    assert w.functions.names == ["a"] and w.counts[0, :2].tolist() == [1, 0]
+    assert "1 duplicated function rows" in w.describe()["warnings"][0]
 
 
 # --- Azure 2019: bad input, located by file, line and column ---------------------------------------

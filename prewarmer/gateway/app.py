@@ -10,6 +10,13 @@
 - `GET /system/info`, `GET /healthz`, `GET /metrics` (Prometheus text, the gateway's own registry).
 
 HTTP Basic auth (constant-time comparison) guards `/system/*` only, as in OpenFaaS.
+
+Bad input is refused, not absorbed: a body larger than `--max-body-size` (`GatewayConfig.max_body_bytes`,
+1 MiB by default, see `config.DEFAULT_MAX_BODY_BYTES`) gets 413 before it is read (from its
+Content-Length, from `Expect: 100-continue`, or as soon as a chunked body passes the limit). A handler
+that raises, or whose worker dies, answers a short message with a reference; the exception text is only
+in the gateway log (`event=invocation_failed ref=...`). Malformed HTTP (an oversized request line or
+header, a bad method) gets aiohttp's 400 and one WARNING log line, not an ERROR with a traceback.
 After each invocation one `InvocationEvent` goes to the Redis event producer (when `--redis` is set):
 `emit` only appends to the producer's buffer, so Redis being slow or down never delays a response.
 """
@@ -23,10 +30,12 @@ import hmac
 import json
 import logging
 import platform
+import secrets
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 import prewarmer
@@ -36,7 +45,6 @@ from prewarmer.gateway.metrics import GatewayMetrics
 from prewarmer.gateway.workers import Invocation, WorkerPool
 from prewarmer.stream.events import InvocationEvent
 
-MAX_REQUEST_BYTES = 64 << 20
 # Hop-by-hop and framing headers are the gateway's business, not the handler's.
 _DROP_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
                            "proxy-connection", "te", "trailer"))
@@ -89,6 +97,43 @@ class Gateway:
 
     # ---- middleware -------------------------------------------------------------------------------
 
+    def _too_large(self, size: int | None) -> web.Response:
+        limit = self.cfg.max_body_bytes
+        got = f"{size} bytes, the limit is" if size is not None else "more than the limit of"
+        return web.Response(status=413, text=f"request body too large: {got} {limit} bytes "
+                                             f"(gateway option --max-body-size)\n")
+
+    def _declared_too_large(self, request: web.Request) -> web.Response | None:
+        size = request.content_length
+        if size is not None and size > self.cfg.max_body_bytes:
+            return self._too_large(size)
+        return None
+
+    @web.middleware
+    async def limits_middleware(self, request: web.Request, handler):
+        """413 for a declared body over the limit before anything is read; a chunked body that grows past
+        the limit while being read (aiohttp's `client_max_size`) gets the same answer."""
+        refused = self._declared_too_large(request)
+        if refused is not None:
+            return refused
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(None)
+
+    async def expect_handler(self, request: web.Request) -> web.Response | None:
+        """`Expect: 100-continue`: refuse an oversized body before the client sends it."""
+        refused = self._declared_too_large(request)
+        if refused is not None:
+            return refused
+        # What aiohttp's default expect handler does: send "100 Continue", then the body may come.
+        if request.version == (1, 1):
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                return web.Response(status=417, text="Expect: only 100-continue is supported\n")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper has not started
+        return None
+
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler):
         if self.auth is not None and _is_system(request) and not _check_basic(request, self.auth):
@@ -122,14 +167,22 @@ class Gateway:
         await self._emit(inv, ts)
         headers = {k: v for k, v in inv.headers.items()
                    if k.lower() not in _DROP_HEADERS and "\n" not in v and "\r" not in v and "\n" not in k}
-        if inv.error is not None and inv.status >= 502:
-            log_event("invocation_failed", function=name, status=inv.status, worker=inv.worker, error=inv.error)
+        body = inv.body
+        if inv.error is not None and inv.status >= 500:
+            ref = secrets.token_hex(4)
+            log_event("invocation_failed", logging.WARNING, function=name, status=inv.status, worker=inv.worker,
+                      ref=ref, error=inv.error)
+            if inv.status in (500, 502):
+                # The handler's exception or its worker's last words: the caller gets a short message and
+                # the reference, the text stays in the log. (503 / 504 carry the gateway's own message.)
+                body = _failure_text(name, inv, ref).encode()
+                headers = {"Content-Type": "text/plain; charset=utf-8"}
         else:
             log_event("invocation", logging.DEBUG, function=name, status=inv.status, cold=int(inv.cold),
                       worker=inv.worker, startup_ms=inv.startup_ms, duration_ms=inv.duration_ms, seconds=elapsed)
         headers.update({"X-Cold-Start": "1" if inv.cold else "0", "X-Duration-Seconds": f"{elapsed:.6f}",
                         "X-Prewarmer-Worker": inv.worker, "X-Prewarmer-Startup-Ms": f"{inv.startup_ms:.3f}"})
-        return web.Response(status=inv.status, body=inv.body, headers=headers)
+        return web.Response(status=inv.status, body=body, headers=headers)
 
     async def _emit(self, inv: Invocation, ts: float) -> None:
         if self.producer is None:
@@ -223,18 +276,49 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def create_app(cfg: GatewayConfig, functions: dict[str, FunctionSpec] | None = None) -> web.Application:
     """The gateway application; `app[GATEWAY]` is its state. Raises ConfigError for bad config or secrets."""
     gw = Gateway(cfg, functions)
-    app = web.Application(middlewares=[gw.auth_middleware], client_max_size=MAX_REQUEST_BYTES)
+    # handler_args: the connection handler logs malformed HTTP (a client's error) as one line, no traceback.
+    app = web.Application(middlewares=[gw.limits_middleware, gw.auth_middleware],
+                          client_max_size=cfg.max_body_bytes,
+                          handler_args={"logger": ClientErrorLogger(logging.getLogger("aiohttp.server"))})
     app[GATEWAY] = gw
     app.cleanup_ctx.append(gw.lifecycle)
-    app.router.add_route("*", "/function/{name}", gw.invoke)
-    app.router.add_route("*", "/function/{name}/{path:.*}", gw.invoke)
+    app.router.add_route("*", "/function/{name}", gw.invoke, expect_handler=gw.expect_handler)
+    app.router.add_route("*", "/function/{name}/{path:.*}", gw.invoke, expect_handler=gw.expect_handler)
     app.router.add_get("/system/functions", gw.list_functions)
     app.router.add_get("/system/function/{name}", gw.get_function)
-    app.router.add_post("/system/scale-function/{name}", gw.scale_function)
+    app.router.add_post("/system/scale-function/{name}", gw.scale_function, expect_handler=gw.expect_handler)
     app.router.add_get("/system/info", gw.info)
     app.router.add_get("/healthz", gw.healthz)
     app.router.add_get("/metrics", gw.metrics_handler)
     return app
+
+
+class ClientErrorLogger(logging.LoggerAdapter):
+    """The logger of aiohttp's connection handler. A request the HTTP parser refuses (a request line or
+    header over 8190 bytes, a bad method, broken framing) is the client's error: aiohttp answers it with
+    400 and would log it at ERROR with a full traceback; here it is one WARNING line. Anything else (a
+    server-side failure) is logged as aiohttp logs it."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:  # noqa: D102 - see the class
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            reason = (exc.message or type(exc).__name__).splitlines()[0][:200]
+            log_event("bad_request", logging.WARNING, status=exc.code, error=f"{type(exc).__name__}: {reason}")
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _failure_text(name: str, inv: Invocation, ref: str) -> str:
+    if inv.status == 500:
+        what = "the handler raised an exception"
+    elif inv.worker:
+        what = f"its worker {inv.worker} failed"
+    else:
+        what = "no worker could be started"
+    return f"function {name}: {what} (ref {ref}; details are in the gateway log)\n"
 
 
 def _bad(message: str) -> web.Response:

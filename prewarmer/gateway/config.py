@@ -77,6 +77,9 @@ OPTIONS: tuple[Option, ...] = (
            f"key prefix of the event streams ({DEFAULT_PREFIX})", "PREFIX"),
     Option("stream_shards", "--stream-shards", "PREWARMER_STREAM_SHARDS",
            f"number of event shard streams ({DEFAULT_SHARDS}); must match the sidecar", "N"),
+    Option("max_body_bytes", "--max-body-size", "PREWARMER_GATEWAY_MAX_BODY_SIZE",
+           "largest request body accepted; a larger one gets 413 before it is read (1Mi; e.g. 512Ki, 10Mi, "
+           "or bytes)", "SIZE"),
 )
 OPTION_BY_FIELD = {o.field: o for o in OPTIONS}
 
@@ -85,12 +88,24 @@ def _duration(v: Any) -> Any:
     return parse_duration(v) if isinstance(v, str) else v
 
 
+def _size(v: Any) -> Any:
+    # Kubernetes-style quantities as for memory limits: 1Mi, 512Ki, 10M, or plain bytes.
+    return parse_memory(v) if isinstance(v, str) else v
+
+
 def _optional_str(v: Any) -> Any:
     # An empty environment variable means "not set" (a common way to blank a variable in compose files).
     return None if isinstance(v, str) and not v.strip() else v
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+
+#: Default request body limit. The OpenFaaS gateway itself sets none (faas gateway/types/readconfig.go has
+#: no such option): what an OpenFaaS installation refuses by default is the ingress in front of it, NGINX's
+#: `client_max_body_size` / ingress-nginx `proxy-body-size` of 1 MiB, raised per function when needed. 1 MiB
+#: is also aiohttp's own `client_max_size` default. Larger bodies get 413 before they are read.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 class GatewayConfig(BaseModel):
@@ -113,6 +128,7 @@ class GatewayConfig(BaseModel):
     secret_mount_path: Path = Path("/var/secrets")
     stream_prefix: str = Field(default=DEFAULT_PREFIX, min_length=1)
     stream_shards: int = Field(default=DEFAULT_SHARDS, ge=1, le=65536)
+    max_body_bytes: Size = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, le=1 << 31)
 
     @field_validator("redis_url")
     @classmethod

@@ -75,6 +75,15 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="memory budget shared by all replicas for +bid policies (awarded through Redis)")
     p.add_argument("--tenant-quota", action="append", default=[], metavar="NAMESPACE=GB",
                    help="with --budget-gb: most memory one namespace may be awarded (repeatable)")
+    p.add_argument("--unlisted-functions", default=_env("PREWARMER_UNLISTED_FUNCTIONS", "refuse"),
+                   choices=("refuse", "admit"),
+                   help="events of a function the platform does not list: refuse (dead-letter them, the default) "
+                        "or admit (track it anyway)")
+    p.add_argument("--max-functions", type=int, default=int(_env("PREWARMER_MAX_FUNCTIONS", "10000")),
+                   help="functions tracked by this replica at most; events of any further one are dead-lettered "
+                        "(10000)")
+    p.add_argument("--max-event-skew", default=_env("PREWARMER_MAX_EVENT_SKEW", "5m"),
+                   help="events whose ts is further ahead of the Redis clock are dead-lettered (5m)")
     p.add_argument("--log-level", default=_env("PREWARMER_LOG_LEVEL", "info"))
 
 
@@ -95,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
     from aiohttp import web
 
-    from prewarmer.policies import policy_factory
+    from prewarmer.registry import policy_factory
     from prewarmer.sidecar import logs
     from prewarmer.sidecar.metrics import SidecarMetrics, metrics_app
     from prewarmer.sidecar.platform import ReadOnlyActuator, build_actuator
@@ -114,7 +123,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespace=args.namespace if args.kind != "openfaas" or args.namespace else None,
         policy_spec=args.policy, record=Path(args.record) if args.record else None,
         budget_gb=args.budget_gb,
-        tenant_quota_gb=_quotas(args.tenant_quota) or None)
+        tenant_quota_gb=_quotas(args.tenant_quota) or None,
+        unlisted_functions=args.unlisted_functions, max_functions=args.max_functions,
+        max_ts_skew_s=parse_duration(args.max_event_skew))
+    if opts.max_functions < 1:
+        raise ValueError(f"--max-functions must be >= 1, got {opts.max_functions}")
+    if not opts.max_ts_skew_s >= 0:
+        raise ValueError(f"--max-event-skew must be >= 0, got {args.max_event_skew!r}")
     if opts.budget_gb is not None and not args.policy.endswith("+bid"):
         raise ValueError("--budget-gb coordinates +bid policies: use e.g. --policy hybrid+bid")
     if opts.budget_gb is not None and not opts.budget_gb > 0:

@@ -21,9 +21,8 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from prewarmer.actions import Actions
 from prewarmer.actuators.base import Actuator, ActuatorAuthError, ActuatorError, FunctionStatus
-from prewarmer.coord.redis_budget import BudgetUnavailable, RedisBudget
+from prewarmer.coord.redis_budget import BudgetUnavailable, RedisAllocator, RedisBudget
 from prewarmer.policies.base import Policy
 from prewarmer.sidecar.agent import Decision, ShardAgent
 from prewarmer.sidecar.logs import log
@@ -56,6 +55,13 @@ class SidecarOptions:
     record: Path | None = None
     budget_gb: float | None = None  # shared memory budget of `+bid` policies, awarded through Redis
     tenant_quota_gb: dict[str, float] | None = None  # per namespace (tenant)
+    # Bad input (docs/bad-input.md): events of a function the platform does not list are dead-lettered
+    # ("refuse", the `prewarmer run` default) or tracked ("admit"); either way at most `max_functions`
+    # functions are tracked by this replica, and events of any further one are dead-lettered.
+    unlisted_functions: str = "admit"
+    max_functions: int = 10_000
+    list_refresh_s: float = 2.0  # an unlisted function re-reads the platform's list at most this often
+    max_ts_skew_s: float | None = 300.0  # events whose ts is further ahead of the Redis clock are dead-lettered
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Sidecar:
         self.ts = TimeScale(clock(), opts.time_scale)  # replaced by the shared epoch in `start`
         self.source = RedisEventSource(redis, prefix=opts.prefix, n_shards=opts.n_shards, group=opts.group,
                                        consumer=opts.replica_id, batch_size=opts.batch_size, block_ms=None,
-                                       claim_min_idle_ms=opts.claim_min_idle_ms)
+                                       claim_min_idle_ms=opts.claim_min_idle_ms, max_ts_skew_s=opts.max_ts_skew_s)
         self.leases = ShardLeases(redis, replica_id=opts.replica_id, n_shards=opts.n_shards, prefix=opts.prefix,
                                   lease_ttl_ms=opts.lease_ttl_ms)
         self.slots: dict[int, _ShardSlot] = {}
@@ -94,12 +100,10 @@ class Sidecar:
         self.last_loop = clock()
         self.redis_ok = True
         self.gateway_ok = True
+        self.listed_at = -np.inf  # when the platform's function list was last read successfully
         self.fatal: str | None = None
-        self.budget = None
-        if opts.budget_gb is not None:
-            self.budget = RedisBudget(redis, domain=opts.group, capacity_gb=opts.budget_gb,
-                                      tenant_quota_gb=opts.tenant_quota_gb, replica_id=opts.replica_id,
-                                      ttl_ms=opts.lease_ttl_ms, prefix=f"{opts.prefix}:budget")
+        self.budget = opts.budget_gb  # shared memory budget (GB) of `+bid` policies, or None
+        self.seats: dict[int, RedisBudget] = {}
 
     # ------------------------------------------------------------------ keys
     def _state_key(self, shard: int) -> str:
@@ -140,7 +144,7 @@ class Sidecar:
         if not await self._own_shards(now):
             self._set_holding()
             return
-        await self._read_events()
+        await self._read_events(now)
         if real - self.last_status >= self.opts.status_interval_s:
             await self._read_status(now)
             await self._read_lag()
@@ -177,6 +181,10 @@ class Sidecar:
             if shard not in owned:
                 # Lost or handed over: the next owner resumes from the last checkpoint and gets our unacked events.
                 del self.slots[shard]
+                seat = self.seats.pop(shard, None)
+                if seat is not None:  # its bids and awards go with it; the new owner bids afresh
+                    with contextlib.suppress(BudgetUnavailable):
+                        await seat.leave()
                 log(logger, "shard released", shard=shard)
         gained = [s for s in sorted(owned) if s not in self.slots]
         if gained:
@@ -207,7 +215,7 @@ class Sidecar:
         log(logger, "shard acquired", shard=shard)
         return ShardAgent(shard, self.make_policy, self.ts.t0)
 
-    async def _read_events(self) -> None:
+    async def _read_events(self, now: float) -> None:
         shards = sorted(self.slots)
         if not shards:
             return
@@ -226,10 +234,75 @@ class Sidecar:
             if len(batch) == 0:
                 break
             total += len(batch)
-            self._route(batch)
+            self._route(batch, now, await self._screen(batch, now))
         self.metrics.pending.set(sum(len(s.unacked) for s in self.slots.values()))
 
-    def _route(self, batch) -> None:
+    def _tracked(self) -> int:
+        return sum(len(slot.agent.names) for slot in self.slots.values())
+
+    async def _screen(self, batch, now: float) -> set[int]:
+        """Rows of `batch` not to route: events of a function this replica does not track yet and must not
+        start tracking. A function the platform does not list (with `unlisted_functions="refuse"`, after
+        re-reading the list if it is older than `list_refresh_s`), or one past `max_functions`, is refused:
+        its events go to the dead-letter stream with the reason (acked with it). While the platform's list
+        cannot be read, such events are held: left pending, they come back through XAUTOCLAIM later."""
+        def untracked(name: str) -> bool:
+            slot = self.slots.get(shard_of(name, self.opts.n_shards))
+            return slot is not None and name not in slot.agent.index
+
+        new = {name for name in set(batch.function) if untracked(name)}  # usually empty: one set per batch
+        if not new:
+            return set()
+        rows: dict[str, list[int]] = {}
+        for r, name in enumerate(batch.function):
+            if name in new and self._wanted(batch.namespace[r]) and \
+                    batch.ids[r] not in self.slots[shard_of(name, self.opts.n_shards)].seen:
+                rows.setdefault(name, []).append(r)
+        if not rows:
+            return set()
+        refuse = self.opts.unlisted_functions == "refuse"
+        if refuse and any(n not in self.status for n in rows) and \
+                self.clock() - self.listed_at >= self.opts.list_refresh_s:
+            await self._read_status(now)  # a new function may just have been deployed
+        room = self.opts.max_functions - self._tracked()
+        skip: set[int] = set()
+        refused: list[int] = []
+        reasons: list[str] = []
+        held = 0
+        for name in sorted(rows):
+            if not untracked(name):
+                continue  # registered meanwhile from the platform's list
+            if refuse and name not in self.status:
+                if not self.gateway_ok or self.listed_at == -np.inf:
+                    skip.update(rows[name])  # the list is unknown: cannot judge now
+                    held += len(rows[name])
+                    continue
+                reason = f"function {name!r} is not listed by the platform ({self.actuator.kind})"
+            elif room <= 0:
+                reason = (f"function {name!r} refused: this replica already tracks {self.opts.max_functions} "
+                          f"functions (max_functions)")
+            else:
+                room -= 1
+                continue
+            refused += rows[name]
+            reasons += [reason] * len(rows[name])
+        if held:
+            log(logger, "events of unlisted functions held until the platform's list can be read", logging.WARNING,
+                events=held)
+        if refused:
+            skip.update(refused)
+            try:
+                await self.source.dead_letter_rows(batch, refused, reasons)
+            except (StreamUnavailable, RedisError, OSError) as e:
+                self._redis_down("dead letter", e)  # left pending: re-delivered and judged again
+                return skip
+            self.metrics.dead.inc(len(refused))
+            names = sorted({batch.function[r] for r in refused})
+            log(logger, "events refused and dead-lettered", logging.WARNING, events=len(refused),
+                functions=len(names), first=names[0][:64], reason=reasons[0][:200])
+        return skip
+
+    def _route(self, batch, now: float, skip: set[int] = frozenset()) -> None:
         fn = batch.function
         shard = np.fromiter((shard_of(f, self.opts.n_shards) for f in fn), np.int64, len(fn))
         ts = np.asarray(batch.ts)
@@ -238,13 +311,12 @@ class Sidecar:
         cold = np.asarray(batch.cold, np.int64)
         status = np.asarray(batch.status, np.int64)
         ids = batch.ids
-        now = self.ts.policy(self.clock())
         for s in np.unique(shard).tolist():
             slot = self.slots.get(s)
             rows = np.flatnonzero(shard == s)
             if slot is None:
                 continue  # a shard we no longer own: leave unacked, its owner gets it
-            fresh = [r for r in rows.tolist() if ids[r] not in slot.seen]
+            fresh = [r for r in rows.tolist() if ids[r] not in slot.seen and r not in skip]
             slot.unacked += [ids[r] for r in fresh]
             slot.seen.update(ids[r] for r in fresh)
             keep = [r for r in fresh if self._wanted(batch.namespace[r])]
@@ -259,8 +331,7 @@ class Sidecar:
                                     [self._memory(n) for n in unknown])
             k = np.asarray(keep)
             idx = np.fromiter((agent.index[n] for n in names), np.int64, len(names))
-            agent.ingest(idx, self.ts.policy(ts[k]), dur[k], st[k], cold[k], status[k],
-                         [batch.instance[r] for r in keep])
+            agent.ingest(idx, self.ts.policy(ts[k]), dur[k], st[k], cold[k], status[k])
             self.metrics.events.inc(len(keep))
 
     async def _read_lag(self) -> None:
@@ -291,21 +362,26 @@ class Sidecar:
         if not self.gateway_ok:
             log(logger, "platform reachable again")
         self.gateway_ok = True
+        self.listed_at = self.clock()
         self.status = {s.name: s for s in statuses if self._wanted(s.namespace)}
         by_shard: dict[int, list[FunctionStatus]] = {}
         for st in self.status.values():
             by_shard.setdefault(shard_of(st.name, self.opts.n_shards), []).append(st)
+        room = self.opts.max_functions - self._tracked()
         for shard, slot in self.slots.items():
             new = [st for st in by_shard.get(shard, []) if st.name not in slot.agent.index]
+            if len(new) > max(room, 0):
+                log(logger, "function cap reached, listed functions left untracked", logging.WARNING,
+                    shard=shard, untracked=len(new) - max(room, 0), max_functions=self.opts.max_functions)
+                new = new[:max(room, 0)]
+            room -= len(new)
             if new:
                 slot.agent.add_functions(now, [s.name for s in new], [s.namespace for s in new],
                                          [s.memory_mb for s in new])
                 # Replicas already warm when we first see a function count as just used, so the
                 # policy's keep-alive decides their fate rather than an abrupt release at start.
                 idx = np.array([slot.agent.index[st.name] for st in new])
-                warm = np.array([st.available_replicas for st in new])
-                slot.agent.fleet.completed_many(np.repeat(idx, warm), [f"existing-{k}" for w in warm for k in range(w)],
-                                                np.full(int(warm.sum()), now))
+                slot.agent.fleet.adopt(idx, np.array([st.available_replicas for st in new]), now)
                 slot.last_sent.update({int(i): st.replicas for i, st in zip(idx, new, strict=True)})
         self.metrics.functions.set(sum(len(s.agent.names) for s in self.slots.values()))
 
@@ -317,26 +393,25 @@ class Sidecar:
 
     async def _decide_and_scale(self, now: float) -> None:
         interval = self.ts.seconds(self.opts.interval_s)
+        if self.budget is None:
+            ticks = self._tick_shards(now, interval, None)
+        else:
+            # A bidding tick waits for the shared auction in Redis: run the ticks in a worker thread so that
+            # the event loop (which owns the Redis client) can run the submits meanwhile.
+            ticks = await asyncio.to_thread(self._tick_shards, now, interval, asyncio.get_running_loop())
         wanted = 0
-        any_decision = False
-        for slot in self.slots.values():
-            agent = slot.agent
-            if not agent.names:
-                continue
-            replicas = np.array([self.status[n].replicas if n in self.status else 0 for n in agent.names])
-            ready = np.array([self.status[n].available_replicas if n in self.status else 0 for n in agent.names])
-            if self.budget is not None and hasattr(agent.policy, "external"):
-                agent.policy.external = True  # the auction runs in Redis, across replicas
-            decision = agent.tick(now, replicas, ready)
-            desired = agent.desired(now, agent.startup_s() + interval)
+        for slot, decision, desired, allocator in ticks:
             if decision is not None:
-                any_decision = True
                 self._score(slot, decision, desired)
+            if allocator is not None:
+                if allocator.error is not None:
+                    self._redis_down("budget", allocator.error)
+                elif allocator.last is not None:
+                    self.metrics.budget_used.set(allocator.last.used_gb)
+                    self.metrics.budget_price.set(allocator.last.price)
             slot.desired = desired
             wanted += int(desired.sum())
         self.metrics.desired.set(wanted)
-        if any_decision and self.budget is not None:
-            await self._bid(now)  # new awards may lower what the fleets may ask for
         requests = self._scale_requests()
         if not requests or self.fatal:
             return
@@ -345,6 +420,32 @@ class Sidecar:
         results = await asyncio.gather(*(self._scale(slot, i, n) for slot, i, n in requests))
         self.metrics.scale_requests.inc(sum(1 for r in results if r))
 
+    def _tick_shards(self, now: float, interval: float, loop: asyncio.AbstractEventLoop | None) -> list[tuple]:
+        """Every owned shard's tick (`ShardAgent.tick`, i.e. `prewarmer.platform.tick`) and desired counts."""
+        out = []
+        for shard, slot in self.slots.items():
+            agent = slot.agent
+            if not agent.names:
+                continue
+            replicas = np.array([self.status[n].replicas if n in self.status else 0 for n in agent.names])
+            ready = np.array([self.status[n].available_replicas if n in self.status else 0 for n in agent.names])
+            allocator = None
+            if loop is not None:
+                allocator = RedisAllocator(self._seat(shard), agent.names, agent.namespaces, loop)
+            decision = agent.tick(now, replicas, ready, allocator)
+            out.append((slot, decision, agent.desired(now, agent.startup_s() + interval), allocator))
+        return out
+
+    def _seat(self, shard: int) -> RedisBudget:
+        """The shard's own seat in the shared auction: shards move between replicas whole, awards with them."""
+        seat = self.seats.get(shard)
+        if seat is None:
+            opts = self.opts
+            seat = self.seats[shard] = RedisBudget(
+                self.redis, domain=opts.group, capacity_gb=opts.budget_gb, tenant_quota_gb=opts.tenant_quota_gb,
+                replica_id=f"{opts.replica_id}/{shard}", ttl_ms=opts.lease_ttl_ms, prefix=f"{opts.prefix}:budget")
+        return seat
+
     def _scale_requests(self) -> list[tuple[_ShardSlot, int, int]]:
         out = []
         for slot in self.slots.values():
@@ -352,41 +453,8 @@ class Sidecar:
             if d is None or not len(d):
                 continue
             sent = np.array([slot.last_sent.get(j, -1) for j in range(len(d))])
-            d = np.minimum(d, slot.agent.fleet.cap())
             out += [(slot, int(i), int(d[i])) for i in np.flatnonzero(d != sent)]
         return out
-
-    async def _bid(self, now: float) -> None:
-        """Submit every owned coordinated agent's bids to the shared auction; apply the awards as limits."""
-        names, rank, value, mem, tenant, owners = [], [], [], [], [], []
-        for slot in self.slots.values():
-            policy = slot.agent.policy
-            b = getattr(policy, "last_bids", None)
-            if b is None:
-                continue
-            for f, r, v, m in zip(b.func.tolist(), b.rank.tolist(), b.value.tolist(), b.mem_gb.tolist(),
-                                  strict=True):
-                names.append(slot.agent.names[f])
-                rank.append(r)
-                value.append(v)
-                mem.append(m)
-                tenant.append(slot.agent.namespaces[f])
-            owners.append(slot)
-        if not owners:
-            return
-        try:
-            award = await self.budget.submit(names, rank, value, mem, tenant)
-        except BudgetUnavailable as e:  # keep the last awards until Redis is back
-            self._redis_down("budget", e)
-            return
-        for slot in owners:
-            agent = slot.agent
-            inst = np.array([award.instances.get(n, 0) for n in agent.names], np.int64)
-            dec = np.array([award.decommitted.get(n, 0) for n in agent.names], np.int64)
-            limits = agent.policy.award(inst, dec, award.price)
-            agent.fleet.apply(now, agent.policy.hold_awards(Actions(max_instances=limits)))
-        self.metrics.budget_used.set(award.used_gb)
-        self.metrics.budget_price.set(award.price)
 
     async def _scale(self, slot: _ShardSlot, i: int, n: int) -> bool:
         agent = slot.agent
@@ -458,9 +526,10 @@ class Sidecar:
                 await self.leases.release_all()
             except (StreamUnavailable, RedisError, OSError):
                 pass
-        if self.budget is not None and self.redis_ok:
-            with contextlib.suppress(Exception):
-                await self.budget.leave()
+        if self.redis_ok:
+            for seat in self.seats.values():
+                with contextlib.suppress(Exception):
+                    await seat.leave()
         if self.recorder:
             self.recorder.close()
         log(logger, "sidecar stopped", replica=self.opts.replica_id,

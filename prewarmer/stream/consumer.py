@@ -11,6 +11,13 @@ Redis builds the next reply while the caller processes this one. Read-ahead entr
 this consumer like a returned batch: the next `read` returns them, and if the consumer dies first
 they are reclaimed like any unacked batch.
 
+Bad input is refused, not absorbed: an entry the schema refuses, or whose `ts` is later than the
+Redis clock (TIME, sampled every `clock_refresh_s` and extrapolated on the monotonic clock) plus
+`max_ts_skew_s`, goes to the dead-letter stream with the reason. A dead letter keeps a truncated copy
+of the entry (`dead_letter_value_bytes` per value, `DEAD_LETTER_MAX_FIELDS` fields), so a 1 MB field
+costs Redis a few hundred bytes, and the dead-letter stream is capped at `dead_letter_maxlen` entries.
+`dead_letter_rows` does the same for entries the caller refuses after decoding (e.g. an unknown function).
+
 Redis being unreachable surfaces as one exception type, `StreamUnavailable`, on every method; the
 same object works again once Redis is back (connections are re-made, lost groups re-created).
 """
@@ -22,7 +29,7 @@ import contextlib
 import gc
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +43,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from prewarmer.stream.events import DecodedBatch, EventError, decode_batch
 from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS, dead_letter_key, stream_key
+
+#: Default for `max_ts_skew_s`: how far an event's `ts` may be ahead of the Redis clock. Five minutes, the
+#: usual tolerance for unsynchronised clocks (Kerberos' default maximum clock skew).
+DEFAULT_MAX_TS_SKEW_S = 300.0
+#: A dead letter copies at most this many fields of the refused entry, each value cut to
+#: `dead_letter_value_bytes` (keys to 64 bytes); `truncated` then holds the original field count and size.
+DEAD_LETTER_MAX_FIELDS = 16
+DEFAULT_DEAD_LETTER_VALUE_BYTES = 256
 
 _COLUMNS = ("ids", "function", "namespace", "ts", "duration_ms", "startup_ms", "cold", "status", "instance",
             "rejected")
@@ -117,7 +132,9 @@ class RedisEventSource:
     def __init__(self, redis: str | aioredis.Redis, prefix: str = DEFAULT_PREFIX, n_shards: int = DEFAULT_SHARDS,
                  group: str = "prewarmer", consumer: str | None = None, batch_size: int = 1000,
                  block_ms: int | None = 1000, claim_min_idle_ms: int = 30_000, claim_interval_s: float | None = None,
-                 dead_letter_maxlen: int = 100_000, prefetch: bool = True) -> None:
+                 dead_letter_maxlen: int = 10_000, prefetch: bool = True,
+                 clock: Callable[[], float] = time.monotonic, max_ts_skew_s: float | None = DEFAULT_MAX_TS_SKEW_S,
+                 dead_letter_value_bytes: int = DEFAULT_DEAD_LETTER_VALUE_BYTES, clock_refresh_s: float = 10.0) -> None:
         # The socket must outlive a blocking XREADGROUP, or the wait would look like an outage.
         self.redis, self._owns_client = client_for(redis, (block_ms or 0) / 1000 + 5.0)
         self.prefix = prefix
@@ -135,9 +152,14 @@ class RedisEventSource:
         self._owned: tuple[int, ...] = ()
         self._groups_ready: set[int] = set()
         self._claim_cursor: dict[int, bytes] = {}  # shards due for XAUTOCLAIM, and where to resume
-        self._next_claim = time.monotonic() + self.claim_interval_s
+        self.clock = clock  # times the claim interval
+        self._next_claim = self.clock() + self.claim_interval_s
         self.dead_lettered = 0
         self._prefetch: asyncio.Task[SourceBatch] | None = None
+        self.max_ts_skew_s = max_ts_skew_s  # None: no bound on `ts`
+        self.dead_letter_value_bytes = dead_letter_value_bytes
+        self.clock_refresh_s = clock_refresh_s
+        self._redis_clock: tuple[float, float] | None = None  # (Redis TIME, self.clock() when read)
 
     async def ensure_groups(self, shards: Iterable[int]) -> None:
         """Create the group on each shard stream (and the stream), reading from its start; idempotent."""
@@ -163,8 +185,8 @@ class RedisEventSource:
         if not owned and self._prefetch is None:
             await asyncio.sleep((self.block_ms or 0) / 1000)
             return SourceBatch()
-        if time.monotonic() >= self._next_claim:
-            self._next_claim = time.monotonic() + self.claim_interval_s
+        if self.clock() >= self._next_claim:
+            self._next_claim = self.clock() + self.claim_interval_s
             for s in owned:
                 self._claim_cursor.setdefault(s, b"0-0")
         try:
@@ -283,18 +305,30 @@ class RedisEventSource:
         with _gc_paused() if block is None else contextlib.nullcontext():
             reply = await self.redis.xreadgroup(self.group, self.consumer, {self._keys[s]: b">" for s in owned},
                                                 count=self.batch_size, block=block)
-            self._merge(out, claimed + reply, rejected)
+            now = await self.redis_now() if self.max_ts_skew_s is not None and (reply or claimed) else None
+            self._merge(out, claimed + reply, rejected, now, self.max_ts_skew_s)
         if rejected:
             await self._dead_letter(rejected)
         return out
 
+    async def redis_now(self) -> float:
+        """The Redis server's clock (Unix seconds): TIME, re-read every `clock_refresh_s`, extrapolated
+        in between on the local monotonic clock (immune to the local wall clock being wrong)."""
+        sample = self._redis_clock
+        if sample is None or self.clock() - sample[1] >= self.clock_refresh_s:
+            sec, usec = await self.redis.time()
+            sample = self._redis_clock = (sec + usec / 1e6, self.clock())
+        return sample[0] + (self.clock() - sample[1])
+
     @staticmethod
     def _merge(out: SourceBatch, per_stream: list[tuple[bytes, list]],
-               rejected: list[tuple[bytes, bytes, dict, EventError]]) -> None:
+               rejected: list[tuple[bytes, bytes, dict, EventError]], now: float | None = None,
+               skew: float | None = None) -> None:
+        max_ts = now + skew if now is not None and skew is not None else None
         for key, entries in per_stream:
             if not entries:
                 continue
-            decoded = decode_batch(entries)
+            decoded = decode_batch(entries, max_ts, now)
             if len(decoded) == len(entries) and not out.ids:
                 # Common case (one stream with data, all well-formed): adopt the columns, no copying.
                 for name in _COLUMNS:
@@ -322,16 +356,58 @@ class RedisEventSource:
                 self._claim_cursor[s] = cursor  # more to scan: continue on the next read
         return out
 
-    async def _dead_letter(self, rejected: list[tuple[bytes, bytes, dict, EventError]]) -> None:
+    async def _dead_letter(self, rejected: list[tuple[bytes, bytes, dict, EventError | str]]) -> None:
         # MULTI: an entry is acked only together with its dead-letter copy.
         pipe = self.redis.pipeline(transaction=True)
         for key, entry_id, fields, err in rejected:
-            pipe.xadd(self._dead_key, {**fields, b"error": _error_text(fields, err), b"source_stream": key,
+            error = err if isinstance(err, str) else _error_text(fields, err)
+            pipe.xadd(self._dead_key, {**_truncated_copy(fields, self.dead_letter_value_bytes),
+                                       b"error": _cut(error.encode(errors="replace"), 512), b"source_stream": key,
                                        b"source_id": entry_id},
                       maxlen=self.dead_letter_maxlen, approximate=True)
             pipe.xack(key, self.group, entry_id)
         await pipe.execute()
         self.dead_lettered += len(rejected)
+
+    async def dead_letter_rows(self, batch: SourceBatch, rows: Iterable[int], reasons: Iterable[str]) -> int:
+        """Refuse decoded entries `rows` of `batch` (e.g. a function the platform does not have): each goes to
+        the dead-letter stream with its reason and is acked with it, in one MULTI. They must not be acked
+        otherwise. Returns how many; Redis errors propagate (the entries then stay pending, re-delivered)."""
+        rejected = []
+        for r, reason in zip(rows, reasons, strict=True):
+            fields = {b"function": batch.function[r].encode(), b"namespace": batch.namespace[r].encode(),
+                      b"ts": repr(batch.ts[r]).encode(), b"duration_ms": repr(batch.duration_ms[r]).encode(),
+                      b"startup_ms": repr(batch.startup_ms[r]).encode(), b"cold": b"1" if batch.cold[r] else b"0",
+                      b"status": str(batch.status[r]).encode(), b"instance": batch.instance[r].encode()}
+            rejected.append((batch.streams[r], batch.ids[r], fields, reason))
+        if rejected:
+            with unavailable_as_error():
+                await self._dead_letter(rejected)
+        return len(rejected)
+
+
+def _cut(value: bytes, limit: int) -> bytes:
+    return value if len(value) <= limit else value[:limit] + b"...[%d bytes]" % len(value)
+
+
+def _truncated_copy(fields: dict, value_bytes: int) -> dict:
+    """The entry as the dead letter keeps it: at most DEAD_LETTER_MAX_FIELDS fields, long values cut (their
+    original length noted). Small entries are copied unchanged; a cut one has `truncated` = fields/bytes."""
+    copy: dict = {}
+    size = 0
+    for i, (k, v) in enumerate(fields.items()):
+        kb = k if isinstance(k, bytes) else str(k).encode()
+        vb = v if isinstance(v, bytes) else str(v).encode()
+        size += len(kb) + len(vb)
+        if i < DEAD_LETTER_MAX_FIELDS:
+            key = _cut(kb, 64)
+            if key in (b"error", b"source_stream", b"source_id", b"truncated"):
+                key = b"field:" + key  # never let the entry overwrite the dead letter's own fields
+            copy[key] = _cut(vb, value_bytes)
+    if len(fields) > DEAD_LETTER_MAX_FIELDS or any(len(v) > value_bytes for v in copy.values()) or \
+            any(len(k) > 64 for k in fields if isinstance(k, bytes)):
+        copy[b"truncated"] = b"%d fields, %d bytes" % (len(fields), size)
+    return copy
 
 
 def _error_text(fields: dict, err: EventError) -> str:

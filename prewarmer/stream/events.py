@@ -18,6 +18,10 @@ Entry fields (all strings, as Redis stores them):
 whole batches with `decode_batch`, a hand-written fast path that accepts exactly what the schema
 accepts and hands anything else to the schema for a precise error (which goes to the dead-letter
 stream with the entry).
+
+`ts` must also not be later than the Redis clock plus an allowed skew (`max_ts`, given by the consumer):
+an event from the future (a wrong clock, or a forged entry dated in the year 3000) is refused rather than
+fed to the policy. An entry refused for any reason is never lost: it goes to the dead-letter stream.
 """
 
 from __future__ import annotations
@@ -106,13 +110,16 @@ _KNOWN = frozenset((b"v", b"function", b"namespace", b"ts", b"duration_ms", b"st
                     b"instance"))
 
 
-def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DecodedBatch:
+def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float | None = None,
+                 now: float | None = None) -> DecodedBatch:
     """Decode XREADGROUP entries (bytes keys and values) into columns; malformed entries are set aside.
 
     The fast path is plain Python per entry (about 1 µs); only an entry it refuses goes through
-    the pydantic schema, which produces the error message for the dead-letter stream.
+    the pydantic schema, which produces the error message for the dead-letter stream. With `max_ts`
+    (the Redis clock `now` plus the allowed skew), an entry whose `ts` is later is refused too.
     """
     out = DecodedBatch()
+    limit = math.inf if max_ts is None else max_ts
     for entry_id, f in entries:
         try:
             fn = f[b"function"].decode()
@@ -137,6 +144,9 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DecodedBatc
                 continue
             fn, ns, ts, dur, st, c, status, inst = (ev.function, ev.namespace, ev.ts, ev.duration_ms, ev.startup_ms,
                                                     b"1" if ev.cold else b"0", ev.status, ev.instance)
+        if ts > limit:
+            out.rejected.append((entry_id, f, _future_error(ts, limit, now)))
+            continue
         out.ids.append(entry_id)
         out.function.append(fn)
         out.namespace.append(ns)
@@ -147,6 +157,13 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> DecodedBatc
         out.status.append(status)
         out.instance.append(inst)
     return out
+
+
+def _future_error(ts: float, max_ts: float, now: float | None) -> EventError:
+    if now is None:
+        return EventError("ts", f"{ts!r} is later than the latest accepted time {max_ts!r}")
+    return EventError("ts", f"{ts!r} is {ts - now:.6g} s ahead of the Redis clock ({now:.3f}); at most "
+                            f"{max_ts - now:.6g} s of clock skew is accepted")
 
 
 def _s(x: bytes | str) -> str:

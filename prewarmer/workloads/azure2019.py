@@ -3,6 +3,13 @@
 The files are streamed row by row and only the selected functions and minutes are kept, so the full
 trace (~46k functions, 14 days) loads into memory proportional to the selection. Every problem in
 the input becomes a TraceError naming the file, the 1-based line and the column.
+
+Impossible values (not a number, NaN, inf, a negative count or memory) always raise. Gaps the public
+trace really has are anomalies (`base.Anomalies`): a function listed twice in one file (the first row
+is used: its invocations are not counted twice), a selected function without a duration row or whose
+app has no memory row (the median of the file stands in), a negative duration percentile (clipped to
+0). They are counted and reported in the description's `warnings`; with `strict=True` the first one
+raises instead.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import FunctionTable, MinuteCountWorkload, TraceError
+from .base import Anomalies, FunctionTable, MinuteCountWorkload, TraceError
 
 MINUTES_PER_DAY = 1440
 INVOCATIONS_FILE = "invocations_per_function_md.anon.d{:02d}.csv"
@@ -85,8 +92,8 @@ class CsvFile:
     def error(self, message: str, column: str | None = None) -> TraceError:
         return TraceError(message, path=self.path, line=self.line, column=column)
 
-    def floats(self, row: list[str], columns: Sequence[str]) -> list[float]:
-        """The named fields as finite floats, or a TraceError naming the first bad one."""
+    def floats(self, row: list[str], columns: Sequence[str], nonnegative: bool = False) -> list[float]:
+        """The named fields as finite floats (>= 0 if `nonnegative`), or a TraceError naming the first bad one."""
         out = []
         for name in columns:
             text = row[self.index[name]]
@@ -96,6 +103,8 @@ class CsvFile:
                 value = float("nan")
             if not np.isfinite(value):
                 raise self.error(f"not a finite number: {text!r}", name)
+            if nonnegative and value < 0:
+                raise self.error(f"negative value: {text!r} (must be >= 0)", name)
             out.append(value)
         return out
 
@@ -201,12 +210,14 @@ class _Table:
         self.index: dict[tuple[str, str, str], int] = {}
         self.triggers: list[str] = []
         self.blocks: list[tuple[int, list[int], list[np.ndarray]]] = []  # (out offset, funcs, rows)
+        self.where: list[tuple[str, int]] = []  # (file, line) where each function first appears
 
-    def add(self, key: tuple[str, str, str], trigger: str) -> int:
+    def add(self, key: tuple[str, str, str], trigger: str, where: tuple[str, int]) -> int:
         i = self.index.get(key)
         if i is None:
             i = self.index[key] = len(self.index)
             self.triggers.append(trigger)
+            self.where.append(where)
         return i
 
     def counts(self, n_minutes: int) -> np.ndarray:
@@ -217,10 +228,7 @@ class _Table:
             idx = np.asarray(funcs)
             block = np.stack(rows)
             cols = slice(offset, offset + block.shape[1])
-            if len(np.unique(idx)) == len(idx):
-                out[idx, cols] = block
-            else:  # a function listed twice in one day file contributes the sum of its rows
-                np.add.at(out[:, cols], idx, block)
+            out[idx, cols] = block  # one row per function and day: later duplicates were dropped on reading
         return out
 
 
@@ -246,7 +254,7 @@ def _parse_counts(f: CsvFile, row: list[str], positions: list[int], span: slice 
 
 
 def _read_invocations(path: Path, day_i: int, window: tuple[int, int], start: int, table: _Table,
-                      sel: _FunctionFilter, found_names: set[str]) -> int:
+                      sel: _FunctionFilter, found_names: set[str], anomalies: Anomalies) -> int:
     """Reads one day file into `table`; returns its number of data rows."""
     lo, hi = window
     with CsvFile(path, KEY_COLUMNS + MINUTE_COLUMNS) as f:
@@ -258,6 +266,7 @@ def _read_invocations(path: Path, day_i: int, window: tuple[int, int], start: in
         span = slice(positions[0], positions[0] + len(positions)) if adjacent else None
         funcs: list[int] = []
         rows: list[np.ndarray] = []
+        first_line: dict[tuple[str, str, str], int] = {}  # selected functions met in this file
         n = 0
         for n, row in enumerate(f.rows(), start=1):
             key = (row[io], row[ia], row[ifn])
@@ -267,8 +276,12 @@ def _read_invocations(path: Path, day_i: int, window: tuple[int, int], start: in
                 chosen = sel.names is None or key[2] in sel.names
             if not chosen:
                 continue
+            if key in first_line:
+                _listed_again(anomalies, "duplicated function rows", f, key, first_line[key])
+                continue
+            first_line[key] = f.line
             found_names.add(key[2])
-            i = table.add(key, row[it] if it is not None else "unknown")
+            i = table.add(key, row[it] if it is not None else "unknown", (f.path, f.line))
             if positions:
                 funcs.append(i)
                 rows.append(_parse_counts(f, row, positions, span))
@@ -276,7 +289,13 @@ def _read_invocations(path: Path, day_i: int, window: tuple[int, int], start: in
         return n
 
 
-def _read_durations(paths: list[Path], keys: dict[tuple[str, str, str], int]) -> tuple[np.ndarray, int]:
+def _listed_again(anomalies: Anomalies, what: str, f: CsvFile, key: tuple[str, str, str], first: int) -> None:
+    anomalies.add(what, f.error(f"function {key[2]} (app {key[1]}) is listed again, first at line {first}",
+                                "HashFunction"), "only the first row of each function is used, the others are ignored")
+
+
+def _read_durations(paths: list[Path], keys: dict[tuple[str, str, str], int],
+                    anomalies: Anomalies) -> tuple[np.ndarray, np.ndarray]:
     """Percentiles (ms) per selected function from the first file that has it, median for the rest."""
     pct = np.full((len(keys), len(PERCENTILE_COLUMNS)), np.nan)
     pool: list[list[float]] = []  # every row of the first file: the fallback, whatever the selection
@@ -285,21 +304,26 @@ def _read_durations(paths: list[Path], keys: dict[tuple[str, str, str], int]) ->
         if not path.is_file():
             continue
         first = not pool
+        seen: dict[int, int] = {}  # selected functions met in this file -> line
         with CsvFile(path, KEY_COLUMNS + PERCENTILE_COLUMNS) as f:
             io, ia, ifn = (f.index[c] for c in KEY_COLUMNS)
             for row in f.rows():
                 i = keys.get((row[io], row[ia], row[ifn]))
+                if i is not None:
+                    if i in seen:
+                        _listed_again(anomalies, "duplicated function rows in a durations file", f,
+                                      (row[io], row[ia], row[ifn]), seen[i])
+                        continue
+                    seen[i] = f.line
                 wanted = i is not None and np.isnan(pct[i, 0])
                 if not (first or wanted):
                     continue
-                values = f.floats(row, PERCENTILE_COLUMNS)
+                values = nonnegative_durations(f, row, PERCENTILE_COLUMNS, anomalies)
                 if first:
                     pool.append(values)
                 if wanted:
                     pct[i] = values
                     missing -= 1
-                    if missing == 0 and not first:
-                        break
         if missing == 0:
             break
     lacking = np.isnan(pct[:, 0])
@@ -308,12 +332,13 @@ def _read_durations(paths: list[Path], keys: dict[tuple[str, str, str], int]) ->
             raise TraceError("no duration percentiles for any function (function_durations_percentiles "
                              "files missing or empty)", path=str(paths[0].parent))
         pct[lacking] = np.median(np.array(pool), axis=0)
-    # Percentiles must be a valid inverse CDF: non-negative and non-decreasing.
-    pct = np.maximum.accumulate(np.clip(pct, 0.0, None), axis=1)
-    return pct, int(lacking.sum())
+    # Percentiles must be a valid inverse CDF: non-decreasing (negative values were refused on reading).
+    pct = np.maximum.accumulate(pct, axis=1)
+    return pct, lacking
 
 
-def _read_memory(paths: list[Path], apps: set[tuple[str, str]]) -> tuple[dict[tuple[str, str], float], float]:
+def _read_memory(paths: list[Path], apps: set[tuple[str, str]],
+                 anomalies: Anomalies) -> tuple[dict[tuple[str, str], float], float]:
     """AverageAllocatedMb per selected app (first file that has it), and the median of all known apps."""
     found: dict[tuple[str, str], float] = {}
     pool: list[float] = []
@@ -321,13 +346,21 @@ def _read_memory(paths: list[Path], apps: set[tuple[str, str]]) -> tuple[dict[tu
         if not path.is_file():  # the last two days of the real trace have no memory file
             continue
         first = not pool
+        seen: dict[tuple[str, str], int] = {}  # selected apps met in this file -> line
         with CsvFile(path, ("HashOwner", "HashApp", "AverageAllocatedMb")) as f:
             io, ia = f.index["HashOwner"], f.index["HashApp"]
             for row in f.rows():
                 key = (row[io], row[ia])
+                if key in apps:
+                    if key in seen:
+                        anomalies.add("duplicated app rows in a memory file", f.error(
+                            f"app {key[1]} is listed again, first at line {seen[key]}", "HashApp"),
+                            "only the first row of each app is used, the others are ignored")
+                        continue
+                    seen[key] = f.line
                 wanted = key in apps and key not in found
                 if first or wanted:
-                    (mb,) = f.floats(row, ("AverageAllocatedMb",))
+                    (mb,) = f.floats(row, ("AverageAllocatedMb",), nonnegative=True)
                     if first:
                         pool.append(mb)
                     if wanted:
@@ -335,6 +368,17 @@ def _read_memory(paths: list[Path], apps: set[tuple[str, str]]) -> tuple[dict[tu
         if len(found) == len(apps):
             break
     return found, float(np.median(pool)) if pool else DEFAULT_MEMORY_MB
+
+
+def nonnegative_durations(f: CsvFile, row: list[str], columns: Sequence[str], anomalies: Anomalies) -> list[float]:
+    """Finite durations; a negative one is an anomaly, clipped to 0. Also used by the 2021 loader."""
+    values = f.floats(row, columns)
+    for name, v in zip(columns, values, strict=True):
+        if v < 0:
+            anomalies.add("negative durations", f.error(f"negative duration: {row[f.index[name]]!r}", name),
+                          "clipped to 0")
+            return [max(x, 0.0) for x in values]
+    return values
 
 
 def _describe_selection(functions: FunctionSelection) -> str:
@@ -347,13 +391,15 @@ def _describe_selection(functions: FunctionSelection) -> str:
 
 
 def load_azure2019(path: str | Path, days: Iterable[int] | None = None, functions: FunctionSelection = None,
-                   minutes: tuple[int, int] | None = None) -> MinuteCountWorkload:
+                   minutes: tuple[int, int] | None = None, strict: bool = False) -> MinuteCountWorkload:
     """Load an Azure Functions 2019 trace directory (original layout) as per-minute counts.
 
     days: day numbers (1..14) concatenated in time, None = every day present. functions: a slice over
     the rows of the first day's invocations file, or HashFunction names. minutes: (start, end) in
-    minutes since the first selected day began, end exclusive.
+    minutes since the first selected day began, end exclusive. strict: an anomaly (see the module
+    docstring) raises TraceError instead of being counted in `describe()["warnings"]`.
     """
+    anomalies = Anomalies(strict)
     root = Path(path)
     if not root.is_dir():
         raise TraceError("not a directory" if root.exists() else "no such directory", path=str(root))
@@ -372,7 +418,7 @@ def load_azure2019(path: str | Path, days: Iterable[int] | None = None, function
                 continue  # outside the minute window
             lo = hi = 0  # the first day is read anyway: its row order defines function slices
         n = _read_invocations(root / INVOCATIONS_FILE.format(day), day_i, (lo, hi), start, table, sel,
-                              found_names)
+                              found_names, anomalies)
         if day_i == 0:
             sel.check_first_file(n, first_file)
     sel.check_names(found_names)
@@ -380,14 +426,27 @@ def load_azure2019(path: str | Path, days: Iterable[int] | None = None, function
         raise TraceError("the selection holds no function", path=str(root))
 
     keys = list(table.index)
-    pct, missing_durations = _read_durations([root / DURATIONS_FILE.format(d) for d in day_list], table.index)
+    duration_files = [root / DURATIONS_FILE.format(d) for d in day_list]
+    pct, lacking = _read_durations(duration_files, table.index, anomalies)
+    missing_durations = int(lacking.sum())
+    if missing_durations:
+        i = int(np.flatnonzero(lacking)[0])
+        _missing("functions without a duration row", anomalies, table, i, keys,
+                 f"has no row in {' / '.join(p.name for p in duration_files)}",
+                 "the median percentiles of the first durations file are used", missing_durations)
     app_keys = {(o, a) for o, a, _ in keys}
-    memory, median_mb = _read_memory([root / MEMORY_FILE.format(d) for d in day_list], app_keys)
+    memory_files = [root / MEMORY_FILE.format(d) for d in day_list]
+    memory, median_mb = _read_memory(memory_files, app_keys, anomalies)
 
     app_index: dict[str, int] = {}
     apps = np.array([app_index.setdefault(a, len(app_index)) for _, a, _ in keys], np.int32)
     mem = np.array([memory.get((o, a), median_mb) for o, a, _ in keys], np.float64)
     missing_memory = sum((o, a) not in memory for o, a, _ in keys)
+    if missing_memory:
+        i = next(k for k, (o, a, _) in enumerate(keys) if (o, a) not in memory)
+        _missing("functions whose app has no memory row", anomalies, table, i, keys,
+                 f"belongs to app {keys[i][1]}, which has no row in {' / '.join(p.name for p in memory_files)}",
+                 f"the median of the memory file ({median_mb:g} MB) is used", missing_memory)
     owner_index: dict[str, int] = {}
     owners = np.array([owner_index.setdefault(o, len(owner_index)) for o, _, _ in keys], np.int32)
     ftable = FunctionTable(names=[k[2] for k in keys], apps=apps, app_names=list(app_index), memory_mb=mem,
@@ -397,5 +456,15 @@ def load_azure2019(path: str | Path, days: Iterable[int] | None = None, function
                    "function_selection": _describe_selection(functions),
                    "missing_durations": missing_durations, "missing_memory": missing_memory,
                    "memory_fallback_mb": median_mb}
+    if anomalies.counts:
+        description["warnings"] = anomalies.warnings()
     return MinuteCountWorkload(ftable, table.counts(end - start), pct, start_minute=start,
                                description=description)
+
+
+def _missing(kind: str, anomalies: Anomalies, table: _Table, i: int, keys: list, what: str, fallback: str,
+             n: int) -> None:
+    """An anomaly about selected function `i`, located at its first line in an invocations file."""
+    path, line = table.where[i]
+    anomalies.add(kind, TraceError(f"function {keys[i][2]} {what}", path=path, line=line, column="HashFunction"),
+                  fallback, n)

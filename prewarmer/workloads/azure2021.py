@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .azure2019 import CsvFile
-from .base import ArrivalChunk, FunctionTable, TraceError, Workload
+from .azure2019 import CsvFile, nonnegative_durations
+from .base import Anomalies, ArrivalChunk, FunctionTable, TraceError, Workload
 
 COLUMNS = ("app", "func", "end_timestamp", "duration")
 
@@ -59,15 +59,15 @@ class Trace2021Workload(Workload):
             yield ArrivalChunk(start, end, t[a:b].copy(), func[a:b].copy(), dur[a:b].copy())
 
 
-def _read_rows(path: Path) -> tuple[list[tuple[str, str]], array, array, array]:
+def _read_rows(path: Path, anomalies: Anomalies) -> tuple[list[tuple[str, str]], array, array, array]:
     """Streams the file into compact arrays: function index (first appearance), start, duration."""
     keys: dict[tuple[str, str], int] = {}
     func, start, duration = array("i"), array("d"), array("d")
     with CsvFile(path, COLUMNS) as f:
         ia, ifn = f.index["app"], f.index["func"]
         for row in f.rows():
-            end_s, dur_s = f.floats(row, ("end_timestamp", "duration"))
-            dur_s = max(dur_s, 0.0)
+            (end_s,) = f.floats(row, ("end_timestamp",))
+            (dur_s,) = nonnegative_durations(f, row, ("duration",), anomalies)
             key = (row[ia], row[ifn])
             func.append(keys.setdefault(key, len(keys)))
             start.append(end_s - dur_s)
@@ -103,13 +103,20 @@ def _select_functions(path: Path, keys: list[tuple[str, str]], functions: Functi
 
 
 def load_azure2021(path: str | Path, functions: FunctionSelection = None,
-                   minutes: tuple[int, int] | None = None, memory_mb: float = 256.0) -> Trace2021Workload:
+                   minutes: tuple[int, int] | None = None, memory_mb: float = 256.0,
+                   strict: bool = False) -> Trace2021Workload:
     """Load a 2021 invocation CSV. functions: a slice over functions in order of first appearance, or
-    func names. minutes: (start, end) in minutes since the trace's first minute, end exclusive."""
+    func names. minutes: (start, end) in minutes since the trace's first minute, end exclusive.
+    A NaN or inf raises TraceError naming file, line and column. A negative duration is an anomaly: clipped
+    to 0 (start = end) and counted in `describe()["warnings"]`, or with `strict` a TraceError. (A repeated
+    row is a second invocation, not a duplicate: every row is one invocation.)"""
     path = Path(path)
+    if not (math.isfinite(memory_mb) and memory_mb > 0):
+        raise TraceError(f"memory_mb must be a finite number > 0, got {memory_mb!r}", path=str(path))
     if not path.is_file():
         raise TraceError("not a file" if path.exists() else "no such file", path=str(path))
-    keys, func_a, start_a, dur_a = _read_rows(path)
+    anomalies = Anomalies(strict)
+    keys, func_a, start_a, dur_a = _read_rows(path, anomalies)
     if not keys:
         raise TraceError("the file holds no invocation", path=str(path))
     func = np.frombuffer(func_a, np.int32)
@@ -143,5 +150,7 @@ def load_azure2021(path: str | Path, functions: FunctionSelection = None,
                           cold_start_s=np.full(len(sel_keys), np.nan))
     description = {"format": "azure2021", "path": str(path), "memory_mb": float(memory_mb),
                    "trace_start_s": t0}
+    if anomalies.counts:
+        description["warnings"] = anomalies.warnings()
     return Trace2021Workload(table, t[keep] - m0 * 60.0, remap[func[keep]], duration[keep],
                              horizon_s=(m1 - m0) * 60.0, start_minute=m0, description=description)

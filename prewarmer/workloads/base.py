@@ -33,6 +33,33 @@ class TraceError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class Anomalies:
+    """Recoverable problems of a trace (a duplicated row, a function without memory or duration row).
+
+    Not strict: each kind is counted, its first occurrence kept for the message, and the loader applies
+    the documented fallback; `warnings()` then says how many and where the first one is. Strict: the first
+    occurrence raises its TraceError (file, line, column). Impossible values (NaN, inf, negative) are not
+    anomalies: they always raise.
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, TraceError] = {}
+        self.fallback: dict[str, str] = {}
+
+    def add(self, kind: str, error: TraceError, fallback: str, n: int = 1) -> None:
+        if self.strict:
+            raise TraceError(f"{error.reason} (--strict)", error.path, error.line, error.column)
+        self.counts[kind] = self.counts.get(kind, 0) + n
+        self.first.setdefault(kind, error)
+        self.fallback.setdefault(kind, fallback)
+
+    def warnings(self) -> list[str]:
+        return [f"{n} {kind}: {self.fallback[kind]}; the first: {self.first[kind]} (--strict makes this an error)"
+                for kind, n in self.counts.items()]
+
+
 @dataclass
 class FunctionTable:
     """Static profile of the functions of a workload, one entry per function index."""

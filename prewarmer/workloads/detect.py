@@ -27,8 +27,9 @@ def _is_2021(path: Path) -> bool:
 
 def open_trace(path: str | Path, days: Iterable[int] | None = None,
                functions: slice | Sequence[str] | None = None,
-               minutes: tuple[int, int] | None = None) -> Workload:
-    """Load a trace, detecting its format.
+               minutes: tuple[int, int] | None = None, strict: bool = False) -> Workload:
+    """Load a trace, detecting its format. `strict`: recoverable anomalies (a duplicated row, a missing
+    memory or duration row) raise TraceError instead of being reported in `describe()["warnings"]`.
 
     A directory holding `invocations_per_function_md.anon.dNN.csv` files is Azure 2019; so is one of
     its day files (that day only). A CSV whose header has app,func,end_timestamp,duration is Azure
@@ -39,7 +40,7 @@ def open_trace(path: str | Path, days: Iterable[int] | None = None,
         raise TraceError("no such file or directory", path=str(p))
     if p.is_dir():
         if any(p.glob("invocations_per_function_md.anon.d*.csv")):
-            return load_azure2019(p, days=days, functions=functions, minutes=minutes)
+            return load_azure2019(p, days=days, functions=functions, minutes=minutes, strict=strict)
         candidates = [c for c in sorted(p.glob("*.csv")) if c.is_file() and _is_2021(c)]
         if len(candidates) != 1:
             found = "several Azure 2021 CSV files" if candidates else "no recognised trace file"
@@ -50,13 +51,13 @@ def open_trace(path: str | Path, days: Iterable[int] | None = None,
         if days is not None and list(days) != [day]:
             raise TraceError(f"the file is day {day} but days={list(days)} was asked; pass the directory "
                              "to choose days", path=str(p))
-        return load_azure2019(p.parent, days=[day], functions=functions, minutes=minutes)
+        return load_azure2019(p.parent, days=[day], functions=functions, minutes=minutes, strict=strict)
     if not _is_2021(p):
         raise TraceError("unrecognised trace format: expected an Azure 2019 directory or a CSV with "
                          f"columns {','.join(COLUMNS_2021)}", path=str(p), line=1)
     if days is not None:
         raise TraceError("days applies to Azure 2019 traces only", path=str(p))
-    return load_azure2021(p, functions=functions, minutes=minutes)
+    return load_azure2021(p, functions=functions, minutes=minutes, strict=strict)
 
 
 def _int(text: str, what: str, spec: str) -> int:
