@@ -18,7 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-test-tools
-	$(BIN)/ruff check prewarmer tests benchmarks
+	$(BIN)/ruff check prewarmer tests benchmarks scripts
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
