@@ -56,6 +56,10 @@ def add_loadtest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     o.add_argument("--json", metavar="OUT", help="write the report (BENCHMARKS.md metric names) here")
     o.add_argument("--plot", metavar="OUT.png|OUT.html", help="time series per run: requests/s, cold starts, "
                                                               "warm instances")
+    o.add_argument("--simulate", action="store_true",
+                   help="also replay each run's exact schedule through the simulator (start-up times measured from "
+                        "the gateway, the gateway's keep-alive or the sidecar's policy) and print predicted beside "
+                        "measured cold starts per function")
     o.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_loadtest)
     return p

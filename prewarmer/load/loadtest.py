@@ -25,7 +25,7 @@ from pathlib import Path
 
 from prewarmer.load import schedule as sched_mod
 from prewarmer.load.errors import LoadTestError, UsageError
-from prewarmer.load.report import print_table, ratios, series, write_plot
+from prewarmer.load.report import print_simulated, print_table, ratios, series, write_plot
 from prewarmer.load.run import RunSetup, run_once
 from prewarmer.load.schedule_options import build_schedule
 from prewarmer.units import parse_duration
@@ -102,8 +102,14 @@ def loadtest(args: argparse.Namespace) -> dict:
     doc["per_function"] = {r.label: {name: {**f, **{f"gateway_{k}": v for k, v in r.per_function_gateway.get(
         name, {}).items()}} for name, f in r.results.get("per_function", {}).items()} for r in runs}
     doc["series"] = {r.label: series(r, schedule.duration_s) for r in runs}
+    if args.simulate:
+        from prewarmer.load.simulate import predict
+
+        doc["simulated"] = {r.label: predict(schedule, r.results, r.policy, keep_alive, compress) for r in runs}
     if not args.quiet:
         print_table(runs, ratio)
+        if "simulated" in doc:
+            print_simulated(doc["simulated"])
         for r in runs:
             lag = r.metrics.get("send_lag_p99_ms")
             if lag is not None and lag > LAG_WARNING_MS:

@@ -35,7 +35,6 @@ def _fmt(v: object) -> str:
 
 
 def print_table(runs: list[RunOutcome], ratio: dict | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table()
@@ -49,9 +48,31 @@ def print_table(runs: list[RunOutcome], ratio: dict | None) -> None:
         if ratio is not None:
             row.append(_fmt(ratio.get(k)))
         table.add_row(*row)
-    console = Console(soft_wrap=False, width=max(100, shutil.get_terminal_size((100, 24)).columns))
+    console = _console()
     console.print("[bold]load test[/]: open loop, latency from the intended send time")
     console.print(table)
+
+
+def print_simulated(simulated: dict) -> None:
+    """Predicted (replay of the run's schedule) beside measured cold starts, per run and function."""
+    from rich.table import Table
+
+    table = Table(title="cold starts: replay of each run's schedule vs the live run")
+    for c in ("run", "policy", "function", "start-up s", "measured", "predicted"):
+        table.add_column(c, justify="left" if c in ("run", "policy", "function") else "right")
+    for label, sim in simulated.items():
+        for name, f in sim["per_function"].items():
+            table.add_row(label, sim["policy"], name, f"{f['startup_s']:.3f}", str(f["measured"]), str(f["predicted"]))
+        verdict = "agree" if sim["agree"] else "DISAGREE"
+        table.add_row(label, sim["policy"], f"all ({verdict})", "", str(sim["measured_cold_starts"]),
+                      str(sim["predicted_cold_starts"]), end_section=True)
+    _console().print(table)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=max(100, shutil.get_terminal_size((100, 24)).columns))
 
 
 def series(run: RunOutcome, duration_s: float) -> dict:

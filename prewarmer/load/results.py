@@ -21,6 +21,15 @@ from prewarmer.load.timing import latency_ms, send_lag_ms
 RESULTS_FORMAT = "prewarmer-loadtest-results"
 
 
+def parse_ms(value: str | None, scale: float = 1.0) -> float:
+    """A numeric timing header (X-Duration-Seconds, X-Prewarmer-Startup-Ms) times `scale`; NaN if absent or bad."""
+    try:
+        x = float(value) * scale if value is not None else math.nan
+    except ValueError:
+        return math.nan
+    return x if math.isfinite(x) and x >= 0 else math.nan
+
+
 def parse_cold(value: str | None) -> int:
     """X-Cold-Start header -> 1 cold, 0 warm, -1 absent or unreadable."""
     if value is None:
@@ -56,6 +65,9 @@ class Recorder:
         self.latency_ms = np.full(n, np.nan)
         self.status = np.zeros(n, np.int32)  # HTTP status; 0 = no response (not sent, failed, unfinished)
         self.cold = np.full(n, -1, np.int8)
+        # What the gateway said of each request: its time at the gateway and the start-up it waited for (ms).
+        self.gateway_ms = np.full(n, np.nan)
+        self.startup_ms = np.full(n, np.nan)
         self.errors: dict[int, str] = {}
         self.started_unix: float | None = None
         self.finished = False  # every request was sent and answered (or failed)
@@ -63,10 +75,13 @@ class Recorder:
     def sent(self, i: int, intended_s: float, sent_s: float) -> None:
         self.lag_ms[i] = send_lag_ms(intended_s, sent_s)
 
-    def done(self, i: int, intended_s: float, done_s: float, status: int, cold: int, error: str | None = None) -> None:
+    def done(self, i: int, intended_s: float, done_s: float, status: int, cold: int, error: str | None = None,
+             gateway_ms: float = math.nan, startup_ms: float = math.nan) -> None:
         self.latency_ms[i] = latency_ms(intended_s, done_s)
         self.status[i] = status
         self.cold[i] = cold
+        self.gateway_ms[i] = gateway_ms
+        self.startup_ms[i] = startup_ms
         if error:
             self.errors[i] = error
 
@@ -121,6 +136,8 @@ class Recorder:
                 "latency_ms": [_clean(x) for x in self.latency_ms],
                 "status": self.status.tolist(),
                 "cold": self.cold.tolist(),
+                "gateway_ms": [_clean(x) for x in self.gateway_ms],
+                "startup_ms": [_clean(x) for x in self.startup_ms],
             }
         return doc
 

@@ -115,7 +115,8 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         say(f"gateway {gateway} (keep-alive {format_duration(setup.keep_alive_s)}), redis {redis_url}")
         if policy:
             start_sidecar(procs, gateway, redis_url, prefix, policy, time_scale=setup.compress,
-                          password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}")
+                          password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}",
+                          record=logdir / "decisions.jsonl")
             say(f"sidecar ready: policy {policy}, time scale {setup.compress:g}")
         before = scrape(gateway)
         if before is None:

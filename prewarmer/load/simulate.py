@@ -1,0 +1,85 @@
+"""`prewarmer loadtest --simulate`: what the simulator predicts for the exact schedule of a run, beside what
+the gateway measured, per function.
+
+The prediction replays, in policy time (real seconds x the schedule's compression, as the sidecar sees
+them): every answered request at its intended send time, for its execution time as the gateway reported
+it (`X-Duration-Seconds` less `X-Prewarmer-Startup-Ms`), each function's start-up time measured from the
+gateway's cold starts (median `X-Prewarmer-Startup-Ms`; the median of all functions for one that had
+none). The gateway alone is replayed as fixed keep-alive for the gateway's own keep-alive; a run with the
+sidecar as its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one of them);
+`agree` is the check the CI test holds them to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from prewarmer.load.schedule import Schedule
+from prewarmer.workloads.base import FunctionTable
+
+#: Agreement: |predicted - measured| cold starts per run at most this many plus this share of the measured.
+TOLERANCE_ABS = 2
+TOLERANCE_REL = 0.25
+FALLBACK_STARTUP_S = 0.3
+
+
+def _startup_s(results: dict, n: int) -> np.ndarray:
+    req = results["requests"]
+    func = np.asarray(req["function"])
+    cold = np.asarray(req["cold"])
+    startup = np.array([math.nan if x is None else x for x in req.get("startup_ms", [None] * len(func))]) / 1000.0
+    measured = np.array([np.nanmedian(startup[(func == i) & (cold == 1)]) if ((func == i) & (cold == 1)
+                                                                                 & ~np.isnan(startup)).any()
+                         else math.nan for i in range(n)])
+    fallback = np.nanmedian(startup[cold == 1]) if ((cold == 1) & ~np.isnan(startup)).any() else FALLBACK_STARTUP_S
+    return np.where(np.isnan(measured), fallback, measured)
+
+
+def workload_of_run(schedule: Schedule, results: dict, compress: float):
+    """The run's answered requests as a recorded workload, in policy time."""
+    from prewarmer.workloads.azure2021 import Trace2021Workload
+
+    req = results["requests"]
+    status = np.asarray(req["status"])
+    answered = (status > 0) & (status < 400)
+    gateway_s = np.array([math.nan if x is None else x for x in req.get("gateway_ms", [None] * len(status))]) / 1000
+    startup_s = np.array([math.nan if x is None else x for x in req.get("startup_ms", [None] * len(status))]) / 1000
+    execution = np.maximum(gateway_s - np.nan_to_num(startup_s), 0.0)
+    keep = answered & ~np.isnan(execution)
+    n = len(schedule.functions)
+    functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
+                              memory_mb=np.array([f.memory_mb for f in schedule.functions], np.float64),
+                              cold_start_s=_startup_s(results, n) * compress)
+    t = np.asarray(schedule.t)[keep] * compress
+    horizon = (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
+    return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,
+                             description={"source": "load-test run"})
+
+
+def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s: float, compress: float) -> dict:
+    """Predicted and measured cold starts per function for one run (`policy` None: the gateway alone)."""
+    from prewarmer.registry import policy_factory
+    from prewarmer.sim import engine as E
+    from prewarmer.sim.replay import ReplayConfig, run_shard
+    from prewarmer.sim.startup import StartupModel
+
+    workload = workload_of_run(schedule, results, compress)
+    spec = policy or f"fixed:{keep_alive_s * compress:g}s"
+    res = run_shard(workload, policy_factory(spec)(), ReplayConfig(startup=StartupModel(kind="per-function")))
+    predicted = res.fi[:, E.F_COLD]
+    measured = results["per_function"]
+    per_function = {name: {"predicted": int(predicted[i]),
+                           "measured": int(measured.get(name, {}).get("cold_starts", 0)),
+                           "startup_s": round(float(workload.functions.cold_start_s[i]) / compress, 4)}
+                    for i, name in enumerate(schedule.names)}
+    total_p = sum(f["predicted"] for f in per_function.values())
+    total_m = sum(f["measured"] for f in per_function.values())
+    return {"policy": spec, "predicted_cold_starts": total_p, "measured_cold_starts": total_m,
+            "agree": agree(total_p, total_m), "per_function": per_function}
+
+
+def agree(predicted: int, measured: int) -> bool:
+    """Whether replay and the live run agree on a run's cold starts (within TOLERANCE_ABS + TOLERANCE_REL)."""
+    return abs(predicted - measured) <= TOLERANCE_ABS + TOLERANCE_REL * measured

@@ -1,0 +1,55 @@
+"""Live must match the simulator: a real load test (gateway, worker processes, Locust) and the replay of its
+exact schedule agree on cold starts per function (`prewarmer loadtest --simulate`), and the check fails
+when the replay is given the wrong platform."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from test_loadtest import parse
+
+from prewarmer.load import schedule as S
+from prewarmer.load.cli import cmd_loadtest
+from prewarmer.load.simulate import agree, predict
+
+KEEP_ALIVE_S = 2.0
+
+
+def short_schedule() -> S.Schedule:
+    """30 s: an echo every 3 s (beyond the 2 s keep-alive: cold each time), a cpu every 1.5 s (warm after its
+    first call), and bursts of three concurrent io calls at 1 s and 15 s (scale-out: cold, then released)."""
+    periodic = np.arange(0.5, 30.0, 3.0)
+    steady = np.arange(0.2, 30.0, 1.5)
+    bursts = np.array([1.0, 1.01, 1.02, 15.0, 15.01, 15.02])
+    t = np.concatenate([periodic, steady, bursts])
+    func = np.concatenate([np.zeros(len(periodic)), np.ones(len(steady)), np.full(len(bursts), 2)]).astype(int)
+    order = np.argsort(t, kind="stable")
+    return S.Schedule(t=t[order], func=func[order], kind=func[order],
+                      functions=[S.Deployment("echo", "echo", 128), S.Deployment("cpu", "cpu", 128),
+                                 S.Deployment("io", "io", 128)],
+                      kinds=["echo", "cpu:5", "io:500"], duration_s=30.5, meta={"source": "test", "compress": 1.0})
+
+
+def test_replay_of_a_load_test_predicts_its_cold_starts_and_fails_on_the_wrong_keep_alive(tmp_path, capsys):
+    sched = short_schedule()
+    path = sched.save(tmp_path / "schedule.json")
+    out = tmp_path / "report.json"
+    args: argparse.Namespace = parse(["--schedule", str(path), "--gateway-keep-alive", f"{KEEP_ALIVE_S:g}s",
+                                      "--simulate", "--json", str(out), "--workdir", str(tmp_path / "work")])
+    assert cmd_loadtest(args) == 0, capsys.readouterr().err
+    assert "predicted" in capsys.readouterr().out  # the table of predicted beside measured
+    doc = json.loads(out.read_text())
+    sim = doc["simulated"]["baseline"]
+    assert sim["policy"] == f"fixed:{KEEP_ALIVE_S:g}s"
+    measured = sim["measured_cold_starts"]
+    assert measured >= 10 + 1 + 6 - 2  # every echo call, the first cpu call, both bursts (a little slack)
+    assert sim["agree"], sim
+    for name, f in sim["per_function"].items():
+        assert abs(f["predicted"] - f["measured"]) <= 1, (name, f)
+
+    # Shown to fail: replayed as a platform with a 10x longer keep-alive, the prediction disagrees.
+    results = json.loads((tmp_path / "work" / "baseline" / "results.json").read_text())
+    wrong = predict(sched, results, None, 10 * KEEP_ALIVE_S, 1.0)
+    assert not wrong["agree"] and not agree(wrong["predicted_cold_starts"], measured)
