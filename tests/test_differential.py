@@ -58,7 +58,7 @@ def replay_and_mirror(policy: Policy, w: ListWorkload,
         end = running[:, E.RL_START] + running[:, E.RL_DUR]
         done = end <= now
         r = running[done]
-        fleet.reported(r[:, E.RL_FUNC].astype(np.int64), r[:, E.RL_ARR], r[:, E.RL_DUR], end[done])
+        fleet.reported(r[:, E.RL_FUNC].astype(np.int64), r[:, E.RL_ARR], r[:, E.RL_DUR])
         running = running[~done]
         obs = decision.obs
         quiet = (obs.in_flight == 0) & (obs.starting == 0)

@@ -19,7 +19,7 @@ def one(x: float) -> np.ndarray:
 
 def request(f: WarmFleet, func: int, arrival: float, duration: float) -> None:
     """One reported request: it arrived, (waited for an instance,) then ran `duration`."""
-    f.reported(np.array([func]), np.array([arrival]), np.array([duration]), np.array([arrival + 1.0 + duration]))
+    f.reported(np.array([func]), np.array([arrival]), np.array([duration]))
 
 
 def test_keep_alive_holds_an_instance_until_it_runs_out():
@@ -67,19 +67,42 @@ def test_a_request_still_running_at_a_tick_is_replayed_when_it_is_reported():
     f.apply(0, Actions(keep_alive_s=one(60)))
     assert f.desired(100.0)[0] == 0  # the request below runs from 90 to 130: unknown yet
     request(f, 0, 90.0, 39.0)
-    assert f.desired(131.0)[0] == 1  # replayed from 100: a start-up, then the 30 s left, idle from 131
-    assert f.desired(190.0)[0] == 1
-    assert f.desired(192.0)[0] == 0
+    assert f.desired(131.0)[0] == 1  # replayed from 100 (10 s late): a start-up, 39 s, idle from 140
+    assert f.desired(199.0)[0] == 1
+    assert f.desired(201.0)[0] == 0
+
+
+def test_late_requests_keep_their_overlaps_and_hold_the_platform_until_replayed():
+    f = WarmFleet(1)
+    f.apply(0, Actions(keep_alive_s=one(600)))
+    assert f.desired(100.0)[0] == 0
+    # ten requests of 60 s, 5 s apart, reported late: they needed ten instances at once around 90 s
+    f.reported(np.zeros(10, np.int64), np.arange(45.0, 95.0, 5.0), np.full(10, 60.0))
+    assert f.desired(101.0)[0] == 1 and f.behind()[0]  # replaying from 100 on: behind the platform
+    assert f.desired(160.0)[0] == 10 and f.behind()[0]
+    assert f.desired(206.0)[0] == 10 and not f.behind()[0]  # the last ended at 205 in the model
+
+
+def test_a_shard_asks_for_what_the_platform_runs_while_its_model_is_behind():
+    agent = ShardAgent(0, policy_factory("fixed"), 0.0)
+    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [128.0, 128.0])
+    agent.desired(100.0, 1.0)
+    agent.ingest(np.array([0, 1]), np.array([45.0, 150.0]), np.array([60.0, 1.0]), np.zeros(2), np.zeros(2, np.int64),
+                 np.full(2, 200))
+    # "a" was reported late (arrived at 45, the model stands at 100): hold the platform's 7 until replayed;
+    # "b" is on time: the model's own count
+    assert agent.desired(101.0, 1.0, np.array([7, 7])).tolist() == [7, 0]
+    assert agent.desired(162.0, 1.0, np.array([7, 7])).tolist() == [1, 1]
 
 
 def test_a_backlog_replays_at_its_times_or_if_late_keeps_its_spacing_instead_of_arriving_as_a_burst():
     f = WarmFleet(2)
     f.apply(100.0, Actions(keep_alive_s=np.array([600.0, 600.0])))  # the clock starts with the first report
     # 50 requests, one every 2 s, each 0.1 s: one instance served them all
-    f.reported(np.zeros(50, np.int64), np.arange(0.0, 100.0, 2.0), np.full(50, 0.1), np.arange(0.0, 100.0, 2.0) + 1.1)
+    f.reported(np.zeros(50, np.int64), np.arange(0.0, 100.0, 2.0), np.full(50, 0.1))
     assert f.desired(200.0).tolist() == [1, 0]
     # the same, reported after the model passed them (function 1): replayed from 200 on, 2 s apart
-    f.reported(np.ones(50, np.int64), np.arange(0.0, 100.0, 2.0), np.full(50, 0.1), np.arange(0.0, 100.0, 2.0) + 1.1)
+    f.reported(np.ones(50, np.int64), np.arange(0.0, 100.0, 2.0), np.full(50, 0.1))
     assert f.desired(201.0).tolist() == [1, 1]
     assert f.desired(400.0).tolist() == [1, 1]
 
@@ -154,7 +177,9 @@ def test_corrupt_checkpoint_is_a_clear_error():
     with pytest.raises(ValueError, match="bad header"):
         ShardAgent.loads(b"junk", policy_factory("fixed"))
     with pytest.raises(ValueError, match="corrupt shard checkpoint"):
-        ShardAgent.loads(b"prewarmer-shard-v1\nnot zlib", policy_factory("fixed"))
+        ShardAgent.loads(b"prewarmer-shard-v2\nnot zlib", policy_factory("fixed"))
+    with pytest.raises(ValueError, match="older prewarmer"):
+        ShardAgent.loads(b"prewarmer-shard-v1\nanything", policy_factory("fixed"))
 
 
 def test_time_scale():

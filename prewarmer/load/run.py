@@ -97,6 +97,12 @@ class Progress:
             self._bar.stop()
 
 
+def trace_epoch_s(schedule: sched_mod.Schedule) -> float:
+    """The trace time the schedule starts at (seconds), so that the agents' time-of-day features read trace
+    time live as they do in replay."""
+    return 60.0 * float(schedule.meta.get("start_minute") or 0)
+
+
 def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
     """One replay of the schedule on fresh processes; everything started is stopped before returning."""
     logdir = setup.workdir / label
@@ -116,7 +122,7 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         if policy:
             start_sidecar(procs, gateway, redis_url, prefix, policy, time_scale=setup.compress,
                           password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}",
-                          record=logdir / "decisions.jsonl")
+                          record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule))
             say(f"sidecar ready: policy {policy}, time scale {setup.compress:g}")
         before = scrape(gateway)
         if before is None:

@@ -55,6 +55,7 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float):
     t = np.asarray(schedule.t)[keep] * compress
     horizon = (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
     return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,
+                             start_minute=int(schedule.meta.get("start_minute") or 0),
                              description={"source": "load-test run"})
 
 

@@ -21,7 +21,7 @@ from prewarmer.sidecar.fleet import WarmFleet
 from prewarmer.sidecar.observer import LiveObserver
 from prewarmer.workloads.base import FunctionTable
 
-CHECKPOINT_MAGIC = b"prewarmer-shard-v1\n"
+CHECKPOINT_MAGIC = b"prewarmer-shard-v2\n"  # v2: the warm fleet is the simulator's engine (v1 kept rules of its own)
 DEFAULT_MEMORY_MB = 128.0
 
 
@@ -88,7 +88,7 @@ class ShardAgent:
                cold: np.ndarray, status: np.ndarray) -> None:
         """Events (function indices into this shard, policy seconds) into the observer and the fleet."""
         self.observer.ingest(func, arrival, duration, startup, cold, status)
-        self.fleet.reported(func, arrival, duration, arrival + startup + duration)
+        self.fleet.reported(func, arrival, duration)
         self.events += len(func)
 
     def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray,
@@ -102,8 +102,14 @@ class ShardAgent:
         self.next_tick = np.inf if period is None else now + period
         return decision
 
-    def desired(self, now: float, lead: np.ndarray | float) -> np.ndarray:
-        return self.fleet.desired(now, lead)
+    def desired(self, now: float, lead: np.ndarray | float, replicas: np.ndarray | None = None) -> np.ndarray:
+        """Replicas to ask the platform for. While a function's model is behind (requests reported late are
+        still being replayed), no fewer than the platform runs (`replicas`): releasing idle workers on a
+        model that has not seen their requests would cause the cold starts it is there to avoid."""
+        desired = self.fleet.desired(now, lead)
+        if replicas is None:
+            return desired
+        return np.where(self.fleet.behind(), np.maximum(desired, replicas), desired)
 
     def startup_s(self) -> np.ndarray:
         s = self.observer.startup_s
@@ -118,6 +124,8 @@ class ShardAgent:
     @classmethod
     def loads(cls, blob: bytes, make_policy: Callable[[], Policy]) -> ShardAgent:
         """Restore a checkpoint written by `dumps` (the policy object and all it learned included)."""
+        if blob.startswith(b"prewarmer-shard-v1\n"):
+            raise ValueError("a shard checkpoint of an older prewarmer (v1): its warm fleet cannot be read")
         if not blob.startswith(CHECKPOINT_MAGIC):
             raise ValueError("not a prewarmer shard checkpoint (bad header)")
         try:

@@ -55,6 +55,10 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="control loop period, real time (1s)")
     p.add_argument("--time-scale", type=float, default=float(_env("PREWARMER_TIME_SCALE", "1")),
                    help="policy seconds per real second, for time-compressed load tests (1)")
+    p.add_argument("--clock-epoch", type=float, default=None, metavar="SECONDS",
+                   help="the time that policy time 0 stands for, read by the agents' time-of-day features "
+                        "(default: the wall clock when the replicas first started; a load test replaying trace "
+                        "minute A passes A x 60, as replay does)")
     p.add_argument("--replica-id", default=_env("PREWARMER_REPLICA_ID") or _env("HOSTNAME") or
                    f"{socket.gethostname()}-{os.getpid()}", help="this replica's name (default: pod name)")
     p.add_argument("--shards", type=int, default=int(_env("PREWARMER_SHARDS", "16")),
@@ -120,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         interval_s=parse_duration(args.interval), checkpoint_interval_s=parse_duration(args.checkpoint_interval),
         claim_min_idle_ms=int(parse_duration(args.claim_idle) * 1000),
         lease_ttl_ms=int(parse_duration(args.lease_ttl) * 1000), time_scale=args.time_scale,
+        clock_epoch_s=args.clock_epoch,
         namespace=args.namespace if args.kind != "openfaas" or args.namespace else None,
         policy_spec=args.policy, record=Path(args.record) if args.record else None,
         budget_gb=args.budget_gb,

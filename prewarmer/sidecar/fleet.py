@@ -33,11 +33,11 @@ class WarmFleet:
         mem = np.full(n, 128.0) if memory_mb is None else np.asarray(memory_mb, np.float64)
         self.state = SimState(mem, np.full(len(mem), DEFAULT_STARTUP_S), np.zeros(len(mem)))
         self.now = -np.inf  # where the model stands (its clock starts at the first call)
+        self._behind_until = np.full(len(mem), -np.inf)  # see `behind`
         # Reported requests not yet replayed (arrival, function, execution time).
         self._arr = np.zeros(0)
         self._func = np.zeros(0, np.int64)
         self._dur = np.zeros(0)
-        self._done = np.zeros(0)
 
     @property
     def n(self) -> int:
@@ -59,47 +59,54 @@ class WarmFleet:
         add = len(mem) - self.n
         if add > 0:
             self.state.grow(mem[self.n:], np.full(add, DEFAULT_STARTUP_S), np.zeros(add))
+            self._behind_until = np.concatenate([self._behind_until, np.full(add, -np.inf)])
 
     def set_startup(self, startup_s: np.ndarray) -> None:
         """Start-up time of each function's new instances (measured live; NaN keeps the default)."""
         s = np.asarray(startup_s, np.float64)
         self.state.fs[:, E.S_STARTUP] = np.where(np.isfinite(s) & (s >= 0), s, DEFAULT_STARTUP_S)
 
-    def reported(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, done: np.ndarray) -> None:
-        """Requests the platform reported (any order): arrival, execution time and completion, policy seconds."""
+    def reported(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray) -> None:
+        """Requests the platform reported (any order): arrival and execution time, policy seconds."""
         self._func = np.concatenate([self._func, np.asarray(func, np.int64)])
         self._arr = np.concatenate([self._arr, np.asarray(arrival, np.float64)])
         self._dur = np.concatenate([self._dur, np.maximum(np.asarray(duration, np.float64), 0.0)])
-        self._done = np.concatenate([self._done, np.asarray(done, np.float64)])
+
 
     def adopt(self, func: np.ndarray, count: np.ndarray, now: float) -> None:
         """Instances already running when the fleet first meets their functions: counted as just used (a
         request of no duration each, at `now`), so the policy's keep-alive decides their fate rather than an
         abrupt release."""
         f = np.repeat(np.asarray(func, np.int64), np.asarray(count, np.int64))
-        self.reported(f, np.full(len(f), now), np.zeros(len(f)), np.full(len(f), now))
+        self.reported(f, np.full(len(f), now), np.zeros(len(f)))
 
     # ------------------------------------------------------------------ the model
     def advance(self, now: float) -> None:
         """Run the model to `now` with every request reported so far.
 
-        Requests that arrived before the time the model stands at (still running at an earlier tick, or a
-        backlog read late) are replayed from that time on, all shifted by the same amount: they keep their
-        order and spacing, rather than arriving at once as a burst, and end no later than they did."""
+        Requests that arrived before the time the model stands at (still running when it last advanced, or
+        a backlog read late) are replayed from that time on, each function's shifted by one amount: they keep
+        their order, spacing, durations and overlaps, as they happened, a little later, rather than arriving
+        at once as a burst (which would start instances they never needed) or cut short (which would hide
+        the instances they kept busy)."""
         if not np.isfinite(self.now):  # the clock starts: at the first request reported, or now
             self.now = now if not len(self._arr) else min(now, float(self._arr.min()))
         elif now <= self.now:
             return
-        late = self._arr < self.now
-        if late.any():
-            self._arr[late] += self.now - self._arr[late].min()
-            self._dur[late] = np.clip(self._done[late] - self._arr[late], 0.0, self._dur[late])
+        late = np.flatnonzero(self._arr < self.now)
+        if len(late):
+            # Per function, the late requests move together, by as much as the earliest of them is late: they
+            # keep their overlaps (the instances they needed at once) and their durations.
+            f = self._func[late]
+            earliest = np.full(self.n, np.inf)
+            np.minimum.at(earliest, f, self._arr[late])
+            self._arr[late] += self.now - earliest[f]
+            np.maximum.at(self._behind_until, f, self._arr[late] + self._dur[late])
         take = self._arr < now
         order = np.flatnonzero(take)[np.argsort(self._arr[take], kind="stable")]
         arr, func, dur = self._arr[order], self._func[order], self._dur[order]
         keep = ~take
-        self._arr, self._func, self._dur, self._done = (self._arr[keep], self._func[keep], self._dur[keep],
-                                                        self._done[keep])
+        self._arr, self._func, self._dur = self._arr[keep], self._func[keep], self._dur[keep]
         self.state.advance(now, arr, func, dur, 0)
         self.now = now
 
@@ -109,6 +116,11 @@ class WarmFleet:
         # else: a policy's first settings; the model's clock starts with the first requests or `desired`, so
         # that a backlog reported with them replays at the times it happened
         self.state.apply(now, actions)
+
+    def behind(self) -> np.ndarray:
+        """Functions whose model is still replaying requests reported late (until the last of them ends in the
+        model): it may hold fewer instances than the platform ran for them, and will catch up."""
+        return self._behind_until > self.now
 
     def count(self) -> np.ndarray:
         """Instances each function holds in the model now (starting, idle or busy)."""

@@ -59,6 +59,10 @@ class SidecarOptions:
     batch_size: int = 1000
     max_events_per_iteration: int = 200_000
     time_scale: float = 1.0
+    # The time (seconds since a midnight; a Unix time works) that policy time 0 stands for: what the agents'
+    # time-of-day and day-of-week features read. None: the wall clock when the replicas first started. A load
+    # test replaying trace minutes [A, B) sets A x 60, as replay does.
+    clock_epoch_s: float | None = None
     namespace: str | None = None  # only functions of this namespace (None: all)
     policy_spec: str = ""
     record: Path | None = None
@@ -150,7 +154,7 @@ class Sidecar:
         """One loop iteration: ownership, events, platform status, decisions, scaling, checkpoints."""
         real = self.clock()
         now = self.ts.policy(real)
-        if not await self.ownership.rebalance(self.ts.t0):
+        if not await self.ownership.rebalance(self._epoch()):
             self.reachability.publish()
             return
         await self.intake.read(now, self.ts)
@@ -167,7 +171,10 @@ class Sidecar:
 
     # Single steps, for tests that drive the loop step by step.
     async def _own_shards(self, now: float) -> bool:
-        return await self.ownership.rebalance(self.ts.t0)
+        return await self.ownership.rebalance(self._epoch())
+
+    def _epoch(self) -> float:
+        return self.ts.t0 if self.opts.clock_epoch_s is None else self.opts.clock_epoch_s
 
     async def _read_lag(self) -> None:
         await self.intake.read_lag()

@@ -82,7 +82,7 @@ class Decider:
             if loop is not None:
                 allocator = RedisAllocator(self.seats.seat(shard), agent.names, agent.namespaces, loop)
             decision = agent.tick(now, replicas, ready, allocator)
-            out.append((slot, decision, agent.desired(now, agent.startup_s() + interval), allocator))
+            out.append((slot, decision, agent.desired(now, agent.startup_s() + interval, replicas), allocator))
         return out
 
     def _score(self, slot: ShardSlot, decision: Decision, desired: np.ndarray) -> None:
