@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(rp)
     _add_model_args(rp)
     rp.add_argument("--policy", action="append", default=[], metavar="P",
-                    help="fixed[:10m] | hybrid | kpa | always-warm (repeatable; default: all four)")
+                    help="fixed[:10m] | hybrid | kpa | always-warm | marl[:CHECKPOINT], any of them +bid "
+                         "(repeatable; default: the four baselines and marl)")
     rp.add_argument("--online", action="store_true",
                     help="learned policies keep learning during the replay (per-function fallback to hybrid)")
     rp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
@@ -270,12 +271,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from prewarmer import report
-    from prewarmer.registry import BASELINES, policy_factory
+    from prewarmer.registry import DEFAULT_POLICIES, policy_factory
     from prewarmer.sim.replay import default_workers, replay
 
     if args.concurrency < 1:
         raise UsageError("--concurrency must be >= 1")
-    specs = list(dict.fromkeys(["fixed"] + (args.policy or list(BASELINES))))
+    specs = list(dict.fromkeys(["fixed"] + (args.policy or list(DEFAULT_POLICIES))))
     factories = {s: policy_factory(s, online=args.online) for s in specs}  # validate every spec before any work
     cfg = replay_config(args)
     console = Console(stderr=True)

@@ -94,8 +94,10 @@ SPECS = {s.name: s for s in (
     PolicySpec("always-warm", _always_warm, "always-warm"),
     PolicySpec("marl", _marl, "marl[:CHECKPOINT]"),
 )}
-#: The policies every comparison runs by default (no checkpoint needed).
+#: The static and reactive baselines (no checkpoint needed).
 BASELINES = ("fixed", "hybrid", "kpa", "always-warm")
+#: What `prewarmer replay` compares by default: the baselines and the learned agents, the product.
+DEFAULT_POLICIES = (*BASELINES, "marl")
 BID_SUFFIX = "+bid"
 
 
