@@ -105,7 +105,8 @@ def loadtest(args: argparse.Namespace) -> dict:
     if args.simulate:
         from prewarmer.load.simulate import predict
 
-        doc["simulated"] = {r.label: predict(schedule, r.results, r.policy, keep_alive, compress) for r in runs}
+        doc["simulated"] = {r.label: predict(schedule, r.results, r.policy, keep_alive, compress,
+                                             r.policy_clock_start_unix) for r in runs}
     if not args.quiet:
         print_table(runs, ratio)
         if "simulated" in doc:

@@ -23,6 +23,7 @@ from prewarmer.load.services import (
     check_redis,
     forget_streams,
     format_duration,
+    sidecar_clock_start,
     start_gateway,
     start_redis,
     start_sidecar,
@@ -59,6 +60,7 @@ class RunOutcome:
     samples: list[dict] = field(default_factory=list)
     per_function_gateway: dict = field(default_factory=dict)
     swept: list[int] = field(default_factory=list)
+    policy_clock_start_unix: float | None = None  # the sidecar's policy time 0, for `--simulate`
 
 
 class Progress:
@@ -109,6 +111,7 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
     logdir.mkdir(parents=True, exist_ok=True)
     procs = Processes(f"{setup.run_id}-{label}", logdir)
     sampler: Sampler | None = None
+    clock_start: float | None = None
     run_keys = f"loadtest:{setup.run_id}:{label}:"
     prefix = f"{run_keys}events"  # fresh streams and sidecar state for every run
     say = (lambda msg: None) if setup.quiet else (lambda msg: print(f"[{label}] {msg}", file=sys.stderr, flush=True))
@@ -123,6 +126,7 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
             start_sidecar(procs, gateway, redis_url, prefix, policy, time_scale=setup.compress,
                           password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}",
                           record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule))
+            clock_start = sidecar_clock_start(redis_url, prefix)
             say(f"sidecar ready: policy {policy}, time scale {setup.compress:g}")
         before = scrape(gateway)
         if before is None:
@@ -173,7 +177,8 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         per_fn = {name: {k: round(v - before["functions"].get(name, {}).get(k, 0.0), 6)
                          for k, v in f.items() if k in ("idle_gb_s", "busy_gb_s", "cold_starts")}
                   for name, f in after["functions"].items()}
-        return RunOutcome(label, policy, metrics, results, list(sampler.samples), per_fn)
+        return RunOutcome(label, policy, metrics, results, list(sampler.samples), per_fn,
+                          policy_clock_start_unix=clock_start if policy else None)
     finally:
         try:
             if sampler is not None:

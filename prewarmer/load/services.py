@@ -37,6 +37,16 @@ def check_redis(url: str) -> None:
         raise LoadTestError(f"cannot reach Redis at {url}: {e}") from None
 
 
+def sidecar_clock_start(url: str, prefix: str, group: str = "prewarmer") -> float | None:
+    """The Unix time the sidecar's policy clock counts from (its shared epoch key in Redis), None if unknown."""
+    import redis
+
+    with contextlib.suppress(redis.RedisError, ValueError, TypeError):
+        r = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+        return float(r.get(f"{prefix}:epoch:{group}"))
+    return None
+
+
 def forget_streams(url: str, prefix: str) -> None:
     """Delete a run's keys (event streams, sidecar state) from a Redis that outlives the run."""
     import redis

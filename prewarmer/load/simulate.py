@@ -37,8 +37,9 @@ def _startup_s(results: dict, n: int) -> np.ndarray:
     return np.where(np.isnan(measured), fallback, measured)
 
 
-def workload_of_run(schedule: Schedule, results: dict, compress: float):
-    """The run's answered requests as a recorded workload, in policy time."""
+def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0):
+    """The run's answered requests as a recorded workload, in policy time (the schedule starting `offset_s`
+    after policy time 0)."""
     from prewarmer.workloads.azure2021 import Trace2021Workload
 
     req = results["requests"]
@@ -52,21 +53,27 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float):
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
                               memory_mb=np.array([f.memory_mb for f in schedule.functions], np.float64),
                               cold_start_s=_startup_s(results, n) * compress)
-    t = np.asarray(schedule.t)[keep] * compress
-    horizon = (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
+    t = offset_s + np.asarray(schedule.t)[keep] * compress
+    horizon = offset_s + (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
     return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,
                              start_minute=int(schedule.meta.get("start_minute") or 0),
                              description={"source": "load-test run"})
 
 
-def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s: float, compress: float) -> dict:
-    """Predicted and measured cold starts per function for one run (`policy` None: the gateway alone)."""
+def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s: float, compress: float,
+            clock_start_unix: float | None = None) -> dict:
+    """Predicted and measured cold starts per function for one run (`policy` None: the gateway alone).
+
+    `clock_start_unix` is when the sidecar's policy clock started: the schedule began that much later in
+    policy time, so replay's ticks fall where the sidecar's did."""
     from prewarmer.registry import policy_factory
     from prewarmer.sim import engine as E
     from prewarmer.sim.replay import ReplayConfig, run_shard
     from prewarmer.sim.startup import StartupModel
 
-    workload = workload_of_run(schedule, results, compress)
+    started = results.get("started_unix")
+    offset = (started - clock_start_unix) * compress if started and clock_start_unix else 0.0
+    workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
     res = run_shard(workload, policy_factory(spec)(), ReplayConfig(startup=StartupModel(kind="per-function")))
     predicted = res.fi[:, E.F_COLD]
@@ -77,8 +84,8 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
                     for i, name in enumerate(schedule.names)}
     total_p = sum(f["predicted"] for f in per_function.values())
     total_m = sum(f["measured"] for f in per_function.values())
-    return {"policy": spec, "predicted_cold_starts": total_p, "measured_cold_starts": total_m,
-            "agree": agree(total_p, total_m), "per_function": per_function}
+    return {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "predicted_cold_starts": total_p,
+            "measured_cold_starts": total_m, "agree": agree(total_p, total_m), "per_function": per_function}
 
 
 def agree(predicted: int, measured: int) -> bool:

@@ -99,7 +99,9 @@ class ShardAgent:
         self.fleet.set_startup(self.observer.startup_s)
         decision = tick(self.policy, LivePlatform(self.observer, self.fleet, replicas, ready), now, allocator)
         period = self.policy.tick_s
-        self.next_tick = np.inf if period is None else now + period
+        # Ticks on multiples of the period of policy time, as in replay: a loop that wakes a little late does not
+        # push every later tick back.
+        self.next_tick = np.inf if period is None else (np.floor(now / period) + 1.0) * period
         return decision
 
     def desired(self, now: float, lead: np.ndarray | float, replicas: np.ndarray | None = None) -> np.ndarray:
