@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import csv
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -435,7 +436,8 @@ def test_a_duplicated_function_row_is_not_counted_twice(tmp_path, capsys):
 def test_a_replay_that_would_run_for_hours_is_refused_unless_forced(tmp_path, capsys, monkeypatch):
     code = cli.main(["replay", "--duration", "10000d", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "this replay would run for about 320 h" in err and "--force" in err
+    # 10000 days of the default azure-like workload, the five default policies: hundreds of hours
+    assert code == 2 and re.search(r"this replay would run for about \d{3,} h", err) and "--force" in err
     code = cli.main(["replay", "--workload", "poisson", "--duration", "10000d", "--quiet"])
     assert code == 2 and "would run for about" in capsys.readouterr().err
     # A trace too: its size is known once loaded. Pretend the machine is slow so a small trace trips it.

@@ -12,6 +12,7 @@ features summarize the platform (memory pressure, aggregate load). Features are 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from prewarmer.actions import Actions
 from prewarmer.forecast.peak import TAUS
@@ -42,7 +43,9 @@ class FeatureBuilder:
         self.counts = np.zeros((n, HISTORY))
         self.k = 0
         self.idle_ticks = np.full(n, GAP_BINS - 1, np.int64)  # ticks since the last tick with arrivals
-        self.cum_gaps = np.zeros((n, GAP_BINS))  # cumulative histogram of gaps between ticks with arrivals
+        # Histogram of gaps between ticks with arrivals, and their number (see `cum_gaps`).
+        self.gap_hist = np.zeros((n, GAP_BINS), np.int64)
+        self.n_gaps = np.zeros(n, np.int64)
         self.sum5 = np.zeros(n)
         self.sum60 = np.zeros(n)
         self.seen = np.zeros(n, bool)
@@ -53,11 +56,24 @@ class FeatureBuilder:
 
     def grow(self, n: int) -> None:
         """Rows for functions appended to the table: nothing seen yet."""
-        for name, fill in (("counts", 0.0), ("idle_ticks", GAP_BINS - 1), ("cum_gaps", 0.0), ("sum5", 0.0),
-                           ("sum60", 0.0), ("seen", False), ("cold_ewma", 0.0), ("waste_ewma", 0.0),
+        for name, fill in (("counts", 0.0), ("idle_ticks", GAP_BINS - 1), ("gap_hist", 0), ("n_gaps", 0),
+                           ("sum5", 0.0), ("sum60", 0.0), ("seen", False), ("cold_ewma", 0.0), ("waste_ewma", 0.0),
                            ("duration_ewma", np.nan), ("rate_ewma", 0.0)):
             setattr(self, name, pad(getattr(self, name), n, fill))
         self.n = n
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a builder pickled when it kept the cumulative histogram itself."""
+        cum = state.pop("cum_gaps", None)
+        if cum is not None:
+            state["gap_hist"] = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)
+            state["n_gaps"] = cum[:, -1].astype(np.int64)
+        self.__dict__.update(state)
+
+    @property
+    def cum_gaps(self) -> np.ndarray:
+        """(F, GAP_BINS) cumulative histogram of the gaps: column b counts the gaps of at most b ticks."""
+        return np.cumsum(self.gap_hist, axis=1).astype(np.float64)
 
     def update(self, obs: Observation, keep_alive_s: np.ndarray | None = None,
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None) -> np.ndarray:
@@ -76,7 +92,7 @@ class FeatureBuilder:
         gap = np.minimum(self.idle_ticks + 1, GAP_BINS - 1)
         rows = np.flatnonzero(hit & self.seen)
         if len(rows):
-            self.cum_gaps[rows] += np.arange(GAP_BINS)[None, :] >= gap[rows][:, None]
+            _count_gaps(self.gap_hist, self.n_gaps, rows, gap)
         self.seen |= hit
         self.idle_ticks = np.where(hit, 0, np.minimum(self.idle_ticks + 1, GAP_BINS - 1))
 
@@ -92,7 +108,7 @@ class FeatureBuilder:
                                       self.duration_ewma)
 
         filled = min(self.k, HISTORY)
-        f = np.empty((n, N_FEATURES))
+        f = np.empty((n, N_FEATURES), order="F")  # filled a column at a time
         f[:, 0] = np.log1p(arr)
         f[:, 1] = np.log1p(np.maximum(self.sum5, 0.0) / min(self.k, 5))
         f[:, 2] = np.log1p(np.maximum(self.sum60, 0.0) / filled)
@@ -127,24 +143,57 @@ class FeatureBuilder:
         else:
             f[:, 26:29] = 0.0
         f[:, 29] = min(self.k, HISTORY) / HISTORY  # how much of the rolling history is real (vs empty at start)
-        return f.astype(np.float32)
+        return np.ascontiguousarray(f, dtype=np.float32)
 
     def hazard(self, ks: tuple[int, ...]) -> np.ndarray:
         """P(an arrival within the next k ticks | idle for m ticks so far), from each function's gaps.
 
         Functions with fewer than 3 gaps fall back to the recent rate (Poisson)."""
-        cum = self.cum_gaps
-        total = cum[:, -1]
         m = self.idle_ticks
-        rows = np.arange(self.n)
-        below = cum[rows, np.minimum(m, GAP_BINS - 1)]  # gaps <= m: already ruled out
+        # The cumulative histogram at m (gaps <= m: already ruled out) and at m + k: integer counts, so these are
+        # the same float64 values as columns of `cum_gaps`.
+        cum = _cumulative_at(self.gap_hist, self.n_gaps,
+                             np.minimum(m[:, None] + np.array((0, *ks)), GAP_BINS - 1))
+        total = self.n_gaps.astype(np.float64)
+        below = cum[:, 0]
         survive = np.maximum(total - below, 0.0)
         filled = max(min(self.k, HISTORY), 1)
         rate = np.maximum(self.sum60, 0.0) / filled
         out = np.empty((self.n, len(ks)))
         for j, k in enumerate(ks):
-            within = cum[rows, np.minimum(m + k, GAP_BINS - 1)] - below
+            within = cum[:, j + 1] - below
             p_hist = np.where(survive > 0, within / np.maximum(survive, 1e-9), 0.0)
             p_rate = 1.0 - np.exp(-rate * k)
             out[:, j] = np.where(total >= 3, p_hist, p_rate)
         return out
+
+
+@njit(cache=True)
+def _count_gaps(gap_hist, n_gaps, rows, gap):
+    """One more gap of `gap[r]` ticks for each row r of `rows`."""
+    for r in rows:
+        gap_hist[r, gap[r]] += 1
+        n_gaps[r] += 1
+
+
+@njit(cache=True)
+def _cumulative_at(gap_hist, n_gaps, at):
+    """(F, len(at[0])) float64: for each row r, the number of its gaps of at most at[r, j] ticks (the
+    cumulative histogram there), summed over the shorter side of the histogram."""
+    n, nb = gap_hist.shape
+    out = np.empty(at.shape)
+    for r in range(n):
+        for j in range(at.shape[1]):
+            b = at[r, j]
+            if b >= nb - 1:
+                c = n_gaps[r]
+            elif 2 * b < nb:
+                c = 0
+                for g in range(b + 1):
+                    c += gap_hist[r, g]
+            else:
+                c = n_gaps[r]
+                for g in range(b + 1, nb):
+                    c -= gap_hist[r, g]
+            out[r, j] = c
+    return out

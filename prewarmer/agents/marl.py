@@ -23,7 +23,7 @@ from prewarmer.agents.action_space import N_CHOICES, teacher_choice, to_actions
 from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.network import ActorCritic
-from prewarmer.forecast.peak import N_PEAKS, PeakHistory, predict
+from prewarmer.forecast.peak import N_PEAKS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
 from prewarmer.policies.base import Policy, pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
@@ -79,7 +79,7 @@ class MARLPolicy(Policy):
     @torch.no_grad()
     def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(choices, log-probabilities) for every function in one forward pass."""
-        logits = self.model.logits(torch.from_numpy(feats))
+        logits = in_row_blocks(self.model.logits, torch.from_numpy(feats))
         if self.sample:
             choice = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=self.generator).squeeze(1)
         else:

@@ -75,22 +75,40 @@ class PeakHistory:
         self.arrivals = np.concatenate([self.arrivals, np.zeros((n - len(self.arrivals), self.arrivals.shape[1]))])
 
     def update(self, peak_in_flight: np.ndarray, arrivals: np.ndarray) -> None:
-        self.peaks[:, 1:] = self.peaks[:, :-1]
-        self.peaks[:, 0] = peak_in_flight
-        self.arrivals[:, 1:] = self.arrivals[:, :-1]
-        self.arrivals[:, 0] = arrivals
+        # Shifted into new arrays (a shift in place copies through a temporary: twice the memory traffic).
+        for name, newest in (("peaks", peak_in_flight), ("arrivals", arrivals)):
+            old = getattr(self, name)
+            new = np.empty_like(old)
+            new[:, 1:] = old[:, :-1]
+            new[:, 0] = newest
+            setattr(self, name, new)
 
     def inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """(network inputs (F, N_INPUTS) float32, scale s (F,))."""
         return inputs(self.peaks, self.arrivals, self.log_mem)
 
 
+SEASON_CHUNK = 512  # rows per FFT batch: its temporaries stay in cache (all rows at once is twice as slow)
+
+
 def seasonal(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For rows of peaks (newest first): (the next peak the best lag predicts, the largest of it and its
     neighbours, that lag's autocorrelation). All lags at once through one FFT per row."""
+    if len(peaks) <= SEASON_CHUNK:
+        return _seasonal(peaks)
+    parts = [_seasonal(peaks[i:i + SEASON_CHUNK]) for i in range(0, len(peaks), SEASON_CHUNK)]
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _seasonal(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = peaks - peaks.mean(axis=1, keepdims=True)
     spec = np.fft.rfft(x, n=2 * peaks.shape[1])
-    acf = np.fft.irfft(spec * np.conj(spec), n=2 * peaks.shape[1])[:, SEASON_LAGS]
+    # The power spectrum as numpy computes `spec * np.conj(spec)` on large arrays (in place into the
+    # conjugate, operands swapped: its temporary elision), whose rounding differs from the small-array
+    # product; spelled out, every row gets the same result whatever the number of rows.
+    power = np.conj(spec)
+    np.multiply(power, spec, out=power)
+    acf = np.fft.irfft(power, n=2 * peaks.shape[1])[:, SEASON_LAGS]
     acf /= (x * x).sum(axis=1, keepdims=True) + 1e-9
     k = acf.argmax(axis=1)
     lag = SEASON_LAGS[k]
@@ -128,7 +146,23 @@ def predict(net: PeakQuantileNet, history: PeakHistory) -> np.ndarray:
 @torch.no_grad()
 def _in_instances(net: PeakQuantileNet, x: np.ndarray, s: np.ndarray) -> np.ndarray:
     """The network's quantiles (units of s) as instances, >= 0."""
-    return np.maximum(net(torch.from_numpy(x)).numpy(), 0.0) * s[:, None]
+    return np.maximum(in_row_blocks(net, torch.from_numpy(x)).numpy(), 0.0) * s[:, None]
+
+
+ROW_BLOCK = 1024
+
+
+def in_row_blocks(fn, x: torch.Tensor, rows: int = ROW_BLOCK) -> torch.Tensor:
+    """`fn(x)` for a row-wise network, `rows` rows at a time (the last block takes the remainder, so no block
+    is smaller than `rows` unless x is): the activations stay in cache, a third faster at 10k rows. Blocks of
+    at least 1024 rows take the same matrix kernels as one batch, so the result is the same to the bit
+    (checked for 56 sizes from 1,025 to 120,000 rows with the shipped networks and MKL on AVX-512; a block of
+    one row would not be: torch multiplies a single row differently)."""
+    n = x.shape[0]
+    if n < 2 * rows:
+        return fn(x)
+    bounds = [*range(0, n // rows * rows, rows), n]  # blocks of rows .. 2 * rows - 1
+    return torch.cat([fn(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray, min_rate: float = 0.2,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from numba import njit
 
 from prewarmer.actions import Actions
 from prewarmer.observation import Observation
@@ -45,6 +46,8 @@ class HybridHistogramPolicy(Policy):
         self.apps = np.asarray(functions.apps, np.int64)
         n_apps = int(self.apps.max()) + 1 if len(self.apps) else 0
         self.bins = np.zeros((n_apps, self.n_bins), np.int64)
+        self.bin_sum = np.zeros(n_apps, np.int64)  # per app: sum of its bin counts, and of their squares
+        self.bin_sq = np.zeros(n_apps, np.int64)
         self.oob = np.zeros(n_apps, np.int64)
         self.raw = np.zeros((n_apps, self.arima_history))  # ring buffer of recent idle times (s)
         self.raw_ptr = np.zeros(n_apps, np.int64)
@@ -59,6 +62,8 @@ class HybridHistogramPolicy(Policy):
         self.apps = np.asarray(functions.apps, np.int64)
         n_apps = int(self.apps.max()) + 1 if len(self.apps) else 0
         self.bins = pad(self.bins, n_apps, 0)
+        self.bin_sum = pad(self.bin_sum, n_apps, 0)
+        self.bin_sq = pad(self.bin_sq, n_apps, 0)
         self.oob = pad(self.oob, n_apps, 0)
         self.raw = pad(self.raw, n_apps, 0.0)
         self.raw_ptr = pad(self.raw_ptr, n_apps, 0)
@@ -67,6 +72,13 @@ class HybridHistogramPolicy(Policy):
         self.keep_alive = pad(self.keep_alive, n_apps, self.range_s)
         self.prewarm = pad(self.prewarm, n_apps, 0.0)
         return self.current().only_from(first)
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a policy pickled before it kept its histograms' sums."""
+        self.__dict__.update(state)
+        if "bins" in state and "bin_sum" not in state:
+            self.bin_sum = self.bins.sum(axis=1)
+            self.bin_sq = (self.bins * self.bins).sum(axis=1)
 
     def current(self) -> Actions:
         """The windows every function has now, as settings."""
@@ -78,28 +90,16 @@ class HybridHistogramPolicy(Policy):
     def observe_idle_times(self, func: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         """Add idle-time samples; returns a mask of the apps that received any."""
         app = self.apps[func]
+        seconds = np.asarray(seconds, np.float64)
         b = np.floor(seconds / self.bin_s).astype(np.int64)
-        inside = b < self.n_bins
-        np.add.at(self.bins, (app[inside], b[inside]), 1)
-        self.oob += np.bincount(app[~inside], minlength=len(self.oob))
-        self._remember(app, seconds)
         touched = np.zeros(len(self.oob), bool)
-        touched[app] = True
+        _add_idle_times(self.bins, self.bin_sum, self.bin_sq, self.oob, self.raw, self.raw_ptr, self.raw_n, touched,
+                        app, b, seconds)
         return touched
 
     def _remember(self, app: np.ndarray, seconds: np.ndarray) -> None:
-        """Keep the last `arima_history` idle times per app (vectorized ring-buffer write)."""
-        if len(app) == 0:
-            return
-        order = np.argsort(app, kind="stable")
-        a, v = app[order], seconds[order]
-        rank = np.arange(len(a)) - np.searchsorted(a, a, side="left")
-        cnt = np.bincount(a, minlength=len(self.raw_ptr))
-        keep = rank >= cnt[a] - self.arima_history
-        pos = (self.raw_ptr[a] + rank) % self.arima_history
-        self.raw[a[keep], pos[keep]] = v[keep]
-        self.raw_ptr = (self.raw_ptr + cnt) % self.arima_history
-        self.raw_n = np.minimum(self.raw_n + cnt, self.arima_history)
+        """Keep the last `arima_history` idle times per app (a ring buffer per app)."""
+        _remember(self.raw, self.raw_ptr, self.raw_n, np.asarray(app, np.int64), np.asarray(seconds, np.float64))
 
     def history(self, app: int) -> np.ndarray:
         """The app's remembered idle times, oldest first."""
@@ -110,17 +110,22 @@ class HybridHistogramPolicy(Policy):
     # ------------------------------------------------------------------ windows
     def windows(self, apps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pre-warm s, keep-alive s, pattern) for the apps; pattern 0 uncertain, 1 histogram, 2 ARIMA."""
-        idx = np.arange(len(self.oob)) if apps is None else np.asarray(apps)
-        bins = self.bins[idx].astype(np.float64)
-        total = bins.sum(axis=1)
+        idx = np.arange(len(self.oob)) if apps is None else np.asarray(apps, np.int64)
+        # The bin-count CV from the sums kept as samples come in, the same as numpy's std over the bins up to
+        # rounding: rows within rounding of the threshold get numpy's own (`_cv`), as before. The percentile bins
+        # from the cumulative counts, exactly as before (`_percentile_bins`).
+        total = self.bin_sum[idx].astype(np.float64)
         mean = total / self.n_bins
-        std = bins.std(axis=1, ddof=1)
+        sq = self.bin_sq[idx].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            cv = np.where(mean > 0, std / mean, 0.0)
+            cv = np.where(mean > 0, np.sqrt(np.maximum(sq - total * mean, 0.0) / (self.n_bins - 1)) / mean, 0.0)
+        near = (mean > 0) & ((np.abs(cv - self.cv_threshold) <= 1e-9 * max(self.cv_threshold, 1.0)) | (sq >= 2.0 ** 52))
+        if near.any():
+            cv[near] = _cv(self.bins[idx[near]], mean[near])
+        head_bin, tail_bin = _percentile_bins(self.bins, idx, self.bin_sum, self.head - 1e-12, self.tail - 1e-12)
+        with np.errstate(divide="ignore", invalid="ignore"):
             oob_rate = np.where(total + self.oob[idx] > 0, self.oob[idx] / (total + self.oob[idx]), 0.0)
-        cum = np.cumsum(bins, axis=1) / np.maximum(total, 1)[:, None]
-        head_bin = np.argmax(cum >= self.head - 1e-12, axis=1)
-        tail_bin = np.argmax(cum >= self.tail - 1e-12, axis=1)
+        cv = np.where(mean > 0, cv, 0.0)
         prewarm = head_bin * self.bin_s * (1.0 - self.hist_margin)
         keep = (tail_bin + 1) * self.bin_s * (1.0 + self.hist_margin)
         pattern = np.where(oob_rate >= self.oob_threshold, 2, np.where(cv < self.cv_threshold, 0, 1))
@@ -181,3 +186,70 @@ class HybridHistogramPolicy(Policy):
                 "tail": self.tail, "hist_margin": self.hist_margin, "arima_margin": self.arima_margin,
                 "arima": f"statsmodels ARIMA(1,0,1) on the last {self.arima_history} idle times",
                 "surplus_keep_alive_s": self.surplus_keep_alive_s, "tick_s": self.tick_s}
+
+
+def _cv(bins: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Bin-count coefficient of variation of histogram rows, computed by numpy (the reference)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, bins.astype(np.float64).std(axis=1, ddof=1) / mean, 0.0)
+
+
+@njit(cache=True)
+def _percentile_bins(bins, rows, bin_sum, head, tail):
+    """Per histogram row in `rows`: the first bin whose cumulative share of the row's count reaches `head`, and
+    the same for `tail` (what numpy's argmax(cumsum / max(total, 1) >= q) gives: counts are integers, so the
+    cumulative sums are exact in float64 and the shares are the same divisions; a share never reached gives
+    bin 0, as argmax of an all-False row does). Stops at the later of the two."""
+    k, nb = len(rows), bins.shape[1]
+    head_bin = np.zeros(k, np.int64)
+    tail_bin = np.zeros(k, np.int64)
+    for j in range(k):
+        r = rows[j]
+        if bin_sum[r] == 0:
+            continue
+        denom = max(float(bin_sum[r]), 1.0)
+        c = 0
+        h = t = -1
+        for i in range(nb):
+            c += bins[r, i]
+            share = float(c) / denom
+            if h < 0 and share >= head:
+                h = i
+            if t < 0 and share >= tail:
+                t = i
+            if h >= 0 and t >= 0:
+                break
+        head_bin[j] = max(h, 0)
+        tail_bin[j] = max(t, 0)
+    return head_bin, tail_bin
+
+
+@njit(cache=True)
+def _remember(raw, raw_ptr, raw_n, app, seconds):
+    """Append each sample, in order, to its app's ring buffer of the last raw.shape[1] idle times."""
+    h = raw.shape[1]
+    for j in range(len(app)):
+        a = app[j]
+        p = raw_ptr[a]
+        raw[a, p] = seconds[j]
+        raw_ptr[a] = (p + 1) % h
+        if raw_n[a] < h:
+            raw_n[a] += 1
+
+
+@njit(cache=True)
+def _add_idle_times(bins, bin_sum, bin_sq, oob, raw, raw_ptr, raw_n, touched, app, b, seconds):
+    """Idle-time samples (app, bin b, seconds) into the histograms and their sums (bin >= the range: out of
+    bounds), the ring buffers, and the mask of apps touched."""
+    nb = bins.shape[1]
+    for j in range(len(app)):
+        a = app[j]
+        if b[j] < nb:
+            c = bins[a, b[j]]
+            bins[a, b[j]] = c + 1
+            bin_sum[a] += 1
+            bin_sq[a] += 2 * c + 1
+        else:
+            oob[a] += 1
+        touched[a] = True
+    _remember(raw, raw_ptr, raw_n, app, seconds)

@@ -38,6 +38,25 @@ class WarmFleet:
         self._arr = np.zeros(0)
         self._func = np.zeros(0, np.int64)
         self._dur = np.zeros(0)
+        self._batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # reported since; see `_gather`
+
+    def __getstate__(self) -> dict:
+        self._gather()
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_batches", [])
+
+    def _gather(self) -> None:
+        """Fold the batches reported since into the arrays of requests not yet replayed (one concatenation per
+        tick rather than one of the whole backlog per batch)."""
+        if self._batches:
+            f, a, d = zip(*self._batches, strict=True)
+            self._func = np.concatenate([self._func, *f])
+            self._arr = np.concatenate([self._arr, *a])
+            self._dur = np.concatenate([self._dur, *d])
+            self._batches = []
 
     @property
     def n(self) -> int:
@@ -68,10 +87,8 @@ class WarmFleet:
 
     def reported(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray) -> None:
         """Requests the platform reported (any order): arrival and execution time, policy seconds."""
-        self._func = np.concatenate([self._func, np.asarray(func, np.int64)])
-        self._arr = np.concatenate([self._arr, np.asarray(arrival, np.float64)])
-        self._dur = np.concatenate([self._dur, np.maximum(np.asarray(duration, np.float64), 0.0)])
-
+        self._batches.append((np.array(func, np.int64), np.array(arrival, np.float64),
+                              np.maximum(np.asarray(duration, np.float64), 0.0)))
 
     def adopt(self, func: np.ndarray, count: np.ndarray, now: float) -> None:
         """Instances already running when the fleet first meets their functions: counted as just used (a
@@ -89,6 +106,7 @@ class WarmFleet:
         their order, spacing, durations and overlaps, as they happened, a little later, rather than arriving
         at once as a burst (which would start instances they never needed) or cut short (which would hide
         the instances they kept busy)."""
+        self._gather()
         if not np.isfinite(self.now):  # the clock starts: at the first request reported, or now
             self.now = now if not len(self._arr) else min(now, float(self._arr.min()))
         elif now <= self.now:
@@ -108,6 +126,7 @@ class WarmFleet:
         keep = ~take
         self._arr, self._func, self._dur = self._arr[keep], self._func[keep], self._dur[keep]
         self.state.advance(now, arr, func, dur, 0)
+        self.state.drop_idle_times()  # the engine logs idle times for policies; nobody reads the fleet's
         self.now = now
 
     def apply(self, now: float, actions: Actions) -> None:

@@ -9,6 +9,7 @@ instances from the time-averaged concurrency, idle waste from ready-but-idle rep
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from prewarmer.observation import Observation
 
@@ -107,20 +108,63 @@ class LiveObserver:
         Events arrive when invocations end, so an invocation still running at the tick is counted in
         the tick that reports it; the simulator counts it where it runs. Sweep: +1 at each arrival,
         -1 at each end, sorted per function by time (ends first on ties), running sum per function."""
-        peak = np.zeros(n, np.int64)
         if not self.spans:
-            return peak
+            return np.zeros(n, np.int64)
         f, arrival, done = (np.concatenate(col) for col in zip(*self.spans, strict=True))
-        t = np.concatenate([arrival, done])
-        f2 = np.concatenate([f, f])
-        step = np.repeat(np.array([1, -1], np.int64), len(f))
-        order = np.lexsort((step, t, f2))
-        f2, step = f2[order], step[order]
-        run = np.cumsum(step)
-        first = np.ones(len(f2), bool)
-        first[1:] = f2[1:] != f2[:-1]
-        starts = np.flatnonzero(first)
-        # Restart the running sum at each function's first entry.
-        base = np.repeat(run[starts] - step[starts], np.diff(np.append(starts, len(f2))))
-        np.maximum.at(peak, f2, run - base)
-        return peak
+        return _sweep_peaks(n, f.astype(np.int64, copy=False), arrival.astype(np.float64, copy=False),
+                            done.astype(np.float64, copy=False))
+
+
+@njit(cache=True)
+def _sweep_peaks(n, f, arrival, done):
+    """The sweep of `LiveObserver._peak_in_flight`, one function at a time: its arrivals and ends, each
+    sorted, merged in time order (an end first on a tie); the peak is the highest running count."""
+    m = len(f)
+    start = np.zeros(n + 1, np.int64)
+    for i in range(m):
+        start[f[i] + 1] += 1
+    for g in range(n):
+        start[g + 1] += start[g]
+    pos = start[:n].copy()
+    a = np.empty(m)
+    d = np.empty(m)
+    for i in range(m):
+        p = pos[f[i]]
+        a[p] = arrival[i]
+        d[p] = done[i]
+        pos[f[i]] = p + 1
+    peak = np.zeros(n, np.int64)
+    for g in range(n):
+        lo, hi = start[g], start[g + 1]
+        if hi == lo:
+            continue
+        _sort_span(a, lo, hi)
+        _sort_span(d, lo, hi)
+        i, j = lo, lo
+        run = best = 0
+        while i < hi:
+            if j < hi and d[j] <= a[i]:
+                run -= 1
+                j += 1
+            else:
+                run += 1
+                i += 1
+                if run > best:
+                    best = run
+        peak[g] = best
+    return peak
+
+
+@njit(cache=True)
+def _sort_span(x, lo, hi):
+    """Sort x[lo:hi] in place: insertion sort for the few events most functions have in a tick."""
+    if hi - lo > 32:
+        x[lo:hi].sort()
+        return
+    for i in range(lo + 1, hi):
+        v = x[i]
+        j = i - 1
+        while j >= lo and x[j] > v:
+            x[j + 1] = x[j]
+            j -= 1
+        x[j + 1] = v

@@ -35,7 +35,8 @@ I_CREATED, I_READY, I_IDLE_SINCE = range(3)
 NIF = 3
 I_FUNC, I_STATE, I_INFLIGHT, I_CLAIMED, I_VER, I_PREV, I_NEXT, I_GPREV, I_GNEXT, I_LIST, I_BOUND = range(11)
 I_LIFE = 11  # serial number of the instance's life (an instance slot is reused after a release)
-NII = 12
+I_HPOS = 12  # heap slot of the instance's expiry entry (-1: none tracked; see `_schedule_expire`)
+NII = 13
 # Instance states and per-function list kinds (an instance sits in at most one of these lists).
 ST_FREE, ST_STARTING, ST_READY = 0, 1, 2
 L_NONE, L_IDLE, L_PARTIAL, L_STARTAVAIL = -1, 0, 1, 2
@@ -61,6 +62,10 @@ LAT_MIN_EXP = -3
 LAT_NBINS = 11 * LAT_BINS_PER_DECADE
 
 STATUS_DONE, STATUS_GROW = 0, 1
+# Every kernel is compiled without numba's reference counting (`_nrt=False`, as numba's own internal kernels
+# are): they allocate nothing and only index their caller's arrays, and the atomic reference-count updates
+# numba otherwise makes on the array arguments of each call cost more than the simulation itself (about 3x on
+# the sidecar's tick, see benchmarks/README.md).
 # Request log (optional, for comparing with the live fleet): one row per request that starts executing.
 RL_FUNC, RL_LIFE, RL_ARR, RL_START, RL_DUR = range(5)
 NRL = 5
@@ -69,56 +74,110 @@ NRL = 5
 # ---------------------------------------------------------------- heap of (time, payload)
 # The payload packs kind (3 bits), version (28 bits) and id (32 bits) into one int64, so the heap is two
 # arrays and ties at the same instant resolve by kind: completions first, timeouts last.
+# Pops follow the total order of (time, payload), whatever the heap's layout, so an entry that would pop as
+# a no-op can be dropped without changing anything else: an instance's expiry is rescheduled in place
+# (`_schedule_expire`) instead of leaving the superseded one in the heap (it would be a no-op: parking an
+# instance bumps its version). The heap then holds about one entry per instance and request in flight, not
+# one per request of the last keep-alive. `I_HPOS` tracks where each instance's expiry entry sits.
 _ID_MASK = (1 << 32) - 1
 VER_MASK = (1 << 28) - 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _hless(hk, hp, i, j):
     if hk[i] != hk[j]:
         return hk[i] < hk[j]
     return hp[i] < hp[j]
 
 
-@njit(cache=True)
-def heap_push(hk, hp, gi, t, kind, ident, ver):
-    n = gi[G_HSIZE]
-    payload = (np.int64(kind) << 60) | ((np.int64(ver) & VER_MASK) << 32) | np.int64(ident)
-    gi[G_HSIZE] = n + 1
+@njit(cache=True, _nrt=False, inline="always")
+def _hmoved(isi, payload, src, dst):
+    """The entry `payload` moved from heap slot src to dst: follow it if it is a tracked expiry."""
+    if (payload >> 60) == EV_EXPIRE:
+        i = payload & _ID_MASK
+        if isi[i, I_HPOS] == src:
+            isi[i, I_HPOS] = dst
+
+
+@njit(cache=True, _nrt=False)
+def _sift_up(hk, hp, isi, n, t, payload):
+    """Put (t, payload) into the hole at n, moving it up; returns its slot."""
     while n > 0:
         p = (n - 1) >> 1
         if hk[p] > t or (hk[p] == t and hp[p] > payload):
             hk[n], hp[n] = hk[p], hp[p]
+            _hmoved(isi, hp[n], p, n)
             n = p
         else:
             break
     hk[n], hp[n] = t, payload
+    return n
 
 
-@njit(cache=True)
-def heap_pop(hk, hp, gi):
-    t, payload = hk[0], hp[0]
-    n = gi[G_HSIZE] - 1
-    gi[G_HSIZE] = n
-    lk, lp = hk[n], hp[n]
-    i = 0
+@njit(cache=True, _nrt=False)
+def _sift_down(hk, hp, isi, size, i, t, payload):
+    """Put (t, payload) into the hole at i of a heap of `size` entries, moving it down; returns its slot."""
     while True:
         c = 2 * i + 1
-        if c >= n:
+        if c >= size:
             break
-        if c + 1 < n and _hless(hk, hp, c + 1, c):
+        if c + 1 < size and _hless(hk, hp, c + 1, c):
             c += 1
-        if hk[c] < lk or (hk[c] == lk and hp[c] < lp):
+        if hk[c] < t or (hk[c] == t and hp[c] < payload):
             hk[i], hp[i] = hk[c], hp[c]
+            _hmoved(isi, hp[i], c, i)
             i = c
         else:
             break
-    hk[i], hp[i] = lk, lp
-    return t, payload >> 60, payload & _ID_MASK, (payload >> 32) & VER_MASK
+    hk[i], hp[i] = t, payload
+    return i
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _payload(kind, ident, ver):
+    return (np.int64(kind) << 60) | ((np.int64(ver) & VER_MASK) << 32) | np.int64(ident)
+
+
+@njit(cache=True, _nrt=False)
+def heap_push(hk, hp, gi, isi, t, kind, ident, ver):
+    n = gi[G_HSIZE]
+    gi[G_HSIZE] = n + 1
+    return _sift_up(hk, hp, isi, n, t, _payload(kind, ident, ver))
+
+
+@njit(cache=True, _nrt=False)
+def heap_pop(hk, hp, gi, isi):
+    t, payload = hk[0], hp[0]
+    kind, ident = payload >> 60, payload & _ID_MASK
+    if kind == EV_EXPIRE and isi[ident, I_HPOS] == 0:
+        isi[ident, I_HPOS] = -1
+    n = gi[G_HSIZE] - 1
+    gi[G_HSIZE] = n
+    if n > 0:
+        lk, lp = hk[n], hp[n]
+        i = _sift_down(hk, hp, isi, n, 0, lk, lp)
+        _hmoved(isi, lp, n, i)
+    return t, kind, ident, (payload >> 32) & VER_MASK
+
+
+@njit(cache=True, _nrt=False)
+def _schedule_expire(hk, hp, gi, isi, t, i, ver):
+    """Instance i expires at t (version ver), replacing its earlier expiry entry if one is tracked (that one
+    would be a no-op: its version is out of date)."""
+    pos = isi[i, I_HPOS]
+    payload = _payload(EV_EXPIRE, i, ver)
+    if pos < 0 or pos >= gi[G_HSIZE] or hp[pos] >> 60 != EV_EXPIRE or hp[pos] & _ID_MASK != i:
+        isi[i, I_HPOS] = heap_push(hk, hp, gi, isi, t, EV_EXPIRE, i, ver)
+        return
+    isi[i, I_HPOS] = -2  # the entry is placed below; untracked while its neighbours move
+    if pos > 0 and (hk[(pos - 1) >> 1] > t or (hk[(pos - 1) >> 1] == t and hp[(pos - 1) >> 1] > payload)):
+        isi[i, I_HPOS] = _sift_up(hk, hp, isi, pos, t, payload)
+    else:
+        isi[i, I_HPOS] = _sift_down(hk, hp, isi, gi[G_HSIZE], pos, t, payload)
 
 
 # ---------------------------------------------------------------- intrusive doubly linked lists
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _ll_push(prev, nxt, heads, tails, lid, node):
     t = tails[lid]
     prev[node] = t
@@ -130,7 +189,7 @@ def _ll_push(prev, nxt, heads, tails, lid, node):
     tails[lid] = node
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _ll_remove(prev, nxt, heads, tails, lid, node):
     p, n = prev[node], nxt[node]
     if p >= 0:
@@ -145,23 +204,43 @@ def _ll_remove(prev, nxt, heads, tails, lid, node):
     nxt[node] = -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _list_add(isi, lh, lt, i, kind):
+    # The instance lists' links are columns of isi, indexed in place (a column view per call would cost an
+    # allocation's reference counting in the hottest path).
     f = isi[i, I_FUNC]
-    _ll_push(isi[:, I_PREV], isi[:, I_NEXT], lh, lt, f * NLISTS + kind, i)
+    lid = f * NLISTS + kind
+    t = lt[lid]
+    isi[i, I_PREV] = t
+    isi[i, I_NEXT] = -1
+    if t >= 0:
+        isi[t, I_NEXT] = i
+    else:
+        lh[lid] = i
+    lt[lid] = i
     isi[i, I_LIST] = kind
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _list_del(isi, lh, lt, i):
     kind = isi[i, I_LIST]
     if kind >= 0:
-        f = isi[i, I_FUNC]
-        _ll_remove(isi[:, I_PREV], isi[:, I_NEXT], lh, lt, f * NLISTS + kind, i)
+        lid = isi[i, I_FUNC] * NLISTS + kind
+        p, n = isi[i, I_PREV], isi[i, I_NEXT]
+        if p >= 0:
+            isi[p, I_NEXT] = n
+        else:
+            lh[lid] = n
+        if n >= 0:
+            isi[n, I_PREV] = p
+        else:
+            lt[lid] = p
+        isi[i, I_PREV] = -1
+        isi[i, I_NEXT] = -1
         isi[i, I_LIST] = L_NONE
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _gidle_add(isi, gi, i):
     t = gi[G_GTAIL]
     isi[i, I_GPREV] = t
@@ -173,7 +252,7 @@ def _gidle_add(isi, gi, i):
     gi[G_GTAIL] = i
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _gidle_del(isi, gi, i):
     p, n = isi[i, I_GPREV], isi[i, I_GNEXT]
     if p >= 0:
@@ -189,7 +268,7 @@ def _gidle_del(isi, gi, i):
 
 
 # ---------------------------------------------------------------- accounting
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _touch(fs, fi, f, t):
     """Integrate the function's memory and concurrency up to t (piecewise-constant counts)."""
     dt = t - fs[f, S_LAST_T]
@@ -201,7 +280,7 @@ def _touch(fs, fi, f, t):
         fs[f, S_LAST_T] = t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _record_latency(lat_hist, fs, f, seconds):
     fs[f, S_LAT_SUM] += seconds
     ms = seconds * 1000.0
@@ -215,7 +294,7 @@ def _record_latency(lat_hist, fs, f, seconds):
 
 
 # ---------------------------------------------------------------- instances
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t):
     f = isi[i, I_FUNC]
     _touch(fs, fi, f, t)
@@ -236,7 +315,7 @@ def _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t):
     gi[G_NFREE] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
     """Make room for one instance of f by evicting idle instances (LRU); False if impossible."""
     need = fs[f, S_MEM_GB]
@@ -248,7 +327,7 @@ def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
     """Make room under tenant k's quota by evicting its own idle instances (the oldest); False if impossible."""
     need = fs[f, S_MEM_GB]
@@ -268,7 +347,7 @@ def _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     """Start an instance of f at t; returns its index, -1 when memory or slots are lacking, -2 when
     the function or its tenant is at its own limit (others may still start)."""
@@ -312,11 +391,11 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     if gf[G_MEM] > gf[G_PEAK]:
         gf[G_PEAK] = gf[G_MEM]
     _list_add(isi, lh, lt, i, L_STARTAVAIL)
-    heap_push(hk, hp, gi, t + dur, EV_READY, i, isi[i, I_VER])
+    heap_push(hk, hp, gi, isi, t + dur, EV_READY, i, isi[i, I_VER])
     return i
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _log_request(rlog, gi, isi, i, arr, t, dur):
     if rlog.shape[0] == 0:
         return
@@ -329,7 +408,7 @@ def _log_request(rlog, gi, isi, i, arr, t, dur):
     gi[G_RLN] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, i, t, arr, dur):
     """One request starts executing on ready instance i at t."""
     _log_request(rlog, gi, isi, i, arr, t, dur)
@@ -345,10 +424,10 @@ def _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, i, t, arr, dur):
     if isi[i, I_INFLIGHT] < fi[f, F_CC]:
         _list_add(isi, lh, lt, i, L_PARTIAL)
     _record_latency(lat_hist, fs, f, t - arr + dur)
-    heap_push(hk, hp, gi, t + dur, EV_DONE, i, 0)
+    heap_push(hk, hp, gi, isi, t + dur, EV_DONE, i, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     """Instance i has no request left: keep it for the keep-alive, or release it and prewarm later."""
     f = isi[i, I_FUNC]
@@ -358,12 +437,12 @@ def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
         fi[f, F_PGEN] += 1
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
         fs[f, S_PW_AT] = t + pwd
-        heap_push(hk, hp, gi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
+        heap_push(hk, hp, gi, isi, t + pwd, EV_PREWARM, f, fi[f, F_PGEN])
         return
     _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     """Keep idle instance i warm: the function's last instance for the keep-alive, any other one for
     min(keep-alive, surplus keep-alive). A window policy like hybrid speaks for the function (is *an*
@@ -380,11 +459,11 @@ def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     _list_add(isi, lh, lt, i, L_IDLE)
     _gidle_add(isi, gi, i)
     if limit < np.inf:
-        heap_push(hk, hp, gi, t + limit, EV_EXPIRE, i, isi[i, I_VER])
+        _schedule_expire(hk, hp, gi, isi, t + limit, i, isi[i, I_VER])
 
 
 # ---------------------------------------------------------------- waiting requests
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _req_new(rqf, rqi, gi, f, arr, dur):
     r = gi[G_RFREE]
     if r < 0:
@@ -402,7 +481,7 @@ def _req_new(rqf, rqi, gi, f, arr, dur):
     return r
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _req_free(rqi, gi, r):
     rqi[r, R_STATE] = RQ_FREE
     rqi[r, R_FNEXT] = gi[G_RFREE]
@@ -410,7 +489,7 @@ def _req_free(rqi, gi, r):
     gi[G_NRFREE] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _bind(fs, fi, isi, lh, lt, rqi, r, i):
     """Request r waits for starting instance i: a cold start."""
     f = isi[i, I_FUNC]
@@ -423,7 +502,7 @@ def _bind(fs, fi, isi, lh, lt, rqi, r, i):
         _list_del(isi, lh, lt, i)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _unqueue(fi, rqi, gi, qh, qt, r):
     f = rqi[r, R_FUNC]
     _ll_remove(rqi[:, R_FPREV], rqi[:, R_FNEXT], qh, qt, f, r)
@@ -431,7 +510,7 @@ def _unqueue(fi, rqi, gi, qh, qt, r):
     fi[f, F_QLEN] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
     """Give freed memory to queued requests in arrival order (head of line blocks the rest, except
     requests of a function or tenant at its own limit: they wait without holding the others up)."""
@@ -451,7 +530,7 @@ def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
 
 
 # ---------------------------------------------------------------- one arrival
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
             lat_hist, rlog, it_f, it_v, f, t, dur):
     _touch(fs, fi, f, t)
@@ -489,11 +568,11 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
     fi[f, F_QLEN] += 1
     fi[f, F_QUEUED] += 1
     if gf[G_DEADLINE] < np.inf:
-        heap_push(hk, hp, gi, t + gf[G_DEADLINE], EV_TIMEOUT, r, 0)
+        heap_push(hk, hp, gi, isi, t + gf[G_DEADLINE], EV_TIMEOUT, r, 0)
 
 
 # ---------------------------------------------------------------- one heap event
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist, rlog,
            t, kind, ident, ver):
     capped = gf[G_CAP] < np.inf
@@ -551,7 +630,7 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
             until = isf[i, I_IDLE_SINCE] + fs[f, S_KA]
             if fi[f, F_ALIVE] == 1 and until > t + 1e-9:  # it became the last one: full keep-alive
                 if until < np.inf:
-                    heap_push(hk, hp, gi, until, EV_EXPIRE, i, ver)
+                    _schedule_expire(hk, hp, gi, isi, until, i, ver)
                 return
             _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             if capped:
@@ -576,7 +655,7 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
             _req_free(rqi, gi, r)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, rqf, rqi, i, t, r):
     """A queued request takes a slot that just freed on its own function's instance (no cold start)."""
     f = isi[i, I_FUNC]
@@ -586,11 +665,11 @@ def _begin_queued(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, rqf, rqi, i, 
     # The instance stays busy: the slot passes straight from one request to the next.
     isi[i, I_INFLIGHT] += 1
     _record_latency(lat_hist, fs, f, t - arr + dur)
-    heap_push(hk, hp, gi, t + dur, EV_DONE, i, 0)
+    heap_push(hk, hp, gi, isi, t + dur, EV_DONE, i, 0)
 
 
 # ---------------------------------------------------------------- the loop
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp,
             rqf, rqi, qh, qt, lat_hist, rlog, it_f, it_v, min_free, drain):
     """Process arrivals from `pos` and events strictly before t_end.
@@ -610,7 +689,7 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
         if th <= ta:
             if th >= t_end:
                 return pos, STATUS_DONE, t_end
-            t, kind, ident, ver = heap_pop(hk, hp, gi)
+            t, kind, ident, ver = heap_pop(hk, hp, gi, isi)
             _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist, rlog,
                    t, kind, ident, ver)
             if drain and gi[G_REQ_TOTAL] == 0:
@@ -623,13 +702,13 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
             pos += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def touch_all(fs, fi, t):
     for f in range(fs.shape[0]):
         _touch(fs, fi, f, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, max_hold,
                   max_instances, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt):
     """Apply one tick's actions for every function. NaN / negative entries mean "no change".
@@ -676,6 +755,6 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
                 break
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def seed_engine(seed):
     np.random.seed(seed)

@@ -54,6 +54,14 @@ class SimState:
         self._grow_heap(16384)
         self._prev = self._counters()
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a state pickled before instances tracked their expiry's heap slot (`engine.I_HPOS`):
+        untracked entries stay in the heap and pop as the no-ops they are."""
+        self.__dict__.update(state)
+        isi = self.isi
+        if isi.shape[1] < E.NII:
+            self.isi = np.concatenate([isi, np.full((isi.shape[0], E.NII - isi.shape[1]), -1, np.int64)], axis=1)
+
     def _add_functions(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray) -> None:
         """Rows for functions appended after the known ones (no instance, default settings)."""
         add = len(memory_mb)
@@ -85,7 +93,7 @@ class SimState:
         old = self.isi.shape[0]
         self.isf = np.concatenate([self.isf, np.zeros((new - old, E.NIF))])
         add = np.zeros((new - old, E.NII), np.int64)
-        add[:, [E.I_PREV, E.I_GPREV, E.I_GNEXT, E.I_BOUND, E.I_LIST, E.I_FUNC]] = -1
+        add[:, [E.I_PREV, E.I_GPREV, E.I_GNEXT, E.I_BOUND, E.I_LIST, E.I_FUNC, E.I_HPOS]] = -1
         add[:, E.I_NEXT] = np.arange(old + 1, new + 1)
         add[-1, E.I_NEXT] = self.gi[E.G_FREE]
         self.isi = np.concatenate([self.isi, add])

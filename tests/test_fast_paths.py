@@ -1,0 +1,232 @@
+"""The control tick's faster paths give the numbers the plain numpy ones gave (issue 15): reference
+implementations here are the code they replaced."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from prewarmer.agents import checkpoint
+from prewarmer.agents.features import FeatureBuilder
+from prewarmer.forecast import peak
+from prewarmer.observation import Observation
+from prewarmer.policies.hybrid import HybridHistogramPolicy
+from prewarmer.sidecar.fleet import WarmFleet
+from prewarmer.sidecar.observer import LiveObserver
+from prewarmer.sim import engine as E
+from prewarmer.sim.state import SimState
+from prewarmer.workloads.base import FunctionTable
+
+
+def _table(n: int) -> FunctionTable:
+    return FunctionTable(names=[f"f{i}" for i in range(n)], apps=np.arange(n, dtype=np.int32),
+                         app_names=[f"f{i}" for i in range(n)], memory_mb=np.full(n, 128.0),
+                         cold_start_s=np.full(n, np.nan))
+
+
+def _reference_windows(p: HybridHistogramPolicy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The windows as numpy row reductions computed them before."""
+    bins = p.bins.astype(np.float64)
+    total = bins.sum(axis=1)
+    mean = total / p.n_bins
+    std = bins.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.where(mean > 0, std / mean, 0.0)
+        oob_rate = np.where(total + p.oob > 0, p.oob / (total + p.oob), 0.0)
+    cum = np.cumsum(bins, axis=1) / np.maximum(total, 1)[:, None]
+    head_bin = np.argmax(cum >= p.head - 1e-12, axis=1)
+    tail_bin = np.argmax(cum >= p.tail - 1e-12, axis=1)
+    prewarm = head_bin * p.bin_s * (1.0 - p.hist_margin)
+    keep = (tail_bin + 1) * p.bin_s * (1.0 + p.hist_margin)
+    pattern = np.where(oob_rate >= p.oob_threshold, 2, np.where(cv < p.cv_threshold, 0, 1))
+    return np.where(pattern == 0, 0.0, prewarm), np.where(pattern == 0, p.range_s, keep), pattern
+
+
+def test_hybrid_windows_match_numpy_row_reductions():
+    rng = np.random.default_rng(0)
+    n = 400
+    p = HybridHistogramPolicy()
+    p.reset(_table(n), 0.0)
+    for k in range(30):
+        m = int(rng.integers(0, 2000))
+        scale = (5.0, 60.0, 900.0, 20000.0)[k % 4]
+        p.observe_idle_times(rng.integers(0, n, m), rng.exponential(scale, m))
+        got = p.windows()
+        want = _reference_windows(p)
+        arima = want[2] == 2  # their windows come from the ARIMA forecast, not the histogram
+        assert np.array_equal(got[2], want[2])
+        assert np.array_equal(got[0][~arima], want[0][~arima]) and np.array_equal(got[1][~arima], want[1][~arima])
+
+
+def test_hybrid_cv_exactly_at_the_threshold_is_decided_as_numpy_does():
+    # 240 bins summing to 240 whose squares sum to 1196: a bin-count CV of exactly 2 in exact arithmetic.
+    row = np.zeros(240, np.int64)
+    row[:7], row[7], row[8], row[9:157] = 12, 6, 2, 1
+    rng = np.random.default_rng(1)
+    p = HybridHistogramPolicy()
+    p.reset(_table(50), 0.0)
+    p.bins = np.array([rng.permutation(row) for _ in range(50)])
+    p.bin_sum, p.bin_sq = p.bins.sum(axis=1), (p.bins * p.bins).sum(axis=1)
+    for got, want in zip(p.windows(), _reference_windows(p), strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_hybrid_policy_pickled_without_bin_sums_gets_them():
+    p = HybridHistogramPolicy()
+    p.reset(_table(20), 0.0)
+    rng = np.random.default_rng(2)
+    p.observe_idle_times(rng.integers(0, 20, 500), rng.exponential(300.0, 500))
+    state = dict(p.__dict__)
+    del state["bin_sum"], state["bin_sq"]
+    q = HybridHistogramPolicy.__new__(HybridHistogramPolicy)
+    q.__setstate__(state)
+    assert np.array_equal(q.bin_sum, p.bin_sum) and np.array_equal(q.bin_sq, p.bin_sq)
+    assert np.array_equal(pickle.loads(pickle.dumps(p)).bin_sq, p.bin_sq)
+
+
+def _reference_peaks(obs: LiveObserver, n: int) -> np.ndarray:
+    """The lexsort sweep `LiveObserver._peak_in_flight` made before."""
+    peak_ = np.zeros(n, np.int64)
+    if not obs.spans:
+        return peak_
+    f, arrival, done = (np.concatenate(col) for col in zip(*obs.spans, strict=True))
+    t = np.concatenate([arrival, done])
+    f2 = np.concatenate([f, f])
+    step = np.repeat(np.array([1, -1], np.int64), len(f))
+    order = np.lexsort((step, t, f2))
+    f2, step = f2[order], step[order]
+    run = np.cumsum(step)
+    first = np.ones(len(f2), bool)
+    first[1:] = f2[1:] != f2[:-1]
+    starts = np.flatnonzero(first)
+    base = np.repeat(run[starts] - step[starts], np.diff(np.append(starts, len(f2))))
+    np.maximum.at(peak_, f2, run - base)
+    return peak_
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_peak_in_flight_matches_the_sorted_sweep(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    obs = LiveObserver(np.full(n, 128.0), 0.0)
+    for _ in range(int(rng.integers(0, 4))):
+        m = int(rng.integers(0, 400 if seed % 2 else 3000))
+        a = np.round(rng.uniform(0, 60, m), int(rng.integers(0, 3)))  # rounded: ties between arrivals and ends
+        d = np.round(rng.exponential(rng.uniform(0.1, 5), m), int(rng.integers(0, 2)))
+        s = np.round(rng.uniform(0, 1, m), 1) * (rng.random(m) < 0.3)
+        obs.ingest(rng.integers(0, n, m), a, d, s, (s > 0).astype(np.int64), np.full(m, 200))
+    assert np.array_equal(obs._peak_in_flight(n), _reference_peaks(obs, n))
+
+
+def _observation(n: int, arrivals: np.ndarray, now: float) -> Observation:
+    z = np.zeros(n, np.int64)
+    return Observation(now=now, dt=60.0, arrivals=arrivals, cold_starts=z, completions=arrivals, timed_out=z, alive=z,
+                       starting=z, busy=z, idle_warm=z, in_flight=z, peak_in_flight=z, concurrency=np.zeros(n),
+                       wasted_gb_s=np.zeros(n), busy_gb_s=arrivals * 0.1, memory_mb=np.full(n, 256.0),
+                       idle_time_func=np.zeros(0, np.int32), idle_time_s=np.zeros(0), memory_used_gb=0.0,
+                       memory_cap_gb=np.inf)
+
+
+def test_feature_builder_gap_histogram_and_old_pickles():
+    rng = np.random.default_rng(3)
+    n = 300
+    fb = FeatureBuilder(n)
+    ref_cum = np.zeros((n, 241))  # the cumulative histogram as it was kept before
+    idle = np.full(n, 240, np.int64)
+    seen = np.zeros(n, bool)
+    for k in range(250):
+        arr = rng.poisson(rng.uniform(0, 2, n)) * (rng.random(n) < (0.02 if k % 50 < 25 else 0.5))
+        hit = arr > 0
+        gap = np.minimum(idle + 1, 240)
+        rows = np.flatnonzero(hit & seen)
+        ref_cum[rows] += np.arange(241)[None, :] >= gap[rows][:, None]
+        seen |= hit
+        idle = np.where(hit, 0, np.minimum(idle + 1, 240))
+        fb.update(_observation(n, arr, 60.0 * k))
+    assert np.array_equal(fb.cum_gaps, ref_cum)
+    m = fb.idle_ticks
+    rows = np.arange(n)
+    for j, k in enumerate((1, 5, 15)):
+        below = ref_cum[rows, np.minimum(m, 240)]
+        within = ref_cum[rows, np.minimum(m + k, 240)] - below
+        survive = np.maximum(ref_cum[:, -1] - below, 0.0)
+        p_hist = np.where(survive > 0, within / np.maximum(survive, 1e-9), 0.0)
+        rate = np.maximum(fb.sum60, 0.0) / max(min(fb.k, 60), 1)
+        want = np.where(ref_cum[:, -1] >= 3, p_hist, 1.0 - np.exp(-rate * k))
+        assert np.array_equal(fb.hazard((1, 5, 15))[:, j], want)
+    state = {k: v for k, v in fb.__dict__.items() if k not in ("gap_hist", "n_gaps")}
+    state["cum_gaps"] = ref_cum
+    old = FeatureBuilder.__new__(FeatureBuilder)
+    old.__setstate__(state)
+    assert np.array_equal(old.gap_hist, fb.gap_hist) and np.array_equal(old.n_gaps, fb.n_gaps)
+
+
+def test_seasonal_in_chunks_matches_one_batch():
+    rng = np.random.default_rng(4)
+    n = 3 * peak.SEASON_CHUNK + 17
+    peaks = rng.poisson(rng.uniform(0, 4, (n, 1)), (n, peak.HISTORY)).astype(float)
+    peaks[rng.random(n) < 0.2] = 0.0
+    got = peak.seasonal(peaks)
+    one = peak._seasonal(peaks)
+    for a, b in zip(got, one, strict=True):
+        assert np.array_equal(a, b)
+    # the product as numpy's temporary elision computes it on a large array, whatever the chunk size
+    x = peaks - peaks.mean(axis=1, keepdims=True)
+    spec = np.fft.rfft(x, n=2 * peaks.shape[1])
+    power = spec * np.conj(spec)
+    assert spec.nbytes >= 256 * 1024  # large enough for numpy to elide the temporary
+    acf = np.fft.irfft(power, n=2 * peaks.shape[1])[:, peak.SEASON_LAGS]
+    acf /= (x * x).sum(axis=1, keepdims=True) + 1e-9
+    assert np.array_equal(got[2], acf[np.arange(n), acf.argmax(axis=1)])
+
+
+def test_networks_in_row_blocks_match_one_batch():
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(checkpoint.DEFAULT_CHECKPOINT)
+    rng = np.random.default_rng(5)
+    with torch.no_grad():
+        for n in (5, 2047, 2049, 3073, 10001):
+            x = torch.from_numpy(rng.standard_normal((n, 30)).astype(np.float32))
+            assert torch.equal(peak.in_row_blocks(model.forecaster, x), model.forecaster(x))
+            assert torch.equal(peak.in_row_blocks(model.logits, x), model.logits(x))
+
+
+def _run(state: SimState, seed: int, ticks: range) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in ticks:
+        m = 400
+        t = np.sort(rng.uniform((k - 1) * 60.0, k * 60.0, m))
+        state.advance(k * 60.0, t, rng.integers(0, state.n, m), rng.exponential(2.0, m), 0)
+        out.append(state.fi.copy())
+    return out
+
+
+def test_sim_state_pickled_without_heap_slots_goes_on_the_same():
+    a = SimState(np.full(30, 256.0), np.ones(30), np.zeros(30))
+    _run(a, 0, range(1, 6))
+    old = dict(a.__dict__)
+    old["isi"] = a.isi[:, :E.I_HPOS].copy()  # as pickled before instances tracked their expiry's heap slot
+    b = SimState.__new__(SimState)
+    b.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert (b.isi[:, E.I_HPOS] == -1).all()
+    for x, y in zip(_run(a, 1, range(6, 30)), _run(b, 1, range(6, 30)), strict=True):
+        assert np.array_equal(x, y)
+
+
+def test_warm_fleet_keeps_its_heap_small_and_its_batches_through_pickles():
+    f = WarmFleet(50)
+    rng = np.random.default_rng(6)
+    for k in range(1, 30):
+        for _ in range(5):  # several small batches per tick
+            m = 100
+            f.reported(rng.integers(0, 50, m), rng.uniform((k - 1) * 60.0, k * 60.0, m), np.full(m, 0.5))
+        if k == 15:
+            f = pickle.loads(pickle.dumps(f))
+        f.desired(k * 60.0)
+    # one entry per instance (its expiry) and request in flight, not one per request of the last keep-alive
+    assert f.state.gi[E.G_HSIZE] <= f.state.isi.shape[0]
+    assert f.state.gi[E.G_ITN] == 0
