@@ -1,7 +1,9 @@
 """`prewarmer bench replay`: simulated invocations per wall-second and peak RSS, per policy and worker count.
 
 Each measurement runs in a fresh child process so that its peak RSS is its own. The compiled
-engine is warmed (numba cache) before timing; loading the trace is timed separately.
+engine is warmed (numba cache) before timing; loading the trace is timed separately. The full trace's
+scale (a streamed azure-like workload of 50k functions x 14 days, processes or Ray) is measured by
+`benchmarks/replay_scale.py`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ def _child(trace: str, spec: str, workers: int) -> dict:
     t0 = time.perf_counter()
     workload = open_trace(trace)
     t1 = time.perf_counter()
-    result = replay(workload, policy_factory(spec), ReplayConfig(), workers=workers)
+    shards: list[dict] = []
+    result = replay(workload, policy_factory(spec), ReplayConfig(), workers=workers, stats=shards)
     t2 = time.perf_counter()
     m = result.metrics()
     return {"policy": spec, "workers": workers, "load_s": t1 - t0, "replay_s": t2 - t1, "wall_s": t2 - t0,
             "invocations": m["invocations"], "cold_start_rate": m["cold_start_rate"],
             "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            # each shard's own process (the main one with one worker): peak RSS per worker
+            "rss_per_worker_mb": [round(s["peak_rss_mb"], 1) for s in shards]}
 
 
 def _warm_up() -> float:

@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "(repeatable; default: the four baselines and marl)")
     rp.add_argument("--online", action="store_true",
                     help="learned policies keep learning during the replay (per-function fallback to hybrid)")
-    rp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    rp.add_argument("--workers", type=int, default=0,
+                    help="workers the functions are split across (default: all cores, or the Ray cluster's CPUs)")
+    rp.add_argument("--engine", choices=["processes", "ray"], default="processes",
+                    help="where the workers run: local processes (default) or Ray tasks (same report; needs "
+                         "pip install 'prewarmer[ray]')")
+    rp.add_argument("--address", metavar="ADDR",
+                    help="with --engine ray: the Ray cluster to use (auto, HOST:PORT or ray://HOST:PORT; "
+                         "default: start a local Ray instance with --workers CPUs)")
     rp.add_argument("--json", metavar="OUT", help="write the JSON report here")
     rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -276,6 +283,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise UsageError("--concurrency must be >= 1")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 1 (or 0 for the default), got {args.workers}")
+    if args.address and args.engine != "ray":
+        raise UsageError("--address is the Ray cluster of --engine ray: give --engine ray too")
     specs = list(dict.fromkeys(["fixed"] + (args.policy or list(DEFAULT_POLICIES))))
     factories = {s: policy_factory(s, online=args.online) for s in specs}  # validate every spec before any work
     cfg = replay_config(args)
@@ -290,6 +301,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   f"{len(workload.functions)} functions, {workload.horizon_s / 3600:.2f} h "
                   f"(loaded in {time.perf_counter() - t0:.1f} s)")
     workers = args.workers or default_workers()
+    if args.engine == "ray":
+        from prewarmer.sim import ray_engine
+
+        try:
+            ray = ray_engine.ensure_started(workers, args.address)
+        except ray_engine.RayUnavailable as e:
+            raise UsageError(str(e)) from None
+        if args.address and not args.workers:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        console.print(f"engine: ray ({args.address or 'local'}), {workers} worker(s)")
     total = workload.total_invocations()
     results, runs = {}, {}
     show = not args.quiet and console.is_terminal
@@ -299,8 +320,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             task = progress.add_task(f"{spec:>14}", total=total)
             t = time.perf_counter()
             results[spec] = replay(workload, factories[spec], cfg, workers=workers,
-                                   progress=lambda n, task=task: progress.advance(task, n))
-            runs[spec] = {"wall_s": round(time.perf_counter() - t, 3), "workers": workers,
+                                   progress=lambda n, task=task: progress.advance(task, n),
+                                   engine=args.engine, address=args.address)
+            runs[spec] = {"wall_s": round(time.perf_counter() - t, 3), "workers": workers, "engine": args.engine,
                           "policy": factories[spec]().describe(), "events": results[spec].events}
     metrics = report.with_ratios(results)
     report.print_table(metrics, Console())
