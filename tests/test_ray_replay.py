@@ -158,3 +158,12 @@ def test_stream_at_full_trace_scale_holds_no_horizon_sized_array() -> None:
     assert big == []
     block = w.block_counts(block=700, group=3)
     assert block.shape == (w.group_size, w.BLOCK_MIN)
+
+
+def test_the_sampled_busiest_functions_of_a_streamed_workload_are_its_busiest():
+    from prewarmer.sim.result import pick_top
+
+    w = AzureLikeStream(40, 2 * 3600, seed=3, rate_scale=0.5)
+    weights = w.function_weights()
+    top = pick_top(w, np.arange(40), 5)
+    assert sorted(weights[top].tolist(), reverse=True) == sorted(weights.tolist(), reverse=True)[:5]

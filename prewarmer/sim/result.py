@@ -116,10 +116,15 @@ class SimResult:
 
 
 def pick_top(workload: Workload, idx: np.ndarray, k: int) -> np.ndarray:
-    per = getattr(workload, "counts", None)
+    """The k busiest of the functions `idx` (their instance counts are sampled for the report): by their
+    per-minute counts, or the expected invocations of a workload generated while it replays."""
     if k <= 0:
         return np.empty(0, np.int64)
+    per = getattr(workload, "counts", None)
     if per is not None:
         totals = per[idx].sum(axis=1)
-        return idx[np.argsort(-totals, kind="stable")[:k]]
-    return idx[:k]
+    elif hasattr(workload, "function_weights"):
+        totals = np.asarray(workload.function_weights())[idx]
+    else:
+        return idx[:k]
+    return idx[np.argsort(-totals, kind="stable")[:k]]
