@@ -44,6 +44,8 @@ class Allocator(Protocol):
 class BiddingPolicy(Protocol):
     """A policy whose actions need this tick's awards (see `prewarmer.coord.policy`)."""
 
+    held: np.ndarray  # what each function was awarded at the last auction
+
     def bids(self, obs: Observation) -> Bids: ...
 
     def capacity(self, obs: Observation) -> float: ...
@@ -73,8 +75,7 @@ def tick(policy: Policy, platform: Platform, now: float, allocator: Allocator | 
     actions = policy.decide(now, obs)
     if isinstance(policy, BiddingPolicy):
         bids = policy.bids(obs)
-        held = getattr(policy, "held", np.zeros(obs.n_functions, np.int64))
-        award = (allocator or AuctionAllocator()).allocate(bids, obs.n_functions, policy.capacity(obs), held)
+        award = (allocator or AuctionAllocator()).allocate(bids, obs.n_functions, policy.capacity(obs), policy.held)
         actions = policy.settle(actions, award, obs)
     platform.apply(now, actions)
     return Decision(now, obs, actions)

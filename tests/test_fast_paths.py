@@ -17,7 +17,6 @@ from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.sidecar.fleet import WarmFleet
 from prewarmer.sidecar.observer import LiveObserver
 from prewarmer.sim import engine as E
-from prewarmer.sim.state import SimState
 from prewarmer.workloads.base import FunctionTable
 
 
@@ -74,19 +73,6 @@ def test_hybrid_cv_exactly_at_the_threshold_is_decided_as_numpy_does():
         assert np.array_equal(got, want)
 
 
-def test_hybrid_policy_pickled_without_bin_sums_gets_them():
-    p = HybridHistogramPolicy()
-    p.reset(_table(20), 0.0)
-    rng = np.random.default_rng(2)
-    p.observe_idle_times(rng.integers(0, 20, 500), rng.exponential(300.0, 500))
-    state = dict(p.__dict__)
-    del state["bin_sum"], state["bin_sq"]
-    q = HybridHistogramPolicy.__new__(HybridHistogramPolicy)
-    q.__setstate__(state)
-    assert np.array_equal(q.bin_sum, p.bin_sum) and np.array_equal(q.bin_sq, p.bin_sq)
-    assert np.array_equal(pickle.loads(pickle.dumps(p)).bin_sq, p.bin_sq)
-
-
 def _reference_peaks(obs: LiveObserver, n: int) -> np.ndarray:
     """The lexsort sweep `LiveObserver._peak_in_flight` made before."""
     peak_ = np.zeros(n, np.int64)
@@ -130,7 +116,7 @@ def _observation(n: int, arrivals: np.ndarray, now: float) -> Observation:
                        memory_cap_gb=np.inf)
 
 
-def test_feature_builder_gap_histogram_and_old_pickles():
+def test_feature_builder_gap_histogram_matches_the_cumulative_one():
     rng = np.random.default_rng(3)
     n = 300
     fb = FeatureBuilder(n)
@@ -157,11 +143,6 @@ def test_feature_builder_gap_histogram_and_old_pickles():
         rate = np.maximum(fb.sum60, 0.0) / max(min(fb.k, 60), 1)
         want = np.where(ref_cum[:, -1] >= 3, p_hist, 1.0 - np.exp(-rate * k))
         assert np.array_equal(fb.hazard((1, 5, 15))[:, j], want)
-    state = {k: v for k, v in fb.__dict__.items() if k not in ("gap_hist", "n_gaps")}
-    state["cum_gaps"] = ref_cum
-    old = FeatureBuilder.__new__(FeatureBuilder)
-    old.__setstate__(state)
-    assert np.array_equal(old.gap_hist, fb.gap_hist) and np.array_equal(old.n_gaps, fb.n_gaps)
 
 
 def test_seasonal_in_chunks_matches_one_batch():
@@ -192,29 +173,6 @@ def test_networks_in_row_blocks_match_one_batch():
             x = torch.from_numpy(rng.standard_normal((n, 30)).astype(np.float32))
             assert torch.equal(peak.in_row_blocks(model.forecaster, x), model.forecaster(x))
             assert torch.equal(peak.in_row_blocks(model.logits, x), model.logits(x))
-
-
-def _run(state: SimState, seed: int, ticks: range) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in ticks:
-        m = 400
-        t = np.sort(rng.uniform((k - 1) * 60.0, k * 60.0, m))
-        state.advance(k * 60.0, t, rng.integers(0, state.n, m), rng.exponential(2.0, m), 0)
-        out.append(state.fi.copy())
-    return out
-
-
-def test_sim_state_pickled_without_heap_slots_goes_on_the_same():
-    a = SimState(np.full(30, 256.0), np.ones(30), np.zeros(30))
-    _run(a, 0, range(1, 6))
-    old = dict(a.__dict__)
-    old["isi"] = a.isi[:, :E.I_HPOS].copy()  # as pickled before instances tracked their expiry's heap slot
-    b = SimState.__new__(SimState)
-    b.__setstate__(pickle.loads(pickle.dumps(old)))
-    assert (b.isi[:, E.I_HPOS] == -1).all()
-    for x, y in zip(_run(a, 1, range(6, 30)), _run(b, 1, range(6, 30)), strict=True):
-        assert np.array_equal(x, y)
 
 
 def test_warm_fleet_keeps_its_heap_small_and_its_batches_through_pickles():

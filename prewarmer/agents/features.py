@@ -62,14 +62,6 @@ class FeatureBuilder:
             setattr(self, name, pad(getattr(self, name), n, fill))
         self.n = n
 
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle, also a builder pickled when it kept the cumulative histogram itself."""
-        cum = state.pop("cum_gaps", None)
-        if cum is not None:
-            state["gap_hist"] = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)
-            state["n_gaps"] = cum[:, -1].astype(np.int64)
-        self.__dict__.update(state)
-
     @property
     def cum_gaps(self) -> np.ndarray:
         """(F, GAP_BINS) cumulative histogram of the gaps: column b counts the gaps of at most b ticks."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prewarmer.load.errors import LoadTestError
 from prewarmer.load.processes import Proc, Processes
+from prewarmer.stream.keys import clock_key
 
 USER = "admin"
 LISTEN_RE = re.compile(r"event=gateway_listening address=(\S+)")
@@ -43,7 +44,7 @@ def sidecar_clock_start(url: str, prefix: str, group: str = "prewarmer") -> floa
 
     with contextlib.suppress(redis.RedisError, ValueError, TypeError):
         r = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-        return float(r.get(f"{prefix}:epoch:{group}"))
+        return float(r.get(clock_key(prefix, group)))
     return None
 
 

@@ -25,16 +25,18 @@ TOLERANCE_REL = 0.25
 FALLBACK_STARTUP_S = 0.3
 
 
-def _startup_s(results: dict, n: int) -> np.ndarray:
-    req = results["requests"]
-    func = np.asarray(req["function"])
-    cold = np.asarray(req["cold"])
-    startup = np.array([math.nan if x is None else x for x in req.get("startup_ms", [None] * len(func))]) / 1000.0
-    measured = np.array([np.nanmedian(startup[(func == i) & (cold == 1)]) if ((func == i) & (cold == 1)
-                                                                                 & ~np.isnan(startup)).any()
-                         else math.nan for i in range(n)])
-    fallback = np.nanmedian(startup[cold == 1]) if ((cold == 1) & ~np.isnan(startup)).any() else FALLBACK_STARTUP_S
-    return np.where(np.isnan(measured), fallback, measured)
+def _seconds(req: dict, column: str) -> np.ndarray:
+    """A per-request timing the gateway reported, in ms (None where it did not), as seconds (NaN)."""
+    values = req.get(column) or [None] * len(req["status"])
+    return np.array([math.nan if x is None else x for x in values], np.float64) / 1000.0
+
+
+def _startup_s(func: np.ndarray, cold: np.ndarray, startup: np.ndarray, n: int) -> np.ndarray:
+    """Each function's median start-up over its measured cold starts; the median of all for one without."""
+    measured = (cold == 1) & ~np.isnan(startup)
+    fallback = float(np.median(startup[measured])) if measured.any() else FALLBACK_STARTUP_S
+    return np.array([float(np.median(startup[measured & (func == i)])) if (measured & (func == i)).any()
+                     else fallback for i in range(n)])
 
 
 def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0):
@@ -45,14 +47,14 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
     req = results["requests"]
     status = np.asarray(req["status"])
     answered = (status > 0) & (status < 400)
-    gateway_s = np.array([math.nan if x is None else x for x in req.get("gateway_ms", [None] * len(status))]) / 1000
-    startup_s = np.array([math.nan if x is None else x for x in req.get("startup_ms", [None] * len(status))]) / 1000
+    gateway_s, startup_s = _seconds(req, "gateway_ms"), _seconds(req, "startup_ms")
     execution = np.maximum(gateway_s - np.nan_to_num(startup_s), 0.0)
     keep = answered & ~np.isnan(execution)
     n = len(schedule.functions)
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
                               memory_mb=np.array([f.memory_mb for f in schedule.functions], np.float64),
-                              cold_start_s=_startup_s(results, n) * compress)
+                              cold_start_s=_startup_s(np.asarray(req["function"]), np.asarray(req["cold"]),
+                                                      startup_s, n) * compress)
     t = offset_s + np.asarray(schedule.t)[keep] * compress
     horizon = offset_s + (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
     return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,

@@ -73,13 +73,6 @@ class HybridHistogramPolicy(Policy):
         self.prewarm = pad(self.prewarm, n_apps, 0.0)
         return self.current().only_from(first)
 
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle, also a policy pickled before it kept its histograms' sums."""
-        self.__dict__.update(state)
-        if "bins" in state and "bin_sum" not in state:
-            self.bin_sum = self.bins.sum(axis=1)
-            self.bin_sq = (self.bins * self.bins).sum(axis=1)
-
     def current(self) -> Actions:
         """The windows every function has now, as settings."""
         keep = self.keep_alive[self.apps]

@@ -96,7 +96,7 @@ class ShardAgent:
         """Run the policy's tick (`prewarmer.platform.tick`) if its control period has come; None otherwise."""
         if self.policy is None or now < self.next_tick:
             return None
-        self.fleet.set_startup(self.observer.startup_s)
+        self.fleet.set_startup(self.startup_s())
         decision = tick(self.policy, LivePlatform(self.observer, self.fleet, replicas, ready), now, allocator)
         period = self.policy.tick_s
         # Ticks on multiples of the period of policy time, as in replay: a loop that wakes a little late does not
@@ -114,8 +114,7 @@ class ShardAgent:
         return np.where(self.fleet.behind(), np.maximum(desired, replicas), desired)
 
     def startup_s(self) -> np.ndarray:
-        s = self.observer.startup_s
-        return np.where(np.isnan(s), 1.0, s)
+        return self.observer.startup()
 
     # ---------------------------------------------------------------- checkpoints
     def dumps(self) -> bytes:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from prewarmer.actions import Actions
+from prewarmer.sidecar.observer import DEFAULT_STARTUP_S
 from prewarmer.sim import engine as E
 from prewarmer.sim.state import SimState
 
-DEFAULT_STARTUP_S = 1.0
 UNLIMITED = E.NO_LIMIT
 
 
@@ -43,10 +43,6 @@ class WarmFleet:
     def __getstate__(self) -> dict:
         self._gather()
         return dict(self.__dict__)
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_batches", [])
 
     def _gather(self) -> None:
         """Fold the batches reported since into the arrays of requests not yet replayed (one concatenation per
@@ -81,9 +77,8 @@ class WarmFleet:
             self._behind_until = np.concatenate([self._behind_until, np.full(add, -np.inf)])
 
     def set_startup(self, startup_s: np.ndarray) -> None:
-        """Start-up time of each function's new instances (measured live; NaN keeps the default)."""
-        s = np.asarray(startup_s, np.float64)
-        self.state.fs[:, E.S_STARTUP] = np.where(np.isfinite(s) & (s >= 0), s, DEFAULT_STARTUP_S)
+        """Start-up time of each function's new instances (measured live, `LiveObserver.startup`)."""
+        self.state.fs[:, E.S_STARTUP] = startup_s
 
     def reported(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray) -> None:
         """Requests the platform reported (any order): arrival and execution time, policy seconds."""

@@ -13,6 +13,9 @@ from numba import njit
 
 from prewarmer.observation import Observation
 
+#: The start-up time assumed for a function until one of its cold starts is measured (as replay's default).
+DEFAULT_STARTUP_S = 1.0
+
 
 class LiveObserver:
     def __init__(self, memory_mb: np.ndarray, epoch_s: float) -> None:
@@ -78,6 +81,10 @@ class LiveObserver:
             cur = self.startup_s[fc]
             self.startup_s[fc] = np.where(np.isnan(cur), sc, 0.8 * cur + 0.2 * sc)
 
+    def startup(self) -> np.ndarray:
+        """Each function's start-up time: measured, or `DEFAULT_STARTUP_S` until it is."""
+        return np.where(np.isnan(self.startup_s), DEFAULT_STARTUP_S, self.startup_s)
+
     def observe(self, now: float, replicas: np.ndarray, ready: np.ndarray) -> Observation:
         """Close the tick ending at `now` (policy seconds) given the platform's current replica counts."""
         n = len(self.memory_mb)
@@ -89,7 +96,6 @@ class LiveObserver:
         busy = np.minimum(np.ceil(concurrency).astype(np.int64), ready)
         idle = ready - busy
         mem_gb = self.memory_mb / 1024.0
-        startup = np.where(np.isnan(self.startup_s), 1.0, self.startup_s)
         obs = Observation(
             now=now, dt=dt, arrivals=self.arrivals, cold_starts=self.cold, completions=self.arrivals.copy(),
             timed_out=self.failed, alive=replicas, starting=replicas - ready, busy=busy, idle_warm=idle,
@@ -98,7 +104,7 @@ class LiveObserver:
             busy_gb_s=self.busy_s * mem_gb, memory_mb=self.memory_mb.copy(),
             idle_time_func=np.concatenate(self.it_f) if self.it_f else np.zeros(0, np.int32),
             idle_time_s=np.concatenate(self.it_v) if self.it_v else np.zeros(0),
-            memory_used_gb=float((replicas * mem_gb).sum()), startup_s=startup, epoch_s=self.epoch_s)
+            memory_used_gb=float((replicas * mem_gb).sum()), startup_s=self.startup(), epoch_s=self.epoch_s)
         self._new_tick(n)
         return obs
 

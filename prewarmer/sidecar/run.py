@@ -40,7 +40,7 @@ from prewarmer.sidecar.shards import ShardOwnership
 from prewarmer.sidecar.status import PlatformStatus
 from prewarmer.sidecar.timescale import TimeScale
 from prewarmer.stream.consumer import RedisEventSource
-from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS
+from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS, clock_key
 
 logger = logging.getLogger("prewarmer.sidecar")
 
@@ -125,7 +125,7 @@ class Sidecar:
     # ------------------------------------------------------------------ main loop
     async def start(self) -> None:
         """Adopt the policy clock shared by every replica and restart, so checkpointed times stay valid."""
-        key = f"{self.opts.prefix}:epoch:{self.opts.group}"
+        key = clock_key(self.opts.prefix, self.opts.group)
         await self.redis.set(key, repr(self.clock()), nx=True)
         t0 = float(await self.redis.get(key))
         self.ts = TimeScale(t0, self.opts.time_scale)

@@ -34,9 +34,8 @@ NFS = 14
 I_CREATED, I_READY, I_IDLE_SINCE = range(3)
 NIF = 3
 I_FUNC, I_STATE, I_INFLIGHT, I_CLAIMED, I_VER, I_PREV, I_NEXT, I_GPREV, I_GNEXT, I_LIST, I_BOUND = range(11)
-I_LIFE = 11  # serial number of the instance's life (an instance slot is reused after a release)
-I_HPOS = 12  # heap slot of the instance's expiry entry (-1: none tracked; see `_schedule_expire`)
-NII = 13
+I_HPOS = 11  # heap slot of the instance's expiry entry (-1: none tracked; see `_schedule_expire`)
+NII = 12
 # Instance states and per-function list kinds (an instance sits in at most one of these lists).
 ST_FREE, ST_STARTING, ST_READY = 0, 1, 2
 L_NONE, L_IDLE, L_PARTIAL, L_STARTAVAIL = -1, 0, 1, 2
@@ -50,8 +49,8 @@ RQ_FREE, RQ_BOUND, RQ_QUEUED = 0, 1, 2
 # Globals.
 G_FREE, G_NFREE, G_RFREE, G_NRFREE, G_HSIZE, G_QHEAD, G_QTAIL, G_GHEAD, G_GTAIL = range(9)
 G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
-G_LIVES, G_RLN = 12, 13  # instance lives started; rows in the request log
-NGI = 14
+G_RLN = 12  # rows in the request log
+NGI = 13
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
 NGF = 4  # then (used GB, quota GB) per tenant
 # Event kinds.
@@ -67,8 +66,8 @@ STATUS_DONE, STATUS_GROW = 0, 1
 # numba otherwise makes on the array arguments of each call cost more than the simulation itself (about 3x on
 # the sidecar's tick, see benchmarks/README.md).
 # Request log (optional, for comparing with the live fleet): one row per request that starts executing.
-RL_FUNC, RL_LIFE, RL_ARR, RL_START, RL_DUR = range(5)
-NRL = 5
+RL_FUNC, RL_ARR, RL_START, RL_DUR = range(4)
+NRL = 4
 
 
 # ---------------------------------------------------------------- heap of (time, payload)
@@ -371,8 +370,6 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     isi[i, I_CLAIMED] = 0
     isi[i, I_VER] += 1
     isi[i, I_BOUND] = -1
-    isi[i, I_LIFE] = gi[G_LIVES]
-    gi[G_LIVES] += 1
     isi[i, I_LIST] = L_NONE
     isi[i, I_GPREV] = -1
     isi[i, I_GNEXT] = -1
@@ -401,7 +398,6 @@ def _log_request(rlog, gi, isi, i, arr, t, dur):
         return
     n = gi[G_RLN]
     rlog[n, RL_FUNC] = isi[i, I_FUNC]
-    rlog[n, RL_LIFE] = isi[i, I_LIFE]
     rlog[n, RL_ARR] = arr
     rlog[n, RL_START] = t
     rlog[n, RL_DUR] = dur

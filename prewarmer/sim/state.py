@@ -45,7 +45,7 @@ class SimState:
         self.hp = np.zeros(0, np.int64)
         self.it_f = np.zeros(4096, np.int32)
         self.it_v = np.zeros(4096)
-        # One row per request that starts executing (function, instance life, arrival, start, duration),
+        # One row per request that starts executing (function, arrival, start, duration),
         # kept only when asked for: what a live platform reports, for comparing the two.
         self.rlog = np.zeros((4096 if record_requests else 0, E.NRL))
         self.min_free = 256
@@ -53,14 +53,6 @@ class SimState:
         self._grow_requests(4096)
         self._grow_heap(16384)
         self._prev = self._counters()
-
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle, also a state pickled before instances tracked their expiry's heap slot (`engine.I_HPOS`):
-        untracked entries stay in the heap and pop as the no-ops they are."""
-        self.__dict__.update(state)
-        isi = self.isi
-        if isi.shape[1] < E.NII:
-            self.isi = np.concatenate([isi, np.full((isi.shape[0], E.NII - isi.shape[1]), -1, np.int64)], axis=1)
 
     def _add_functions(self, memory_mb: np.ndarray, startup_s: np.ndarray, startup_sigma: np.ndarray) -> None:
         """Rows for functions appended after the known ones (no instance, default settings)."""

@@ -23,3 +23,8 @@ def stream_key(shard: int, prefix: str = DEFAULT_PREFIX) -> str:
 
 def dead_letter_key(prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:dead"
+
+
+def clock_key(prefix: str, group: str) -> str:
+    """The Unix time the sidecar replicas of `group` count policy time from (set once, by the first to start)."""
+    return f"{prefix}:epoch:{group}"
