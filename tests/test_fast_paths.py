@@ -188,3 +188,77 @@ def test_warm_fleet_keeps_its_heap_small_and_its_batches_through_pickles():
     # one entry per instance (its expiry) and request in flight, not one per request of the last keep-alive
     assert f.state.gi[E.G_HSIZE] <= f.state.isi.shape[0]
     assert f.state.gi[E.G_ITN] == 0
+
+
+def _reference_seasonal(peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = peaks - peaks.mean(axis=1, keepdims=True)
+    spec = np.fft.rfft(x, n=2 * peaks.shape[1])
+    power = np.conj(spec)
+    np.multiply(power, spec, out=power)
+    acf = np.fft.irfft(power, n=2 * peaks.shape[1])[:, peak.SEASON_LAGS]
+    acf /= (x * x).sum(axis=1, keepdims=True) + 1e-9
+    k = acf.argmax(axis=1)
+    lag = peak.SEASON_LAGS[k]
+    rows = np.arange(len(peaks))
+    guess = peaks[rows, lag - 1]
+    around = np.maximum(np.maximum(peaks[rows, lag - 2], guess), peaks[rows, np.minimum(lag, peaks.shape[1] - 1)])
+    return guess, around, acf[rows, k]
+
+
+def _reference_inputs(peaks: np.ndarray, arrivals: np.ndarray, log_mem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    recent = peaks[:, :10]
+    s = recent.mean(axis=1) + 1.0
+    a_scale = arrivals.mean(axis=1) + 1.0
+    parts = [_reference_seasonal(peaks[i:i + 512]) for i in range(0, len(peaks), 512)]
+    guess, around, acf = (np.concatenate(col) for col in zip(*parts, strict=True))
+    n_peaks = peak.N_PEAKS
+    x = np.empty((len(peaks), peak.N_INPUTS), np.float32)
+    x[:, :n_peaks] = peaks[:, :n_peaks] / s[:, None]
+    x[:, n_peaks:n_peaks + 3] = arrivals[:, :3] / a_scale[:, None]
+    x[:, n_peaks + 3] = np.log(s) / 5.0
+    x[:, n_peaks + 4] = log_mem
+    x[:, n_peaks + 5] = recent.std(axis=1) / s
+    x[:, n_peaks + 6] = (np.log(s) - np.log(a_scale)) / 5.0
+    x[:, n_peaks + 7] = guess / s
+    x[:, n_peaks + 8] = around / s
+    x[:, n_peaks + 9] = np.clip(acf, -1.0, 1.0)
+    return x, s
+
+
+def test_peak_inputs_match_the_numpy_code_they_replaced():
+    """Compiled sums (numpy's pairwise order), work arrays reused across chunks and each distinct row of peaks
+    computed once: the forecaster's inputs are the same to the bit, for idle, repeated and distinct rows."""
+    rng = np.random.default_rng(8)
+    n = 2 * peak.SEASON_CHUNK + 300
+    for scale in (0.05, 1.0, 30.0, 3000.0):
+        lam = rng.uniform(0, scale, (n, 1))
+        peaks = rng.poisson(lam, (n, peak.HISTORY)).astype(float)
+        peaks[rng.random(n) < 0.2] = 0.0
+        peaks[rng.random(n) < 0.2] = peaks[0]  # repeated rows
+        arrivals = rng.poisson(3 * lam, (n, peak.N_ARRIVALS)).astype(float)
+        log_mem = np.log(rng.uniform(0.1, 2.0, n))
+        for a, b in zip(peak.inputs(peaks, arrivals, log_mem), _reference_inputs(peaks, arrivals, log_mem),
+                        strict=True):
+            assert np.array_equal(a, b)
+        for a, b in zip(peak.seasonal(peaks), _reference_seasonal(peaks), strict=True):
+            assert np.array_equal(a, b)
+    # training reads its windows newest first through reversed views
+    p, a = rng.poisson(3, (200, 100)).astype(float), rng.poisson(3, (200, 100)).astype(float)
+    got = peak.inputs(p[:, 20:80][:, ::-1], a[:, 70:80][:, ::-1], np.zeros(200))
+    want = _reference_inputs(p[:, 20:80][:, ::-1], a[:, 70:80][:, ::-1], np.zeros(200))
+    assert all(np.array_equal(u, v) for u, v in zip(got, want, strict=True))
+
+
+def test_inference_passes_match_the_modules():
+    """`infer` / `infer_logits` (addmm and activations in place, no autograd) give the modules' results, in
+    blocks of any size of at least 1024 rows."""
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(checkpoint.DEFAULT_CHECKPOINT)
+    rng = np.random.default_rng(9)
+    with torch.no_grad():
+        for n in (5, 1500, 17000):
+            x = torch.from_numpy(rng.standard_normal((n, 30)).astype(np.float32))
+            want_q, want_l = model.forecaster(x), model.logits(x)
+            for rows in (1024, peak.ROW_BLOCK):
+                assert torch.equal(peak.in_row_blocks(model.forecaster.infer, x, rows), want_q)
+                assert torch.equal(peak.in_row_blocks(model.infer_logits, x, rows), want_l)

@@ -79,7 +79,7 @@ class MARLPolicy(Policy):
     @torch.no_grad()
     def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(choices, log-probabilities) for every function in one forward pass."""
-        logits = in_row_blocks(self.model.logits, torch.from_numpy(feats))
+        logits = in_row_blocks(self.model.infer_logits, torch.from_numpy(feats))
         if self.sample:
             choice = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=self.generator).squeeze(1)
         else:

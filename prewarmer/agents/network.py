@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prewarmer.agents.features import N_FEATURES
-from prewarmer.forecast.peak import PeakQuantileNet
+from prewarmer.forecast.peak import PeakQuantileNet, mlp_inference
 
 
 def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -34,6 +34,10 @@ class ActorCritic(nn.Module):
 
     def logits(self, local: torch.Tensor) -> torch.Tensor:
         return self.actor(local)
+
+    def infer_logits(self, local: torch.Tensor) -> torch.Tensor:
+        """`logits` for acting (no autograd), the same result to the bit (see `mlp_inference`)."""
+        return mlp_inference(self.actor, local)
 
     def value(self, local: torch.Tensor, global_summary: torch.Tensor) -> torch.Tensor:
         g = global_summary.expand(local.shape[0], -1) if global_summary.dim() == 2 and global_summary.shape[0] == 1 \
