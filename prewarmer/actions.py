@@ -13,6 +13,10 @@
   idle; beyond it instances are released as they idle and prewarms are cut; `inf` = no limit.
 - `max_instances`: an award of running capacity: the most instances (busy or not) the function may
   have; its further requests wait for one of its own instances (-1 = no change).
+- `min_instances`: a warm floor (Knative's min-scale): the fewest instances (starting, idle or busy)
+  the function keeps; missing ones start now, idle ones are neither released nor expired below it,
+  whatever the other verbs say (0 = no floor; -1 = no change). Lowering it gives the idle instances it
+  held their keep-alive back, counted from when each idled.
 
 Entries that mean "no change": NaN for the float arrays, 0 for prewarm/release_idle, -1 for scale_to.
 A field left as None means no change for every function.
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _NO_CHANGE = {"keep_alive_s": np.nan, "surplus_keep_alive_s": np.nan, "prewarm_delay_s": np.nan, "prewarm": 0,
-              "scale_to": -1, "release_idle": 0, "max_hold": np.nan, "max_instances": -1}
+              "scale_to": -1, "release_idle": 0, "max_hold": np.nan, "max_instances": -1, "min_instances": -1}
 _FIELDS = tuple(_NO_CHANGE)
 
 
@@ -39,6 +43,7 @@ class Actions:
     release_idle: np.ndarray | None = None
     max_hold: np.ndarray | None = None
     max_instances: np.ndarray | None = None
+    min_instances: np.ndarray | None = None
 
     @classmethod
     def none(cls) -> Actions:

@@ -15,6 +15,7 @@ from prewarmer.policies.base import Policy
 from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.policies.keepalive import AlwaysWarmPolicy, KeepAlivePolicy
 from prewarmer.policies.kpa import KnativePolicy
+from prewarmer.schedules import RuleSet
 from prewarmer.units import parse_duration
 
 Maker = Callable[[], Policy]
@@ -101,11 +102,12 @@ DEFAULT_POLICIES = (*BASELINES, "marl")
 BID_SUFFIX = "+bid"
 
 
-def policy_factory(spec: str, online: bool = False) -> Maker:
+def policy_factory(spec: str, online: bool = False, rules: RuleSet | None = None) -> Maker:
     """A zero-argument constructor for the policy named by `spec` (checked now, built per run).
 
     `online` makes learned policies keep learning from what they observe (guarded against hybrid).
-    A `+bid` suffix (e.g. `marl+bid`) coordinates the policy's agents under the memory budget."""
+    A `+bid` suffix (e.g. `marl+bid`) coordinates the policy's agents under the memory budget.
+    `rules` (warm floors, targets, budgets: `prewarmer.schedules`) wrap it in a `ScheduledPolicy`."""
     inner_spec = spec.removesuffix(BID_SUFFIX)
     name, _, rest = inner_spec.partition(":")
     entry = SPECS.get(name)
@@ -125,6 +127,10 @@ def policy_factory(spec: str, online: bool = False) -> Maker:
             policy.spec = inner_spec
             policy = CoordinatedPolicy(policy)
         policy.spec = spec
+        if rules is not None:
+            from prewarmer.policies.scheduled import ScheduledPolicy
+
+            policy = ScheduledPolicy(policy, rules)
         return policy
 
     return build

@@ -177,9 +177,10 @@ def test_corrupt_checkpoint_is_a_clear_error():
     with pytest.raises(ValueError, match="bad header"):
         ShardAgent.loads(b"junk", policy_factory("fixed"))
     with pytest.raises(ValueError, match="corrupt shard checkpoint"):
-        ShardAgent.loads(b"prewarmer-shard-v2\nnot zlib", policy_factory("fixed"))
-    with pytest.raises(ValueError, match="older prewarmer"):
-        ShardAgent.loads(b"prewarmer-shard-v1\nanything", policy_factory("fixed"))
+        ShardAgent.loads(b"prewarmer-shard-v3\nnot zlib", policy_factory("fixed"))
+    for old in (b"prewarmer-shard-v1\nanything", b"prewarmer-shard-v2\nanything"):
+        with pytest.raises(ValueError, match="older prewarmer"):
+            ShardAgent.loads(old, policy_factory("fixed"))
 
 
 def test_time_scale():

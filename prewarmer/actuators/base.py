@@ -12,7 +12,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -26,6 +26,10 @@ class FunctionStatus:
     available_replicas: int
     invocation_count: float
     memory_mb: float | None  # memory limit in MiB; None when the platform does not say
+    # The function's labels (what warm-floor rules select by, `prewarmer.schedules`); not part of its identity.
+    labels: dict[str, str] = field(default_factory=dict, compare=False)
+    # Its `prewarmer.io/*` annotations only: the rule fallback of `--watch-policies` (prewarmer.kube.resolve).
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,18 @@ def as_float(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0.0
+
+
+def prewarmer_annotations(value: object) -> dict[str, str]:
+    """The `prewarmer.io/*` entries of an annotations map (the rest is none of ours and can be large)."""
+    return {k: v for k, v in string_map(value).items() if k.startswith("prewarmer.io/")}
+
+
+def string_map(value: object) -> dict[str, str]:
+    """Labels from decoded JSON or a client model: a dict of strings; anything else means none."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if v is not None}
 
 
 # --- Kubernetes plumbing shared by knative.py and deployment.py ------------------------------------------------

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MERGE_PATCH, FunctionStatus, KubeActuator, ScaleOutcome, parse_memory_mb
+from .base import (
+    MERGE_PATCH,
+    FunctionStatus,
+    KubeActuator,
+    ScaleOutcome,
+    parse_memory_mb,
+    prewarmer_annotations,
+    string_map,
+)
 
 
 class DeploymentActuator(KubeActuator):
@@ -69,6 +77,8 @@ class DeploymentActuator(KubeActuator):
                     available_replicas=int((status and status.available_replicas) or 0),
                     invocation_count=0.0,  # a Deployment knows nothing about invocations
                     memory_mb=_memory_of(dep),
+                    labels=string_map(dep.metadata.labels),
+                    annotations=prewarmer_annotations(dep.metadata.annotations),
                 )
             )
         return out

@@ -18,6 +18,8 @@ from .base import (
     ScaleOutcome,
     as_int,
     parse_memory_mb,
+    prewarmer_annotations,
+    string_map,
 )
 
 SERVING_GROUP, SERVING_VERSION = "serving.knative.dev", "v1"
@@ -166,6 +168,8 @@ class KnativeActuator(KubeActuator):
                     available_replicas=actual,
                     invocation_count=0.0,  # Knative keeps no invocation counter in its API objects
                     memory_mb=_memory_of(template_spec),
+                    labels=string_map(meta.get("labels")),
+                    annotations=prewarmer_annotations(meta.get("annotations")),
                 )
             )
         return out

@@ -22,6 +22,8 @@ from .base import (
     as_float,
     as_int,
     parse_memory_mb,
+    prewarmer_annotations,
+    string_map,
 )
 
 CE_MIN_REPLICAS = 1
@@ -140,6 +142,8 @@ class OpenFaaSActuator(Actuator):
             available_replicas=as_int(entry.get("availableReplicas")),
             invocation_count=as_float(entry.get("invocationCount")),
             memory_mb=parse_memory_mb(limits.get("memory") or None) if isinstance(limits, dict) else None,
+            labels=string_map(entry.get("labels")),
+            annotations=prewarmer_annotations(entry.get("annotations")),
         )
 
     async def scale(self, function: str, namespace: str, replicas: int) -> ScaleOutcome:

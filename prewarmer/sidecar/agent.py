@@ -21,7 +21,8 @@ from prewarmer.sidecar.fleet import WarmFleet
 from prewarmer.sidecar.observer import LiveObserver
 from prewarmer.workloads.base import FunctionTable
 
-CHECKPOINT_MAGIC = b"prewarmer-shard-v2\n"  # v2: the warm fleet is the simulator's engine (v1 kept rules of its own)
+# v2: the warm fleet is the simulator's engine (v1 kept rules of its own); v3: the engine has a warm floor column
+CHECKPOINT_MAGIC = b"prewarmer-shard-v3\n"
 DEFAULT_MEMORY_MB = 128.0
 
 
@@ -48,6 +49,7 @@ class ShardAgent:
         self.epoch_s = epoch_s
         self.names: list[str] = []
         self.namespaces: list[str] = []
+        self.labels: list[dict[str, str]] = []  # as the platform lists them (what warm-floor rules select by)
         self.index: dict[str, int] = {}
         self.memory_mb = np.zeros(0)
         self.policy: Policy | None = None
@@ -55,20 +57,25 @@ class ShardAgent:
         self.fleet = WarmFleet(0)
         self.next_tick = -np.inf
         self.events = 0  # events folded into this state (what a checkpoint vouches for)
+        self.function_events = np.zeros(0, np.int64)  # the same, by function
 
     # ---------------------------------------------------------------- functions
     def add_functions(self, now: float, names: list[str], namespaces: list[str],
-                      memory_mb: list[float | None]) -> bool:
+                      memory_mb: list[float | None], labels: list[dict[str, str]] | None = None) -> bool:
         """Register functions not seen before (the policy takes them on, keeping what it learned about the
         others: `Policy.grow`); returns True if there were any."""
-        new = [(n, ns, m) for n, ns, m in zip(names, namespaces, memory_mb, strict=True) if n not in self.index]
+        labels = labels if labels is not None else [{} for _ in names]
+        new = [(n, ns, m, lab) for n, ns, m, lab in zip(names, namespaces, memory_mb, labels, strict=True)
+               if n not in self.index]
         if not new:
             return False
-        for name, ns, mem in new:
+        for name, ns, mem, lab in new:
             self.index[name] = len(self.names)
             self.names.append(name)
             self.namespaces.append(ns)
+            self.labels.append(dict(lab))
             self.memory_mb = np.append(self.memory_mb, float(mem or DEFAULT_MEMORY_MB))
+        self.function_events = np.concatenate([self.function_events, np.zeros(len(new), np.int64)])
         self.observer.grow(self.memory_mb)
         self.fleet.grow(self.memory_mb)
         if self.policy is None:
@@ -81,7 +88,8 @@ class ShardAgent:
     def table(self) -> FunctionTable:
         n = len(self.names)
         return FunctionTable(names=list(self.names), apps=np.arange(n, dtype=np.int32), app_names=list(self.names),
-                             memory_mb=self.memory_mb.copy(), cold_start_s=np.full(n, np.nan))
+                             memory_mb=self.memory_mb.copy(), cold_start_s=np.full(n, np.nan),
+                             labels=[dict(x) for x in self.labels])
 
     # ---------------------------------------------------------------- data path
     def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
@@ -90,6 +98,7 @@ class ShardAgent:
         self.observer.ingest(func, arrival, duration, startup, cold, status)
         self.fleet.reported(func, arrival, duration)
         self.events += len(func)
+        self.function_events += np.bincount(func, minlength=len(self.function_events))
 
     def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray,
              allocator: Allocator | None = None) -> Decision | None:
@@ -125,8 +134,8 @@ class ShardAgent:
     @classmethod
     def loads(cls, blob: bytes, make_policy: Callable[[], Policy]) -> ShardAgent:
         """Restore a checkpoint written by `dumps` (the policy object and all it learned included)."""
-        if blob.startswith(b"prewarmer-shard-v1\n"):
-            raise ValueError("a shard checkpoint of an older prewarmer (v1): its warm fleet cannot be read")
+        if blob.startswith((b"prewarmer-shard-v1\n", b"prewarmer-shard-v2\n")):
+            raise ValueError("a shard checkpoint of an older prewarmer (before v3): its warm fleet cannot be read")
         if not blob.startswith(CHECKPOINT_MAGIC):
             raise ValueError("not a prewarmer shard checkpoint (bad header)")
         try:
@@ -134,6 +143,7 @@ class ShardAgent:
         except Exception as e:  # noqa: BLE001 - any decoding failure means the same thing here
             raise ValueError(f"corrupt shard checkpoint: {e}") from None
         agent = cls.__new__(cls)
+        state.setdefault("function_events", np.zeros(len(state["names"]), np.int64))  # counted from now on
         agent.__dict__.update(state)
         agent.make_policy = make_policy
         return agent

@@ -73,7 +73,7 @@ class PlatformStatus:
             room -= len(new)
             if new:
                 slot.agent.add_functions(now, [s.name for s in new], [s.namespace for s in new],
-                                         [s.memory_mb for s in new])
+                                         [s.memory_mb for s in new], [s.labels for s in new])
                 # Replicas already warm when we first see a function count as just used, so the
                 # policy's keep-alive decides their fate rather than an abrupt release at start.
                 idx = np.array([slot.agent.index[st.name] for st in new])

@@ -22,7 +22,8 @@ F_ALIVE, F_BUSY, F_STARTING, F_IDLE, F_REQ, F_ARRIVALS, F_COLD, F_DONE, F_TIMEOU
 F_STARTS, F_STARTS_SERVED, F_RELEASED, F_PEND, F_PGEN, F_QLEN, F_CC, F_QUEUED = range(9, 17)
 F_TENANT, F_MAXINST = 17, 18  # tenant index (-1 none); most instances the function may have alive
 F_PEAK = 19  # most requests in the system at once since the last observation
-NFI = 20
+F_MININST = 20  # warm floor: fewest instances the function keeps alive (idle ones are held, missing ones started)
+NFI = 21
 NO_LIMIT = 1 << 62
 # Per-function float columns (fs).
 S_MEM_GB, S_STARTUP, S_KA, S_PWD, S_LAST_T, S_WASTE, S_BUSY, S_CONC, S_LAST_DONE, S_SIGMA = range(10)
@@ -428,7 +429,7 @@ def _becomes_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     """Instance i has no request left: keep it for the keep-alive, or release it and prewarm later."""
     f = isi[i, I_FUNC]
     pwd = fs[f, S_PWD]
-    if pwd > 0.0:
+    if pwd > 0.0 and fi[f, F_ALIVE] > fi[f, F_MININST]:
         fi[f, F_PEND] += 1
         fi[f, F_PGEN] += 1
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
@@ -446,7 +447,9 @@ def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     f = isi[i, I_FUNC]
     ka = fs[f, S_KA]
     limit = ka if fi[f, F_ALIVE] == 1 else min(ka, fs[f, S_KA_SURPLUS])
-    if limit <= 0.0 or fi[f, F_IDLE] - fi[f, F_STARTING] > fs[f, S_MAX_HOLD]:  # beyond its award: never held
+    if fi[f, F_ALIVE] <= fi[f, F_MININST]:  # within the warm floor: held until the floor is lowered
+        limit = np.inf
+    elif limit <= 0.0 or fi[f, F_IDLE] - fi[f, F_STARTING] > fs[f, S_MAX_HOLD]:  # beyond its award: never held
         _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
         return
     isf[i, I_IDLE_SINCE] = t
@@ -623,6 +626,8 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
         i = ident
         if (isi[i, I_VER] & VER_MASK) == ver and isi[i, I_STATE] == ST_READY and isi[i, I_INFLIGHT] == 0:
             f = isi[i, I_FUNC]
+            if fi[f, F_ALIVE] <= fi[f, F_MININST]:  # the warm floor holds it (`_refloor` re-times it when lowered)
+                return
             until = isf[i, I_IDLE_SINCE] + fs[f, S_KA]
             if fi[f, F_ALIVE] == 1 and until > t + 1e-9:  # it became the last one: full keep-alive
                 if until < np.inf:
@@ -706,13 +711,19 @@ def touch_all(fs, fi, t):
 
 @njit(cache=True, _nrt=False)
 def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, scale_to, release, max_hold,
-                  max_instances, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt):
+                  max_instances, min_instances, fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt):
     """Apply one tick's actions for every function. NaN / negative entries mean "no change".
 
     Order: settings and releases first, then (under a memory cap) requests already waiting take the
-    memory, and only then do prewarms start: a prewarm never jumps ahead of a queued request."""
+    memory, and only then do prewarms start: a prewarm never jumps ahead of a queued request.
+    A warm floor (`min_instances`) wins over releases, scale-downs and awards of idle instances."""
     nf = fs.shape[0]
     for f in range(nf):
+        if min_instances.shape[0] and min_instances[f] >= 0:
+            lowered = min_instances[f] < fi[f, F_MININST]
+            fi[f, F_MININST] = min_instances[f]
+            if lowered:
+                _refloor(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t)
         if keep_alive.shape[0] and not np.isnan(keep_alive[f]):
             fs[f, S_KA] = keep_alive[f]
         if surplus_keep_alive.shape[0] and not np.isnan(surplus_keep_alive[f]):
@@ -730,6 +741,7 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             drop = max(drop, fi[f, F_ALIVE] - scale_to[f])
         if fs[f, S_MAX_HOLD] < np.inf:
             drop = max(drop, fi[f, F_IDLE] - fi[f, F_STARTING] - int(fs[f, S_MAX_HOLD]))
+        drop = min(drop, fi[f, F_ALIVE] - fi[f, F_MININST])
         while drop > 0:
             i = lh[f * NLISTS + L_IDLE]  # oldest idle first
             if i < 0:
@@ -746,9 +758,27 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
             want = max(want, scale_to[f] - fi[f, F_ALIVE])
         if fs[f, S_MAX_HOLD] < np.inf:
             want = min(want, max(0, int(fs[f, S_MAX_HOLD]) - fi[f, F_IDLE]))
+        want = max(want, fi[f, F_MININST] - fi[f, F_ALIVE])
         for _ in range(want):
             if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
                 break
+
+
+@njit(cache=True, _nrt=False)
+def _refloor(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
+    """f's warm floor was lowered: its idle instances get their expiry back, counted from when each idled under
+    the keep-alive in force now; those idle for longer go now, oldest first, down to the new floor."""
+    i = lh[f * NLISTS + L_IDLE]
+    while i >= 0 and fi[f, F_ALIVE] > fi[f, F_MININST]:
+        nxt = isi[i, I_NEXT]
+        limit = fs[f, S_KA] if fi[f, F_ALIVE] == 1 else min(fs[f, S_KA], fs[f, S_KA_SURPLUS])
+        if limit < np.inf:
+            until = isf[i, I_IDLE_SINCE] + limit
+            if until <= t:
+                _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
+            else:
+                _schedule_expire(hk, hp, gi, isi, until, i, isi[i, I_VER])
+        i = nxt
 
 
 @njit(cache=True, _nrt=False)

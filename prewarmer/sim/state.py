@@ -148,6 +148,8 @@ class SimState:
             extra += int(np.clip(actions.prewarm, 0, None).sum())
         if actions.scale_to is not None:
             extra += int(np.clip(actions.scale_to - self.fi[:, E.F_ALIVE], 0, None).sum())
+        if actions.min_instances is not None:
+            extra += int(np.clip(actions.min_instances - self.fi[:, E.F_ALIVE], 0, None).sum())
         self._ensure(extra)
         e0, i0 = np.empty(0), np.empty(0, np.int64)
 
@@ -160,7 +162,7 @@ class SimState:
         E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.surplus_keep_alive_s),
                         f64(actions.prewarm_delay_s), i64(actions.prewarm), i64(actions.scale_to),
                         i64(actions.release_idle), f64(actions.max_hold), i64(actions.max_instances),
-                        self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
+                        i64(actions.min_instances), self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
                         self.lh, self.lt, self.hk, self.hp, self.rqi, self.qh, self.qt)
 
     # ------------------------------------------------------------------ observing

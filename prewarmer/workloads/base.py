@@ -72,6 +72,7 @@ class FunctionTable:
     triggers: list[str] = field(default_factory=list)
     tenants: np.ndarray | None = None  # int32 tenant (owner) index per function, for per-tenant quotas
     tenant_names: list[str] = field(default_factory=list)
+    labels: list[dict[str, str]] = field(default_factory=list)  # per function (live platforms); traces have none
 
     def __len__(self) -> int:
         return len(self.names)
@@ -88,6 +89,7 @@ class FunctionTable:
             triggers=[self.triggers[i] for i in idx] if self.triggers else [],
             tenants=self.tenants[idx].copy() if self.tenants is not None else None,
             tenant_names=list(self.tenant_names),
+            labels=[self.labels[i] for i in idx] if self.labels else [],
         )
 
 
