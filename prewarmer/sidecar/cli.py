@@ -69,7 +69,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-interval", default=_env("PREWARMER_CHECKPOINT_INTERVAL", "5s"),
                    help="state checkpoint (and event ack) period (5s)")
     p.add_argument("--claim-idle", default=_env("PREWARMER_CLAIM_IDLE", "30s"),
-                   help="take over a dead replica's unacknowledged events after this (30s)")
+                   help="sweep up events left unacknowledged by a consumer that no longer owns their shard after "
+                        "this (30s; a shard's new owner claims them at once)")
     p.add_argument("--lease-ttl", default=_env("PREWARMER_LEASE_TTL", "15s"),
                    help="a dead replica's shards move after this (15s)")
     p.add_argument("--metrics-host", default=_env("PREWARMER_METRICS_HOST", "0.0.0.0"))
@@ -86,6 +87,13 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-functions", type=int, default=int(_env("PREWARMER_MAX_FUNCTIONS", "10000")),
                    help="functions tracked by this replica at most; events of any further one are dead-lettered "
                         "(10000)")
+    p.add_argument("--watch-policies", action="store_true", default=_env("PREWARMER_WATCH_POLICIES") == "1",
+                   help="take warm-floor rules from the PrewarmPolicy resources of --namespace (and the functions' "
+                        "prewarmer.io/* annotations) through the Kubernetes API; Preview ones act on nothing "
+                        "(docs/kubernetes.md)")
+    p.add_argument("--schedule-file", default=_env("PREWARMER_SCHEDULE_FILE"), metavar="RULES.yaml",
+                   help="warm-floor rules (YAML or JSON): per function a cron schedule of minimum warm counts, a "
+                        "cold-start target, an idle-memory budget; re-read when it changes (docs/schedules.md)")
     p.add_argument("--max-event-skew", default=_env("PREWARMER_MAX_EVENT_SKEW", "5m"),
                    help="events whose ts is further ahead of the Redis clock are dead-lettered (5m)")
     p.add_argument("--log-level", default=_env("PREWARMER_LOG_LEVEL", "info"))
@@ -115,7 +123,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prewarmer.sidecar.run import Sidecar, SidecarOptions
 
     logs.setup(args.log_level)
-    make_policy = policy_factory(args.policy, online=args.online)
+    rules = None
+    if args.schedule_file:
+        from prewarmer.schedules import load_rules
+
+        rules = load_rules(args.schedule_file)  # bad rules stop the start with a one-line error naming the field
+    make_policy = policy_factory(args.policy, online=args.online, rules=rules)
+    if args.watch_policies:
+        from prewarmer.kube import with_rules
+
+        make_policy = with_rules(make_policy)
     actuator = build_actuator(args)
     if args.dry_run:
         actuator = ReadOnlyActuator(actuator)
@@ -145,7 +162,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         redis = aioredis.Redis.from_url(args.redis, socket_timeout=5, socket_connect_timeout=5)
         metrics = SidecarMetrics()
-        sidecar = Sidecar(opts, make_policy, actuator, redis, metrics)
+        policies = None
+        if args.watch_policies:
+            from prewarmer.kube import policy_control
+
+            # The file's rules hold whatever the cluster says; the policies' rules are added to them.
+            policies = policy_control(args.namespace or "openfaas-fn", args.replica_id, metrics, base_rules=rules)
+        rules_file = None
+        if rules is not None and policies is None:
+            from prewarmer.sidecar.rules import RulesFile
+
+            rules_file = RulesFile(args.schedule_file, rules)
+        sidecar = Sidecar(opts, make_policy, actuator, redis, metrics, policies=policies, rules_file=rules_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -159,9 +187,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                  port=port)
         try:
             await actuator.start()
+            if policies is not None:
+                await policies.start()
             await sidecar.run(stop)
         finally:
             await actuator.close()
+            if policies is not None:
+                await policies.close()
             await runner.cleanup()
             await redis.aclose()
         if sidecar.fatal:

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis.asyncio as aioredis
 
-from prewarmer.actuators.base import Actuator, FunctionStatus
+from prewarmer.actuators.base import Actuator, ActuatorAuthError, FunctionStatus
 from prewarmer.coord.redis_budget import RedisBudget
 from prewarmer.policies.base import Policy
 from prewarmer.sidecar.actuation import PlatformScaler
@@ -41,6 +42,10 @@ from prewarmer.sidecar.status import PlatformStatus
 from prewarmer.sidecar.timescale import TimeScale
 from prewarmer.stream.consumer import RedisEventSource
 from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS, clock_key
+
+if TYPE_CHECKING:
+    from prewarmer.kube.control import PolicyControl
+    from prewarmer.sidecar.rules import RulesFile
 
 logger = logging.getLogger("prewarmer.sidecar")
 
@@ -82,7 +87,8 @@ class Sidecar:
 
     def __init__(self, opts: SidecarOptions, make_policy: Callable[[], Policy], actuator: Actuator,
                  redis: aioredis.Redis, metrics: SidecarMetrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, policies: PolicyControl | None = None,
+                 rules_file: RulesFile | None = None) -> None:
         self.opts = opts
         self.actuator = actuator
         self.redis = redis
@@ -106,6 +112,8 @@ class Sidecar:
                                      self.recorder, clock)
         self.last_checkpoint = -np.inf
         self.last_loop = clock()
+        self.policies = policies  # PrewarmPolicies and annotations (`--watch-policies`), prewarmer.kube
+        self.rules_file = rules_file  # `--schedule-file` without `--watch-policies` (prewarmer.sidecar.rules)
 
     @property
     def fatal(self) -> str | None:
@@ -124,7 +132,9 @@ class Sidecar:
 
     # ------------------------------------------------------------------ main loop
     async def start(self) -> None:
-        """Adopt the policy clock shared by every replica and restart, so checkpointed times stay valid."""
+        """Warm the policy's compiled code up (before any lease: see `ShardOwnership.warm_up`); adopt the policy
+        clock shared by every replica and restart, so checkpointed times stay valid."""
+        await self.ownership.warm_up()
         key = clock_key(self.opts.prefix, self.opts.group)
         await self.redis.set(key, repr(self.clock()), nx=True)
         t0 = float(await self.redis.get(key))
@@ -162,8 +172,18 @@ class Sidecar:
             await self.platform.read(now)
             await self.intake.read_lag()
             self.platform.polled_at = real
+        if self.rules_file is not None:
+            self.rules_file.sync(self.slots, real, self.platform.functions, self.platform.listed_at)
+        if self.policies is not None:
+            if self.policies.fatal:
+                self.reachability.credentials_refused(ActuatorAuthError(self.policies.fatal))
+                return
+            self.policies.sync(self.platform.functions, self.platform.listed_at, self.slots)
+            self.scaler.preview = self.policies.preview
         await self.decider.decide(now, self.ts.seconds(self.opts.interval_s))
         await self.scaler.apply()
+        if self.policies is not None:
+            self.policies.report(self.slots, self.opts.replica_id)
         if real - self.last_checkpoint >= self.opts.checkpoint_interval_s:
             await self.checkpoint()
             self.last_checkpoint = real

@@ -1,13 +1,25 @@
 """Shard ownership: the leases, the shards gained (restored from their checkpoints) and lost, and the checkpoints.
 
-Exactly-once effect on agent state: a shard's events are acknowledged in the same MULTI/EXEC transaction that
+Exactly-once effect on agent state: a shard's events are acknowledged in the same atomic step (a Lua script) that
 stores the shard's checkpoint, so after a crash the restarted (or another) replica loads a checkpoint that
-counted precisely the acknowledged events, and the unacknowledged ones are delivered again.
+counted precisely the acknowledged events, and the unacknowledged ones are delivered again. That step is fenced
+by the shard's lease: a replica that lost the lease (it stalled past the TTL) writes nothing and drops the shard.
+
+On gaining a shard, its events still pending on another consumer (a dead replica's, or this replica's from
+before it lost the shard) are claimed at once, whatever their idle time (`RedisEventSource.take_over`): the
+lease says nobody else may count them, so there is no reason to wait `claim_min_idle_ms` for them.
+
+Before taking any lease, a replica ticks its policy once on a throwaway shard (`warm_up`): a process's first tick
+loads, or with an empty cache compiles, the engine's and the policies' compiled code, which takes seconds to a
+minute, longer than a lease TTL. Done with leases held, it would make a new replica lose the shards it had just
+taken, in its first iteration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -75,6 +87,17 @@ class ShardOwnership:
                                   lease_ttl_ms=opts.lease_ttl_ms)
         self.slots = OwnedShards()
 
+    async def warm_up(self) -> None:
+        """One policy tick on a throwaway shard, in a worker thread (the metrics and probes keep answering), before
+        any lease is taken; a failure is logged and ignored, the real ticks will say what is wrong."""
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(_tick_once, self.make_policy)
+        except Exception as e:  # noqa: BLE001 - an optimisation must never stop the sidecar
+            log(logger, "policy warm-up failed", logging.WARNING, error=str(e)[:200])
+            return
+        log(logger, "policy warmed up", seconds=round(time.perf_counter() - t0, 2))
+
     def state_key(self, shard: int) -> str:
         return f"{self.opts.prefix}:state:{self.opts.group}:{shard}"
 
@@ -98,6 +121,7 @@ class ShardOwnership:
             try:
                 await self.source.ensure_groups(gained)
                 blobs = await self.redis.mget([self.state_key(s) for s in gained])
+                self.source.take_over(gained)
             except (StreamUnavailable, RedisError, OSError) as e:
                 self.reachability.redis_down("shard acquisition", e)
                 return False
@@ -130,19 +154,25 @@ class ShardOwnership:
                 continue
             blob = slot.agent.dumps()
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.set(self.state_key(shard), blob)
-                    if ids:
-                        pipe.xack(stream_key(shard, self.opts.prefix), self.opts.group, *ids)
-                    await pipe.execute()
-            except (RedisError, OSError) as e:
+                written = await self.leases.fenced_checkpoint(shard, self.state_key(shard), blob,
+                                                              stream_key(shard, self.opts.prefix), self.opts.group, ids)
+            except (StreamUnavailable, RedisError, OSError) as e:
                 self.reachability.redis_down("checkpoint", e)
                 return
+            if not written:
+                # The lease expired (this replica stalled past the TTL): the shard's next owner resumes from the last
+                # checkpoint written under the lease and counts the events left unacknowledged here.
+                del self.slots[shard]
+                await self.seats.leave(shard)
+                log(logger, "shard lost before its checkpoint, state dropped", logging.WARNING, shard=shard,
+                    unacked=len(ids))
+                continue
             slot.unacked = []
             slot.seen.clear()
             slot.saved_events = slot.agent.events
             self.metrics.checkpoints.inc()
         self.metrics.pending.set(self.slots.unacked())
+        self.metrics.shards.set(len(self.slots))
 
     async def release_leases(self) -> None:
         """On shutdown: the other replicas take the shards over now rather than after the lease TTL."""
@@ -150,3 +180,13 @@ class ShardOwnership:
             await self.leases.release_all()
         except (StreamUnavailable, RedisError, OSError):
             pass
+
+
+def _tick_once(make_policy: Callable[[], Policy]) -> None:
+    """Register one function, fold in one event, tick and ask for the desired count: every compiled path of a tick."""
+    agent = ShardAgent(-1, make_policy, 0.0)
+    agent.add_functions(0.0, ["warm-up"], ["warm-up"], [None])
+    first, one = np.zeros(1, np.int64), np.ones(1, np.int64)
+    agent.ingest(first, np.ones(1), np.ones(1), np.zeros(1), first, np.full(1, 200))
+    agent.tick(60.0, one, one)
+    agent.desired(60.0, agent.startup_s() + 1.0, one)

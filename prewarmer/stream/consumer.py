@@ -2,8 +2,9 @@
 
 `read(shards)` returns the decoded entries of one batched XREADGROUP over all owned shard streams,
 plus, when a shard is newly owned and every `claim_interval_s`, the entries other (dead) consumers
-read but never acknowledged (XAUTOCLAIM). Malformed entries go to the dead-letter stream and are
-acknowledged in the same MULTI, so they never block the group. The caller processes a batch, then
+read but never acknowledged (XAUTOCLAIM; right after `take_over`, whatever their idle time).
+Malformed entries go to the dead-letter stream and are acknowledged in the same MULTI, so they never
+block the group. The caller processes a batch, then
 `ack`s it; a batch that is never acked is re-delivered to the shard's next owner.
 
 While there is a backlog, `read` also sends the next XREADGROUP before returning (read-ahead), so
@@ -152,6 +153,7 @@ class RedisEventSource:
         self._owned: tuple[int, ...] = ()
         self._groups_ready: set[int] = set()
         self._claim_cursor: dict[int, bytes] = {}  # shards due for XAUTOCLAIM, and where to resume
+        self._taking_over: set[int] = set()  # shards whose next XAUTOCLAIM scan ignores the idle time
         self.clock = clock  # times the claim interval
         self._next_claim = self.clock() + self.claim_interval_s
         self.dead_lettered = 0
@@ -174,6 +176,15 @@ class RedisEventSource:
                 if isinstance(res, Exception) and "BUSYGROUP" not in str(res):
                     raise res
         self._groups_ready.update(shards)
+
+    def take_over(self, shards: Iterable[int]) -> None:
+        """The caller just gained `shards` under a lease that guarantees nobody else may count their events: the
+        next reads claim every entry pending on any consumer of them (a dead or stalled previous owner's), whatever
+        its idle time, rather than after `claim_min_idle_ms`. Without such a lease, two live consumers would take
+        each other's entries: use it only with one."""
+        for s in shards:
+            self._claim_cursor[s] = b"0-0"
+            self._taking_over.add(s)
 
     async def read(self, shards: Iterable[int]) -> SourceBatch:
         """The next batch from the owned shards: reclaimed entries first, then new ones. Blocks up to
@@ -342,7 +353,8 @@ class RedisEventSource:
     async def _autoclaim(self, shards: list[int]) -> list[tuple[bytes, list]]:
         pipe = self.redis.pipeline(transaction=False)
         for s in shards:
-            pipe.xautoclaim(self._keys[s], self.group, self.consumer, self.claim_min_idle_ms,
+            pipe.xautoclaim(self._keys[s], self.group, self.consumer,
+                            0 if s in self._taking_over else self.claim_min_idle_ms,
                             start_id=self._claim_cursor[s], count=self.batch_size)
         out = []
         for s, (cursor, entries, *_deleted) in zip(shards, await pipe.execute(), strict=True):
@@ -352,6 +364,7 @@ class RedisEventSource:
                 out.append((self._keys[s], entries))
             if cursor in (b"0-0", "0-0"):
                 del self._claim_cursor[s]
+                self._taking_over.discard(s)
             else:
                 self._claim_cursor[s] = cursor  # more to scan: continue on the next read
         return out

@@ -13,7 +13,12 @@ replicas reach for different shards first). A dead replica's heartbeat and lease
 others count one replica fewer and take its shards.
 
 Ownership returned by `rebalance()` is safe until the lease TTL has passed since that call; a
-replica that cannot reach Redis must stop processing its shards by then.
+replica that cannot reach Redis must stop processing its shards by then. What it writes for a shard
+goes through `fenced_checkpoint`, which Redis applies only while the lease is still the writer's, so
+a replica that stalled past its TTL (GC, swap, a stopped process) cannot overwrite the state of the
+shard's next owner or acknowledge events the next owner has not counted yet. A lease found lost is
+not taken back in the same `rebalance()` call: its holder first drops the shard (and the in-memory
+state it had) and restores it afresh from the checkpoint if it gets it again later.
 """
 
 from __future__ import annotations
@@ -48,6 +53,19 @@ end
 return out
 """
 
+# Store a shard's checkpoint and acknowledge the events it counts, atomically, only while ARGV[1] holds the
+# lease KEYS[1]: KEYS = lease, state, stream; ARGV = holder, state blob, group, entry ids...; 1 if written.
+_FENCED_CHECKPOINT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+for i = 4, #ARGV, 1000 do
+  redis.call('XACK', KEYS[3], ARGV[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return 1
+"""
+
 # Delete each lease held by ARGV[1], and leave the others alone.
 _RELEASE = """
 local n = 0
@@ -77,6 +95,7 @@ class ShardLeases:
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+        self._checkpoint = self.redis.register_script(_FENCED_CHECKPOINT)
         self.owned: set[int] = set()
 
     def lease_key(self, shard: int) -> str:
@@ -90,6 +109,7 @@ class ShardLeases:
         with unavailable_as_error():
             live = await self._heartbeat(keys=[self.registry_key], args=[self.replica_id, self.heartbeat_ttl_ms])
             owned = await self._renew_owned()
+            lost = self.owned - owned
             n_live = max(1, len(live))
             target = math.ceil(self.n_shards / n_live)
             if len(owned) > target:
@@ -98,9 +118,22 @@ class ShardLeases:
                 owned.difference_update(surplus)
             elif len(owned) < target:
                 rank = live.index(self._id) if self._id in live else 0
-                owned |= await self._acquire(target - len(owned), start=rank * self.n_shards // n_live)
+                owned |= await self._acquire(target - len(owned), start=rank * self.n_shards // n_live, skip=lost)
         self.owned = owned
         return set(owned)
+
+    async def fenced_checkpoint(self, shard: int, state_key: str, state: bytes, stream: str, group: str,
+                                ids: list[bytes]) -> bool:
+        """Store `state` at `state_key` and XACK `ids` on `stream` for `group`, in one atomic step, only if this
+        replica still holds the shard's lease; False (nothing written, and the shard is no longer owned) if not.
+
+        Raises StreamUnavailable when Redis cannot be reached."""
+        with unavailable_as_error():
+            ok = await self._checkpoint(keys=[self.lease_key(shard), state_key, stream],
+                                        args=[self.replica_id, state, group, *ids])
+        if not ok:
+            self.owned.discard(shard)
+        return bool(ok)
 
     async def release_all(self) -> None:
         """Leave: give back every lease and deregister, so the others take over without waiting for TTLs."""
@@ -122,9 +155,10 @@ class ShardLeases:
         # A lease someone else holds now (ours expired) is dropped at once, never fought over.
         return {s for s, ok in zip(shards, kept, strict=True) if ok}
 
-    async def _acquire(self, want: int, start: int) -> set[int]:
+    async def _acquire(self, want: int, start: int, skip: set[int] = frozenset()) -> set[int]:
         holders = await self.redis.mget([self.lease_key(s) for s in range(self.n_shards)])
-        candidates = sorted((s for s, h in enumerate(holders) if h is None), key=lambda s: (s - start) % self.n_shards)
+        candidates = sorted((s for s, h in enumerate(holders) if h is None and s not in skip),
+                            key=lambda s: (s - start) % self.n_shards)
         got: set[int] = set()
         while want > 0 and candidates:
             # Try exactly as many as are missing, so a replica never ends above its share.
