@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from redisproc import RedisServer
 
@@ -9,3 +11,12 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No PREWARMER_* variable of the machine running the tests may leak into the parsers' defaults."""
+    for name in list(os.environ):
+        if name.startswith("PREWARMER_"):
+            monkeypatch.delenv(name)
+    return monkeypatch

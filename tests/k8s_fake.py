@@ -2,9 +2,11 @@
 
 It serves objects it was given (`add`), answers GET item / GET collection / PATCH like the real API (paths,
 Status error bodies, 415 for patch types a resource does not accept, merge-patch semantics, the deployments
-`scale` subresource), and records every request as (method, path, content_type, json_body) so tests can assert
-exactly what was sent — and an RBAC test can derive the (apiGroup, resource, verb) triples a Role must grant
-from `rbac_needs()`.
+`scale` subresource, the `status` subresource of custom resources that enable it), streams watches
+(`?watch=true` from a resourceVersion, one JSON event per line; an expired resourceVersion gets the ERROR event
+with a 410 Status, as kube-apiserver sends it; `update`, `delete` and `compact` drive them), and records every
+request as (method, path, content_type, json_body) so tests can assert exactly what was sent — and an RBAC test
+can derive the (apiGroup, resource, verb) triples a Role must grant from `rbac_needs()`.
 
     async with FakeK8sAPI() as api:
         api.add(deployment("fn", "ns", replicas=1))
@@ -13,8 +15,10 @@ from `rbac_needs()`.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import time
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -35,8 +39,12 @@ KIND_TO_PLURAL = {
     ("autoscaling.internal.knative.dev", "PodAutoscaler"): "podautoscalers",
     ("apps", "Deployment"): "deployments",
     ("", "Pod"): "pods",
+    ("prewarmer.io", "PrewarmPolicy"): "prewarmpolicies",
 }
 PLURAL_TO_KIND = {(g, p): k for (g, k), p in KIND_TO_PLURAL.items()}
+# Custom resources whose CRD enables the status subresource: a PATCH of the object leaves `status` alone, a PATCH of
+# `.../status` changes nothing but `status`, and neither of the latter bumps metadata.generation.
+STATUS_SUBRESOURCE = {("prewarmer.io", "prewarmpolicies")}
 
 
 class RecordedRequest(NamedTuple):
@@ -108,6 +116,10 @@ class FakeK8sAPI:
         self._runner: web.AppRunner | None = None
         self._rv = 1000
         self.url = ""
+        self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (resourceVersion, type, item path, object)
+        self._compacted_rv = 0  # watches from a resourceVersion below this get 410 Gone
+        self._changed = asyncio.Event()
+        self._closing = False
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -118,6 +130,8 @@ class FakeK8sAPI:
         return self.url
 
     async def stop(self) -> None:
+        self._closing = True
+        self._notify()  # open watches end their streams, so that cleanup does not wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -150,8 +164,39 @@ class FakeK8sAPI:
         stored = copy.deepcopy(obj)
         stored["metadata"].setdefault("resourceVersion", str(self._next_rv()))
         stored["metadata"].setdefault("generation", 1)
-        self.objects[path] = stored
+        self._changed_object("MODIFIED" if path in self.objects else "ADDED", path, stored)
         return path
+
+    def update(self, path: str, change: dict[str, Any]) -> dict[str, Any]:
+        """Merge `change` into a stored object as a client's update would (generation follows the spec)."""
+        obj = self.objects[path]
+        updated = merge_patch(obj, change)
+        if updated.get("spec") != obj.get("spec"):
+            updated["metadata"]["generation"] = obj["metadata"]["generation"] + 1
+        updated["metadata"]["resourceVersion"] = str(self._next_rv())
+        self._changed_object("MODIFIED", path, updated)
+        return updated
+
+    def delete(self, path: str) -> None:
+        obj = self.objects.pop(path)
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = str(self._next_rv())
+        self.events.append((int(gone["metadata"]["resourceVersion"]), "DELETED", path, gone))
+        self._notify()
+
+    def compact(self) -> None:
+        """Forget the event history, as etcd compaction does: a watch from an older resourceVersion gets 410 Gone."""
+        self._compacted_rv = self._next_rv()
+        self.events.clear()
+
+    def _changed_object(self, kind: str, path: str, obj: dict[str, Any]) -> None:
+        self.objects[path] = obj
+        self.events.append((int(obj["metadata"]["resourceVersion"]), kind, path, copy.deepcopy(obj)))
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def get(self, path: str) -> dict[str, Any]:
         return self.objects[path]
@@ -161,6 +206,10 @@ class FakeK8sAPI:
     ) -> None:
         """Answer the next `times` matching requests with `status` (a Status body) instead of serving them."""
         self._faults.extend([(status, method, path_contains)] * times)
+
+    def clear_faults(self) -> None:
+        """Serve normally again (faults from `fail_next` not used yet are dropped)."""
+        self._faults.clear()
 
     def requests_to(self, method: str | None = None, path_contains: str = "") -> list[RecordedRequest]:
         return [r for r in self.requests if (method is None or r.method == method) and path_contains in r.path]
@@ -199,6 +248,8 @@ class FakeK8sAPI:
             return self._error(404, "NotFound", f"the server could not find the requested resource ({request.path})")
         group, _version, ns, plural, name, sub = parsed
         if request.method == "GET":
+            if name is None and request.query.get("watch") in ("1", "true"):
+                return await self._watch(request)
             if name is None:
                 return self._list(request, group, ns, plural)
             return self._get(request.path, plural, name, sub)
@@ -228,25 +279,71 @@ class FakeK8sAPI:
             return self._error(404, "NotFound", f"subresource {sub} not served")
         return web.json_response(obj)
 
-    def _list(self, request: web.Request, group: str, ns: str, plural: str) -> web.Response:
+    @staticmethod
+    def _selects(request: web.Request, path: str, obj: dict[str, Any]) -> bool:
+        """Whether the collection (and labelSelector, equality terms) of `request` includes the object at `path`."""
         prefix = request.path.rstrip("/") + "/"
+        if not path.startswith(prefix) or "/" in path[len(prefix):]:
+            return False
         wanted = {}
         selector = request.query.get("labelSelector")
         if selector:
             for term in selector.split(","):
                 key, _, value = term.partition("=")
                 wanted[key.strip()] = value.strip().lstrip("=")
-        items = []
-        for path, obj in sorted(self.objects.items()):
-            if not path.startswith(prefix) or "/" in path[len(prefix):]:
-                continue
-            labels = obj["metadata"].get("labels") or {}
-            if all(labels.get(k) == v for k, v in wanted.items()):
-                items.append(obj)
+        labels = obj["metadata"].get("labels") or {}
+        return all(labels.get(k) == v for k, v in wanted.items())
+
+    def _list(self, request: web.Request, group: str, ns: str, plural: str) -> web.Response:
+        items = [obj for path, obj in sorted(self.objects.items()) if self._selects(request, path, obj)]
         api_version = request.path.split("/namespaces/")[0].removeprefix("/apis/").removeprefix("/api/")
         kind = PLURAL_TO_KIND.get((group, plural), plural.capitalize()) + "List"
         return web.json_response({"apiVersion": api_version, "kind": kind,
                                   "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._stream_events(request)
+        except ConnectionResetError:  # the client hung up (a watch being stopped): nothing more to send
+            return web.StreamResponse()
+
+    async def _stream_events(self, request: web.Request) -> web.StreamResponse:
+        """A watch: the events after `resourceVersion` (unset or "0": ADDED for every object first), one JSON object
+        per line, until `timeoutSeconds` pass or the server stops. A resourceVersion older than the last compaction
+        gets one ERROR event holding a 410 Status, and the stream ends, as kube-apiserver does."""
+        rv = request.query.get("resourceVersion", "")
+        deadline = time.monotonic() + float(request.query.get("timeoutSeconds") or 1800)
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+
+        async def send(kind: str, obj: dict[str, Any]) -> None:
+            await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+        if rv in ("", "0"):
+            since = self._rv
+            for path, obj in sorted(self.objects.items()):
+                if self._selects(request, path, obj):
+                    await send("ADDED", obj)
+        elif int(rv) < self._compacted_rv:
+            await send("ERROR", status_body(410, "Expired", f"too old resource version: {rv} ({self._compacted_rv})"))
+            await response.write_eof()
+            return response
+        else:
+            since = int(rv)
+        while not self._closing:
+            for event_rv, kind, path, obj in list(self.events):
+                if event_rv > since and self._selects(request, path, obj):
+                    await send(kind, obj)
+            since = max([since, *(e[0] for e in self.events)])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        await response.write_eof()
+        return response
 
     def _patch(self, path: str, group: str, plural: str, name: str, sub: str | None, ctype: str | None,
                body: Any) -> web.Response:
@@ -279,14 +376,22 @@ class FakeK8sAPI:
             obj["spec"]["replicas"] = replicas
             obj["metadata"]["resourceVersion"] = str(self._next_rv())
             obj["metadata"]["generation"] += 1
+            self._changed_object("MODIFIED", item_path, obj)
             return web.json_response(self._scale_view(obj))
-        if sub is not None:
+        has_status = (group, plural) in STATUS_SUBRESOURCE
+        if sub == "status" and has_status:
+            # Only status changes through the status subresource; the rest of the body is ignored.
+            updated = copy.deepcopy(obj)
+            if "status" in body:
+                updated["status"] = merge_patch(obj.get("status") or {}, body["status"])
+        elif sub is not None:
             return self._error(404, "NotFound", f"subresource {sub} not served")
-        updated = merge_patch(obj, body)
+        else:
+            updated = merge_patch(obj, {k: v for k, v in body.items() if k != "status" or not has_status})
         if updated.get("spec") != obj.get("spec"):
             updated["metadata"]["generation"] = obj["metadata"]["generation"] + 1
         updated["metadata"]["resourceVersion"] = str(self._next_rv())
-        self.objects[item_path] = updated
+        self._changed_object("MODIFIED", item_path, updated)
         return web.json_response(updated)
 
     @staticmethod

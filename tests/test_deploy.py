@@ -149,14 +149,6 @@ def quantity(text: str | int) -> float:
 # --- the real CLI ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No PREWARMER_* variable of the machine running the tests may leak into the parsers' defaults."""
-    for name in list(os.environ):
-        if name.startswith("PREWARMER_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
 
 def parse_prewarmer(argv: list[str]) -> argparse.Namespace:
     """`prewarmer ARGV` through the real parser; a rejected command line fails the test with argparse's reason."""

@@ -39,6 +39,8 @@ class PlatformScaler:
         self.metrics = metrics
         self.recorder = recorder
         self.clock = clock
+        # Functions in Preview mode (`--watch-policies`, prewarmer.kube): decided as usual, never sent.
+        self.preview: frozenset[str] = frozenset()
 
     async def apply(self) -> None:
         """Send the scale requests, concurrently; a failed one is sent again next iteration."""
@@ -59,7 +61,8 @@ class PlatformScaler:
             if d is None or not len(d):
                 continue
             sent = np.array([slot.last_sent.get(j, -1) for j in range(len(d))])
-            out += [(slot, int(i), int(d[i])) for i in np.flatnonzero(d != sent)]
+            out += [(slot, int(i), int(d[i])) for i in np.flatnonzero(d != sent)
+                    if slot.agent.names[i] not in self.preview]
         return out
 
     async def _scale(self, slot: ShardSlot, i: int, n: int) -> bool:
