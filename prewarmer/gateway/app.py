@@ -163,7 +163,8 @@ class Gateway:
                 "query": request.query_string, "headers": _headers(request)}
         inv = await self.pool.invoke(name, meta, body)
         elapsed = time.perf_counter() - t0
-        self.metrics.observe_invocation(self.pool.functions[name].label, inv.status, elapsed, inv.cold)
+        self.metrics.observe_invocation(self.pool.functions[name].label, inv.status, elapsed, inv.cold,
+                                        execution_s=inv.duration_ms / 1000.0)
         await self._emit(inv, ts)
         headers = {k: v for k, v in inv.headers.items()
                    if k.lower() not in _DROP_HEADERS and "\n" not in v and "\r" not in v and "\n" not in k}

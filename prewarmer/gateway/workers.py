@@ -477,6 +477,7 @@ class WorkerPool:
         now = self.clock()
         w.ready_at = w.last_used = now
         w.startup_ms = (now - w.started_at) * 1000
+        self.metrics.observe_init(f.label, now - w.started_at)
         log_event("worker_ready", function=f.spec.name, worker=w.id, pid=w.pid, startup_ms=w.startup_ms,
                   import_ms=float(meta.get("import_ms", 0.0)))
         if w.state is State.STOPPED:

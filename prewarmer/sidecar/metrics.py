@@ -1,10 +1,21 @@
-"""The sidecar's Prometheus metrics (own registry) and its /metrics, /healthz and /readyz endpoints."""
+"""The sidecar's Prometheus metrics (own registry) and its /metrics, /healthz and /readyz endpoints.
+
+Two sets in one exposition: the `prewarmer_*` metrics of the controller itself, in the prometheus-client
+registry (one attribute of `SidecarMetrics` each: add a new one the same way), and, in `faas`, the
+OpenTelemetry FaaS metrics of the invocations the sidecar reads from the event stream
+(`faas_invocations_total`, `faas_errors_total`, `faas_timeouts_total`, `faas_coldstarts_total`,
+`faas_init_duration_seconds`, by `faas_invoked_name`), one series per function, written by
+`prewarmer.otel_faas` after the registry's (see there why, and docs/observability.md). The sidecar counts the
+same events in both: `prewarmer_events_ingested_total` equals the sum of the three `faas_*` invocation outcomes.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from prewarmer.otel_faas import FaaSMetrics
 
 
 class SidecarMetrics:
@@ -47,9 +58,20 @@ class SidecarMetrics:
                                   registry=r)
         self.tick_seconds = Histogram("prewarmer_control_tick_seconds", "Wall time of one control loop iteration",
                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        # The events' own figures under the OTel names. The events say nothing of the trigger, so no faas_trigger;
+        # and no faas_invoke_duration_seconds: one histogram per function for a figure the platform already
+        # exports (e.g. gateway_functions_seconds), and which no prewarming decision changes.
+        self.faas = FaaSMetrics(trigger=None, invoke_duration=False)
+        # Functions governed by a PrewarmPolicy or annotations (`--watch-policies`); mode Preview: nothing sent.
+        self.policy_predicted = Gauge("prewarmer_policy_predicted_replicas",
+                                      "Instances the policy's model holds now, per governed function",
+                                      ["function", "mode"], registry=r)
+        self.policy_desired = Gauge("prewarmer_policy_desired_replicas",
+                                    "Replicas asked of the platform (mode Preview: that would be asked), per governed "
+                                    "function", ["function", "mode"], registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.faas.exposition()
 
 
 def metrics_app(metrics: SidecarMetrics, health: callable, ready: callable) -> web.Application:
