@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(repeatable; default: the four baselines and marl)")
     rp.add_argument("--online", action="store_true",
                     help="learned policies keep learning during the replay (per-function fallback to hybrid)")
+    rp.add_argument("--schedule-file", metavar="RULES.yaml",
+                    help="warm-floor rules (docs/schedules.md): each --policy P also runs under them, as P+schedule; "
+                         "trace minute m is 1970-01-01 00:00 UTC + m minutes")
     rp.add_argument("--workers", type=int, default=0,
                     help="workers the functions are split across (default: all cores, or the Ray cluster's CPUs)")
     rp.add_argument("--engine", choices=["processes", "ray"], default="processes",
@@ -124,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_gateway_parser(sub)
     add_loadtest_parser(sub)
+    from prewarmer.backtest.cli import add_backtest_parser
+
+    add_backtest_parser(sub)
     return parser
 
 
@@ -146,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             from prewarmer.load.cli import cmd_loadtest
 
             return cmd_loadtest(args)
+        if args.command == "backtest":
+            from prewarmer.backtest.cli import cmd_backtest
+
+            return cmd_backtest(args)
         if args.command == "gateway":
             from prewarmer.gateway.cli import cmd_gateway
 
@@ -289,6 +299,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError("--address is the Ray cluster of --engine ray: give --engine ray too")
     specs = list(dict.fromkeys(["fixed"] + (args.policy or list(DEFAULT_POLICIES))))
     factories = {s: policy_factory(s, online=args.online) for s in specs}  # validate every spec before any work
+    if args.schedule_file:
+        from prewarmer.schedules import load_rules
+
+        rules = load_rules(args.schedule_file)
+        for i in rules.by_labels():
+            print(f"prewarmer: warning: {args.schedule_file}: rules[{i}] selects by labels, which trace functions "
+                  "do not have: it matches nothing in replay", file=sys.stderr)
+        for s in args.policy or list(DEFAULT_POLICIES):
+            factories[f"{s}+schedule"] = policy_factory(s, online=args.online, rules=rules)
+        specs = list(factories)
     cfg = replay_config(args)
     console = Console(stderr=True)
     t0 = time.perf_counter()
