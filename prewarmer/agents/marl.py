@@ -19,9 +19,10 @@ import torch
 
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
-from prewarmer.agents.action_space import N_CHOICES, teacher_choice, to_actions
+from prewarmer.agents.action_space import FORECAST_HOLD_S, N_CHOICES, teacher_choice, to_actions
 from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
+from prewarmer.agents.keep_alive import priced_keep_alive
 from prewarmer.agents.network import ActorCritic
 from prewarmer.forecast.peak import N_PEAKS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
@@ -34,7 +35,9 @@ class MARLPolicy(Policy):
     tick_s = 60.0
 
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
-                 sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True) -> None:
+                 sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True,
+                 idle_price: float | None = None, keep_alive_cap_s: float | str | None = None,
+                 hold_s: float = FORECAST_HOLD_S) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -48,13 +51,20 @@ class MARLPolicy(Policy):
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = "marl"
         self.last: dict[str, np.ndarray] = {}
+        # Inference-time settings (see `registry`): the price of an idle GB-minute, in cold starts, at which
+        # the agents score their provisioning options (default: the one trained with, saved in the
+        # checkpoint), and a cap on the keep-alive they take from hybrid when it does not prewarm: seconds, or
+        # "priced": each function's least-cost window at that price (`keep_alive.priced_keep_alive`).
+        self.idle_price = idle_price
+        self.keep_alive_cap_s = keep_alive_cap_s
+        self.hold_s = hold_s  # idle time of a forecast choice's instances beyond the last (`to_actions`)
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
         n = len(functions)
         self.features = FeatureBuilder(n)
         self.memory_mb = np.asarray(functions.memory_mb, np.float64)
         self.peaks = PeakHistory(self.memory_mb)
-        self.tracker = ProvisioningTracker(self.memory_mb, float(self.model.idle_gb_tick_cost))
+        self.tracker = ProvisioningTracker(self.memory_mb, self.idle_gb_tick_cost)
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
@@ -75,6 +85,26 @@ class MARLPolicy(Policy):
         self.hybrid_actions = self.hybrid.current()
         return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
                        prewarm_delay_s=np.zeros(n)).only_from(first)
+
+    @property
+    def idle_gb_tick_cost(self) -> float:
+        """What an idle GB held one tick costs, in cold starts (the tick is a minute)."""
+        return float(self.model.idle_gb_tick_cost) if self.idle_price is None else self.idle_price
+
+    def _capped(self, hybrid: Actions) -> Actions:
+        """Hybrid's windows with the keep-alive capped: a fixed cap where hybrid does not prewarm, the priced
+        window (opening at hybrid's prewarm delay) everywhere."""
+        if self.keep_alive_cap_s is None:
+            return hybrid
+        if self.keep_alive_cap_s == "priced":
+            cap = priced_keep_alive(self.features.gap_hist, self.memory_mb / 1024.0, self.idle_gb_tick_cost,
+                                    hybrid.prewarm_delay_s)
+            ka = np.minimum(hybrid.keep_alive_s, cap)
+        else:
+            cap = float(self.keep_alive_cap_s)
+            ka = np.where(hybrid.prewarm_delay_s > 0, hybrid.keep_alive_s, np.minimum(hybrid.keep_alive_s, cap))
+        return Actions(keep_alive_s=ka, surplus_keep_alive_s=np.minimum(hybrid.surplus_keep_alive_s, ka),
+                       prewarm_delay_s=hybrid.prewarm_delay_s)
 
     @torch.no_grad()
     def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +135,9 @@ class MARLPolicy(Policy):
         else:
             choice, logp = self.act(feats)
         actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
-                                                                  self.hybrid_actions, quantiles, self.tracker.best())
+                                                                  self._capped(self.hybrid_actions), quantiles,
+                                                                  self.tracker.best(),
+                                                                  self.hold_s)
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 
@@ -113,4 +145,6 @@ class MARLPolicy(Policy):
         meta = self.meta
         trained = {"episodes": meta.get("episodes", len(meta.get("history", []))), "config": meta.get("config"),
                    "workload": meta.get("workload"), "note": meta.get("note", "")} if meta else {}
-        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained}
+        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained,
+                "idle_gb_tick_cost": self.idle_gb_tick_cost, "keep_alive_cap_s": self.keep_alive_cap_s,
+                "hold_s": self.hold_s}
