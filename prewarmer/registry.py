@@ -80,15 +80,24 @@ def _price(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _cap(text: str) -> float | str | None:
     return {"off": None, "priced": "priced"}[text] if text in ("off", "priced") else parse_duration(text)
 
 
-_MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration)}
+_MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration),
+         "cold_target": ("cold_target", _positive)}
 
 
 def _marl(rest: str, online: bool) -> Maker:
-    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION]`: the checkpoint, then settings."""
+    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R]`:
+    the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 
     parts = rest.split(",") if rest else []

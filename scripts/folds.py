@@ -11,7 +11,9 @@ already there; the evaluation (`prewarmer replay --folds K --fold I --minutes EV
 OUT/fold{I}[-cap].json. By default training is on minutes 0:720 and evaluation on 720:1440, so every
 figure is on functions and minutes the model has not seen. `{model}` in a policy spec is the fold's
 model. The table (Markdown) goes to stdout and OUT/summary[-cap].md; ratios are per fold, then their
-mean and worst (largest) over the folds.
+mean and worst (largest) over the folds. With several learned policies (candidate settings), each fold's
+figure is also given for the candidate chosen on the other folds (the widest worst-fold margin on the
+bar: lower cold, p75 and waste than fixed and hybrid), and the choice over all folds.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ CAPPED_METRICS = ("cold_start_rate", "p75_function_cold_start_pct", "throughput_
 def prewarmer(*args: str) -> None:
     cmd = [sys.executable, "-m", "prewarmer.cli", *args]
     print("$ prewarmer " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
 
 
 def label(template: str) -> str:
@@ -60,9 +62,17 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict[str, dict[str, float]]
             prewarmer("replay", *evaluate, "--policy", "fixed", "--json", str(peak_doc))
         peak = json.loads(peak_doc.read_text())["policies"]["fixed"]["peak_memory_gb"]
         evaluate += ["--memory-cap", f"{args.cap * peak:.0f}", "--deadline", args.deadline]
-    if args.force or not report.exists() or set(specs.values()) - set(json.loads(report.read_text())["policies"]):
-        policies = [x for spec in specs.values() for x in ("--policy", spec)]
-        prewarmer("replay", *evaluate, *policies, "--json", str(report))
+    have = {} if args.force or not report.exists() else json.loads(report.read_text())
+    missing = [spec for spec in specs.values() if spec not in have.get("policies", {})]
+    if missing:  # replay only the policies the report lacks (fixed always runs: replay compares against it)
+        part = report.with_suffix(".part.json")
+        prewarmer("replay", *evaluate, *[x for spec in missing for x in ("--policy", spec)], "--json", str(part))
+        new = json.loads(part.read_text())
+        if have:
+            new["policies"] = {**have["policies"], **new["policies"]}
+            new["runs"] = {**have.get("runs", {}), **new.get("runs", {})}
+        report.write_text(json.dumps(new, indent=2) + "\n")
+        part.unlink()
     doc = json.loads(report.read_text())["policies"]
     return {name: doc[spec] for name, spec in specs.items()}
 
@@ -103,6 +113,30 @@ def bar(results: list[dict[str, dict[str, float]]], name: str) -> str:
     return f"{name}: meets the bar on every fold" if not misses else f"{name}: misses " + "; ".join(misses)
 
 
+def bar_score(res: dict[str, dict[str, float]], name: str) -> float:
+    """The largest of `name`'s ratios to fixed and hybrid in cold, p75 and waste on one fold: below 1 it
+    meets the bar there, and the lower, the wider its margin."""
+    return max(ratio(res[name][k], res[base][k]) for base in ("fixed", "hybrid") for k in METRICS)
+
+
+def nested_selection(results: list[dict[str, dict[str, float]]], which: list[int], learned: list[str]) -> str:
+    """For each fold, the candidate with the widest worst-fold margin on the *other* folds, and its figures
+    on this one: no fold's figure is selected on that fold. Last, the choice over all folds (what ships)."""
+    lines = ["| fold | chosen on the other folds | worst bar score elsewhere | cold x fixed / x hybrid | "
+             "p75 x fixed / x hybrid | waste x fixed / x hybrid |", "|---|---|---:|---:|---:|---:|"]
+    for pos, fold in enumerate(which):
+        others = [r for p, r in enumerate(results) if p != pos]
+        best = min(learned, key=lambda name: max(bar_score(r, name) for r in others))
+        res = results[pos]
+        cells = [" / ".join(f"{ratio(res[best][k], res[base][k]):.3f}" for base in ("fixed", "hybrid"))
+                 for k in METRICS]
+        lines.append(f"| {fold} | {best} | {max(bar_score(r, best) for r in others):.3f} | " + " | ".join(cells) + " |")
+    overall = min(learned, key=lambda name: max(bar_score(r, name) for r in results))
+    lines.append(f"\nOver all folds: {overall} (worst bar score "
+                 f"{max(bar_score(r, overall) for r in results):.3f})")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", required=True)
@@ -130,6 +164,8 @@ def main() -> int:
     text = table(results, args.cap is not None)
     learned = [label(x) for x in args.policy if x not in base]
     text += "\n\n" + "\n".join(bar(results, name) for name in learned) + "\n"
+    if len(learned) > 1 and len(results) > 1 and args.cap is None:
+        text += "\n" + nested_selection(results, which, learned) + "\n"
     if which != list(range(args.folds)):
         text = f"folds {which} of {args.folds} only\n\n" + text
     print(text)
