@@ -80,7 +80,9 @@ def _price(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> float:
+def _target(text: str) -> float | None:
+    if text == "off":
+        return None
     value = float(text)
     if not value > 0:
         raise ValueError(f"expected a positive number, got {text!r}")
@@ -92,11 +94,11 @@ def _cap(text: str) -> float | str | None:
 
 
 _MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration),
-         "cold_target": ("cold_target", _positive)}
+         "cold_target": ("cold_target", _target), "cap_gaps": ("cap_gaps", int)}
 
 
 def _marl(rest: str, online: bool) -> Maker:
-    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R]`:
+    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off][,cap_gaps=N]`:
     the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 

@@ -40,6 +40,10 @@ def test_priced_keep_alive_weighs_idle_memory_against_cold_starts() -> None:
 def test_marl_spec_settings_parse_and_reach_the_policy() -> None:
     p = policy_factory("marl:price=0.2,cap=priced,hold=1m")()
     assert (p.idle_gb_tick_cost, p.keep_alive_cap_s, p.hold_s) == (0.2, "priced", 60.0)
+    p = policy_factory("marl")()  # the defaults chosen on the folds
+    assert (p.keep_alive_cap_s, p.cold_target) == (None, 0.95)
+    p = policy_factory("marl:cap=off,cold_target=off")()
+    assert (p.keep_alive_cap_s, p.cold_target) == (None, None)
     p = policy_factory("marl:cap=2h")()
     assert p.keep_alive_cap_s == 7200.0 and p.idle_gb_tick_cost == pytest.approx(p.model.idle_gb_tick_cost.item())
     for bad, message in (("marl:price=-1", "price must be >= 0"), ("marl:cap=soon", "not a duration"),
@@ -74,8 +78,36 @@ def _rare_big_functions() -> MinuteCountWorkload:
 def test_a_priced_cap_lets_big_rarely_used_instances_go() -> None:
     w = _rare_big_functions()
     cfg = ReplayConfig(seed=0)
-    plain = replay(w, policy_factory("marl"), cfg).metrics()
-    priced = replay(w, policy_factory("marl:cap=priced"), cfg).metrics()
+    plain = replay(w, policy_factory("marl:cap=off,cold_target=off"), cfg).metrics()
+    priced = replay(w, policy_factory("marl:cap=priced,cold_target=off"), cfg).metrics()
     # 4 GB idle for 20-120 minutes costs 5.6-34 cold starts at 0.07: not worth one.
     assert priced["wasted_gb_s"] < 0.5 * plain["wasted_gb_s"]
     assert priced["cold_starts"] >= plain["cold_starts"]
+
+
+def _obs(cold: int, peak: int, n: int = 2):
+    from prewarmer.observation import Observation
+
+    z = np.zeros(n, np.int64)
+    return Observation(now=60.0, dt=60.0, arrivals=z + peak, cold_starts=z + cold, completions=z, timed_out=z,
+                       alive=z, starting=z, busy=z, idle_warm=z, in_flight=z, peak_in_flight=z + peak,
+                       concurrency=np.zeros(n), wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n),
+                       memory_mb=np.full(n, 1024.0), idle_time_func=np.empty(0, np.int32), idle_time_s=np.empty(0))
+
+
+@pytest.mark.parametrize(("cold", "direction"), [(3, -1), (0, 1)])
+def test_the_price_adapts_towards_the_cold_start_target(cold: int, direction: int) -> None:
+    from prewarmer.workloads.base import FunctionTable
+
+    p = MARLPolicy(cold_target=0.5)
+    p.reset(FunctionTable(names=["a", "b"], apps=np.arange(2, dtype=np.int32), app_names=["a", "b"],
+                          memory_mb=np.full(2, 1024.0), cold_start_s=np.full(2, np.nan)), 0.0)
+    start = p.price
+    # The keep-alive's pool would have had 2 instances, the peak was 4: it would have been 2 short per
+    # function; the target allows 1 cold start per function, and `cold` happened.
+    p.tracker.pools = np.full((2, p.tracker.short.shape[1]), 2.0)
+    p.tracker.scored = 100
+    for _ in range(20):
+        p.adapt_price(_obs(cold, 4))
+        assert p.tracker.idle_cost == p.price
+    assert np.sign(p.price - start) == direction

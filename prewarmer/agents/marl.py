@@ -30,6 +30,12 @@ from prewarmer.policies.base import Policy, pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.workloads.base import FunctionTable
 
+# Inference-time defaults, chosen on function-disjoint folds (docs/policies.md, issue 14): the idle price
+# adapts to keep cold starts at 95% of a shadow 10-minute keep-alive's. The priced keep-alive cap saved
+# waste but raised p75 above hybrid's on three folds of four: off. Training runs without either
+# (`train.run_episode`).
+COLD_TARGET: float | None = 0.95
+KEEP_ALIVE_CAP: float | str | None = None
 PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
 PRICE_WARMUP = 30  # ticks scored before the price moves
 PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
@@ -41,8 +47,8 @@ class MARLPolicy(Policy):
 
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
                  sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True,
-                 idle_price: float | None = None, keep_alive_cap_s: float | str | None = None,
-                 hold_s: float = FORECAST_HOLD_S, cold_target: float | None = None) -> None:
+                 idle_price: float | None = None, keep_alive_cap_s: float | str | None = KEEP_ALIVE_CAP,
+                 hold_s: float = FORECAST_HOLD_S, cold_target: float | None = COLD_TARGET, cap_gaps: int = 3) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -68,6 +74,7 @@ class MARLPolicy(Policy):
         # about the largest peak of its last 10 ticks): higher where cold starts are cheap to avoid, lower
         # where they are not (`adapt_price`).
         self.cold_target = cold_target
+        self.cap_gaps = cap_gaps  # idle gaps a function has had before the priced cap judges it
         self.price = self.idle_gb_tick_cost
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
@@ -128,7 +135,7 @@ class MARLPolicy(Policy):
             return hybrid
         if self.keep_alive_cap_s == "priced":
             cap = priced_keep_alive(self.features.gap_hist, self.memory_mb / 1024.0, self.price,
-                                    hybrid.prewarm_delay_s)
+                                    hybrid.prewarm_delay_s, min_gaps=self.cap_gaps)
             ka = np.minimum(hybrid.keep_alive_s, cap)
         else:
             cap = float(self.keep_alive_cap_s)

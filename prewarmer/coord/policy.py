@@ -41,7 +41,8 @@ _SETTINGS = (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewar
 class CoordinatedPolicy(Policy):
     def __init__(self, inner: Policy, horizon_s: float = 60.0, margin: float = 1.25, reserve: float = 0.02,
                  max_bids: int = 100_000, decommit_penalty: float = 0.5, budget_gb: float | None = None,
-                 hold_s: float = 600.0, contention_ticks: int | None = 10, gate_holds: bool = False) -> None:
+                 hold_s: float = 600.0, contention_ticks: int | None = 10, gate_holds: bool = False,
+                 limit_service_s: float | None = None) -> None:
         self.inner = inner
         self.tick_s = inner.tick_s or 60.0
         self.horizon_s = horizon_s
@@ -58,6 +59,9 @@ class CoordinatedPolicy(Policy):
         # timed out 10k requests nobody else lost). None: whenever a bid is refused.
         self.contention_ticks = contention_ticks
         self.gate_holds = gate_holds
+        # Only functions whose requests take at most this long are limited to their awards (a request
+        # queued behind a long one would wait out any deadline). None: all.
+        self.limit_service_s = limit_service_s
         self.since_contention = 1 << 30
         self._last: dict[str, np.ndarray] = {}
         self.spec = f"{inner.spec}+bid"
@@ -202,7 +206,10 @@ class CoordinatedPolicy(Policy):
         if not refused.any() or not self.contended:
             return np.full(n, UNLIMITED, np.int64)
         # The budget binds: nobody runs more than its award (every function keeps at least one instance).
-        return np.maximum(instances, 1).astype(np.int64)
+        limits = np.maximum(instances, 1).astype(np.int64)
+        if self.limit_service_s is not None:
+            limits = np.where(self.duration <= self.limit_service_s, limits, UNLIMITED).astype(np.int64)
+        return limits
 
     @property
     def contended(self) -> bool:
