@@ -97,7 +97,6 @@ def test_under_a_binding_budget_the_fleet_holds_what_replay_holds_but_for_queued
     late by the fleet. Measured: 0.2-0.5% of function-ticks here, 4-13% under budgets of 5-10 GB (see
     docs/live-vs-replay.md). Bounded here at 1%."""
     policy = make(spec, BINDING_BUDGET_GB)
-    policy.contention_ticks = None  # limit whenever a bid is refused: the comparison is of what limits do
     differ, compared, first = replay_and_mirror(policy, workload(60.0))
     assert policy.limited_ticks > 0  # the budget did bind: awards limited functions
     assert differ <= 0.01 * compared, f"{differ} of {compared} function-ticks differ: {first}"

@@ -63,6 +63,7 @@ class CoordinatedPolicy(Policy):
         # queued behind a long one would wait out any deadline). None: all.
         self.limit_service_s = limit_service_s
         self.since_contention = 1 << 30
+        self.platform_caps = False
         self._last: dict[str, np.ndarray] = {}
         self.spec = f"{inner.spec}+bid"
         self.decommits = 0
@@ -109,6 +110,7 @@ class CoordinatedPolicy(Policy):
         # Requests beyond what executing and starting instances serve wait for memory (at one request per
         # instance; with more, this errs towards contention, i.e. towards coordinating).
         queued = np.maximum(obs.in_flight - obs.busy - obs.starting, 0).sum()
+        self.platform_caps = math.isfinite(obs.memory_cap_gb)  # the platform evicts and queues at its cap
         self.since_contention = 0 if queued > 0 or obs.timed_out.sum() > 0 else self.since_contention + 1
         if obs.dt > 0:  # the first observation of a run covers no time: no rate yet
             self.rate = 0.7 * self.rate + 0.3 * obs.arrivals / obs.dt
@@ -213,8 +215,12 @@ class CoordinatedPolicy(Policy):
 
     @property
     def contended(self) -> bool:
-        """Whether awards bind now: always, or within `contention_ticks` of observed contention."""
-        return self.contention_ticks is None or self.since_contention <= self.contention_ticks
+        """Whether awards bind now: always, or within `contention_ticks` of observed contention. A budget of
+        the coordinator's own (`budget_gb`, or the sidecars' Redis budget: the platform reports no cap) always
+        binds: no platform cap enforces it, the limits do; the gate is for platforms that enforce their cap
+        themselves (replay's memory cap)."""
+        return (self.contention_ticks is None or self.budget_gb is not None or not self.platform_caps
+                or self.since_contention <= self.contention_ticks)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "inner": self.inner.describe(), "horizon_s": self.horizon_s,
