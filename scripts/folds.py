@@ -145,7 +145,7 @@ def main() -> int:
     p.add_argument("--only", metavar="I,J", help="run these folds only (default: all)")
     p.add_argument("--train-minutes", default="0:720")
     p.add_argument("--eval-minutes", default="720:1440")
-    p.add_argument("--episodes", type=int, default=60, help="PPO episodes of each fold's training (60)")
+    p.add_argument("--episodes", type=int, default=20, help="PPO episodes of each fold's training (20, as shipped)")
     p.add_argument("--seed", type=int, default=0, help="training seed (0)")
     p.add_argument("--eval-seed", type=int, default=0, help="replay seed (0)")
     p.add_argument("--config", help="training config overrides (JSON file), as for prewarmer train")
