@@ -25,6 +25,8 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--functions", metavar="SLICE",
                    help="trace: functions START:STOP or first N; azure-like: number of functions (200)")
     g.add_argument("--minutes", metavar="A:B", help="trace minutes [A, B) from the start, e.g. 720:1440")
+    g.add_argument("--folds", metavar="K", type=int,
+                   help="split the trace's functions into K function-disjoint folds by owner (docs/policies.md)")
     g.add_argument("--strict", action="store_true",
                    help="trace anomalies (a duplicated function row, a function without memory or duration row) "
                         "are errors instead of warnings with a count")
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--address", metavar="ADDR",
                     help="with --engine ray: the Ray cluster to use (auto, HOST:PORT or ray://HOST:PORT; "
                          "default: start a local Ray instance with --workers CPUs)")
+    rp.add_argument("--fold", metavar="I", type=int, help="with --folds K: replay fold I's functions only")
     rp.add_argument("--json", metavar="OUT", help="write the JSON report here")
     rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--window-minutes", type=int, default=360, help="minutes replayed per episode (360)")
     tp.add_argument("--functions-per-episode", type=int, default=256, help="agents per episode (256)")
     tp.add_argument("--checkpoint-every", type=int, default=10, help="episodes between checkpoints (10)")
+    tp.add_argument("--holdout", metavar="I", type=int,
+                    help="with --folds K: train on every fold but I (its functions are never seen)")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--config", metavar="JSON", help="training config overrides, e.g. reward weights")
     tp.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
@@ -192,7 +197,9 @@ def load_workload(args: argparse.Namespace):
                                      strict=getattr(args, "strict", False))
         for warning in workload.describe().get("warnings", []):
             print(f"prewarmer: warning: {warning}", file=sys.stderr)
-        return workload
+        return _select_folds(args, workload)
+    if getattr(args, "folds", None) is not None:
+        raise UsageError("--folds splits the functions of a --trace")
     if args.days or args.minutes:
         raise UsageError("--days and --minutes slice a --trace")
     name = args.workload or "azure-like"
@@ -210,6 +217,40 @@ def load_workload(args: argparse.Namespace):
     except ValueError:
         raise UsageError(f"--functions for azure-like is a count, got {args.functions!r}") from None
     return synthetic.azure_like(n_functions=n, duration_s=parse_duration(args.duration or "6h"), seed=args.seed)
+
+
+def _check_folds(args: argparse.Namespace) -> None:
+    """--fold (replay) / --holdout (train) go with --folds, and name a fold that exists."""
+    from prewarmer.workloads import folds
+
+    which = "--holdout" if hasattr(args, "holdout") else "--fold"
+    chosen = getattr(args, "holdout", getattr(args, "fold", None))
+    if args.folds is None:
+        if chosen is not None:
+            raise UsageError(f"{which} needs --folds K")
+        return
+    if chosen is None:
+        raise UsageError(f"--folds {args.folds} needs {which} I (the fold to "
+                         f"{'hold out' if which == '--holdout' else 'replay'})")
+    try:
+        folds.check(args.folds, chosen, which)
+    except folds.FoldError as e:
+        raise UsageError(str(e)) from None
+
+
+def _select_folds(args: argparse.Namespace, workload):
+    """The workload's functions of the fold asked for (replay) or of every other fold (train)."""
+    from prewarmer.workloads import folds
+
+    if getattr(args, "folds", None) is None:
+        return workload
+    _check_folds(args)
+    try:
+        if hasattr(args, "holdout"):
+            return folds.training(workload, args.folds, args.holdout)
+        return folds.held_out(workload, args.folds, args.fold)
+    except folds.FoldError as e:
+        raise UsageError(str(e)) from None
 
 
 #: Replay speed the run-time guard assumes: simulated invocations per wall-second per policy, all workers
@@ -297,6 +338,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1 (or 0 for the default), got {args.workers}")
     if args.address and args.engine != "ray":
         raise UsageError("--address is the Ray cluster of --engine ray: give --engine ray too")
+    _check_folds(args)
     specs = list(dict.fromkeys(["fixed"] + (args.policy or list(DEFAULT_POLICIES))))
     factories = {s: policy_factory(s, online=args.online) for s in specs}  # validate every spec before any work
     if args.schedule_file:
@@ -372,6 +414,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not args.trace and not args.workload:
         raise UsageError("train needs its training data explicitly: --trace PATH or --workload NAME")
+    _check_folds(args)
     overrides = {}
     if args.config:
         try:

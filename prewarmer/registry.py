@@ -74,18 +74,49 @@ def _hybrid(rest: str, online: bool) -> Maker:
     return lambda: HybridHistogramPolicy(**kw)
 
 
+def _price(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"price must be >= 0 cold starts per idle GB-minute, got {text!r}")
+    return value
+
+
+def _target(text: str) -> float | None:
+    if text == "off":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _cap(text: str) -> float | str | None:
+    return {"off": None, "priced": "priced"}[text] if text in ("off", "priced") else parse_duration(text)
+
+
+_MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration),
+         "cold_target": ("cold_target", _target), "cap_gaps": ("cap_gaps", int)}
+
+
 def _marl(rest: str, online: bool) -> Maker:
+    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off][,cap_gaps=N]`:
+    the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 
-    path = rest or str(checkpoint.DEFAULT_CHECKPOINT)
+    parts = rest.split(",") if rest else []
+    paths = [x for x in parts if "=" not in x]
+    if len(paths) > 1:
+        raise ValueError(f"one checkpoint at most, got {', '.join(paths)}")
+    kw = _keywords(",".join(x for x in parts if "=" in x), _MARL)
+    path = paths[0] if paths else str(checkpoint.DEFAULT_CHECKPOINT)
     checkpoint.load(path)  # fail now, with a clear message, rather than inside a worker
     if online:
         from prewarmer.agents.online import OnlineMARLPolicy
 
-        return lambda: OnlineMARLPolicy(path=path)
+        return lambda: OnlineMARLPolicy(path=path, **kw)
     from prewarmer.agents.marl import MARLPolicy
 
-    return lambda: MARLPolicy(path=path)
+    return lambda: MARLPolicy(path=path, **kw)
 
 
 SPECS = {s.name: s for s in (
@@ -93,7 +124,7 @@ SPECS = {s.name: s for s in (
     PolicySpec("hybrid", _hybrid, f"hybrid[:{'|'.join(_HYBRID)}=...]"),
     PolicySpec("kpa", _kpa, f"kpa[:{'|'.join(_KPA)}=...]"),
     PolicySpec("always-warm", _always_warm, "always-warm"),
-    PolicySpec("marl", _marl, "marl[:CHECKPOINT]"),
+    PolicySpec("marl", _marl, f"marl[:CHECKPOINT][,{'|'.join(_MARL)}=...]"),
 )}
 #: The static and reactive baselines (no checkpoint needed).
 BASELINES = ("fixed", "hybrid", "kpa", "always-warm")

@@ -179,3 +179,24 @@ def test_scaling_stays_within_the_award_and_never_releases_awarded_instances():
     # 0: capped at its award of 2; 1: no award, capped at its limit of 1; 2: awarded, a scale-down to 1 would
     # release held instances -> no change; 3: nothing asked.
     assert out.scale_to.tolist() == [2, 1, -1, -1]
+
+
+def test_limits_wait_for_contention_so_coordinating_never_slows_an_uncontended_platform():
+    from prewarmer.coord.policy import CoordinatedPolicy
+
+    # Ten 1-GB functions each announce two instances (20 GB) under a 13-GB cap: the auction refuses bids
+    # every tick, while ten warm instances (10 GB) serve every request and nothing ever queues.
+    wl = PoissonWorkload([PoissonFunction(name=f"f{i}", rate_per_s=0.05, service_s=0.1, memory_mb=1024)
+                          for i in range(10)], duration_s=1800.0)
+    cfg = ReplayConfig(memory_cap_gb=13.0, queue_deadline_s=5.0, seed=1)
+    always = CoordinatedPolicy(KeepAlivePolicy(600.0), contention_ticks=None)
+    run_shard(wl, always, cfg)
+    assert always.limited_ticks > 0  # the contrast: without the gate the refusals limit functions
+    gated = CoordinatedPolicy(KeepAlivePolicy(600.0))
+    res = run_shard(wl, gated, cfg).metrics()
+    assert gated.limited_ticks == 0 and not gated.contended
+    assert res["timed_out"] == 0
+    # Under real contention the limits do apply.
+    tight = CoordinatedPolicy(KeepAlivePolicy(600.0))
+    flood = run_shard(_flood_workload(True), tight, ReplayConfig(memory_cap_gb=8.0, queue_deadline_s=5.0, seed=3))
+    assert flood.metrics()["timed_out"] > 0 and tight.limited_ticks > 0

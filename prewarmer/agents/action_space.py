@@ -38,12 +38,15 @@ FORECAST_HOLD_S = 300.0  # instances idle after a forecast tick: long enough to 
 
 def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, prewarm_delay: np.ndarray,
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None,
-               tracked: np.ndarray | None = None) -> tuple[Actions, np.ndarray, np.ndarray]:
+               tracked: np.ndarray | None = None, hold_s: float = FORECAST_HOLD_S,
+               ) -> tuple[Actions, np.ndarray, np.ndarray]:
     """Platform actions for each function's choice, and the (keep-alive, prewarm delay) now in force.
 
     `hybrid` holds the shadow hybrid policy's current windows (the `hybrid` and forecast choices use
     them); `peak_quantiles` (F, len(TAUS)) the peak forecaster's answer (needed by forecast choices);
-    `tracked` the choice `forecast tracked` stands for, per function (a forecast quantile or KA10)."""
+    `tracked` the choice `forecast tracked` stands for, per function (a forecast quantile or KA10);
+    `hold_s` how long a forecast choice's instances beyond the last one stay idle (the default outlives a
+    tick, so the next decision trims them; shorter lets unused ones go within the tick)."""
     choice = np.asarray(choice, np.int64)
     if (choice == TRACKED).any():
         if tracked is None:
@@ -63,7 +66,7 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     else:
         pw = np.where(choice == HYBRID, np.nan, pw)
         ka = np.where(forecast, FORECAST_HOLD_S, ka)
-    surplus = np.where(forecast, FORECAST_HOLD_S, surplus)
+    surplus = np.where(forecast, hold_s, surplus)
     scale = np.full(n, -1, np.int64)
     if peak_quantiles is not None and forecast.any():
         pool = forecast_pools(peak_quantiles)[np.arange(n), np.clip(choice - FORECAST[0], 0, len(FORECAST_TAUS) - 1)]

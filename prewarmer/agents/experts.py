@@ -30,7 +30,10 @@ class ProvisioningTracker:
         self.idle_cost, self.cold_cost = idle_gb_tick_cost, cold_start_cost
         self.decay = 0.5 ** (1.0 / halflife)
         self.warmup = warmup
-        self.score = np.zeros((len(self.gb), len(OPTION_CHOICES)))
+        # Decayed sums of instances short (cold starts) and idle GB-ticks per option: the score is their
+        # priced sum, so a new idle price applies to the whole history at once.
+        self.short = np.zeros((len(self.gb), len(OPTION_CHOICES)))
+        self.idle = np.zeros((len(self.gb), len(OPTION_CHOICES)))
         self.pools: np.ndarray | None = None  # what each option would provision for the coming tick
         self.scored = 0
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), cold_start_cost, idle_gb_tick_cost)
@@ -40,7 +43,8 @@ class ProvisioningTracker:
         Their pools come with the next `propose`."""
         n = len(memory_mb)
         self.gb = np.asarray(memory_mb, np.float64) / 1024.0
-        self.score = np.concatenate([self.score, np.zeros((n - len(self.score), self.score.shape[1]))])
+        self.short = np.concatenate([self.short, np.zeros((n - len(self.short), self.short.shape[1]))])
+        self.idle = np.concatenate([self.idle, np.zeros((n - len(self.idle), self.idle.shape[1]))])
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), self.cold_cost, self.idle_cost)
         self.pools = None if self.pools is None else np.concatenate(
             [self.pools, np.zeros((n - len(self.pools), self.pools.shape[1]))])
@@ -50,10 +54,19 @@ class ProvisioningTracker:
         if self.pools is None:
             return
         need = np.asarray(peak_in_flight, np.float64)[:, None]
-        cost = self.cold_cost * np.maximum(need - self.pools, 0.0) \
-            + self.idle_cost * np.maximum(self.pools - need, 0.0) * self.gb[:, None]
-        self.score = self.decay * self.score + cost
+        self.short = self.decay * self.short + np.maximum(need - self.pools, 0.0)
+        self.idle = self.decay * self.idle + np.maximum(self.pools - need, 0.0) * self.gb[:, None]
         self.scored += 1
+
+    @property
+    def score(self) -> np.ndarray:
+        """(F, options): what each option would have cost each function so far, at the current prices."""
+        return self.cold_cost * self.short + self.idle_cost * self.idle
+
+    def set_idle_cost(self, idle_gb_tick_cost: float) -> None:
+        """A new idle price: it re-prices the whole history, and the newsvendor fallback."""
+        self.idle_cost = idle_gb_tick_cost
+        self.fallback = newsvendor_choice(self.gb * 1024.0, self.cold_cost, idle_gb_tick_cost)
 
     def propose(self, quantiles: np.ndarray, recent_peaks: np.ndarray) -> None:
         """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks

@@ -19,9 +19,10 @@ import torch
 
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
-from prewarmer.agents.action_space import N_CHOICES, teacher_choice, to_actions
+from prewarmer.agents.action_space import FORECAST_HOLD_S, N_CHOICES, teacher_choice, to_actions
 from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
+from prewarmer.agents.keep_alive import priced_keep_alive
 from prewarmer.agents.network import ActorCritic
 from prewarmer.forecast.peak import N_PEAKS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
@@ -29,12 +30,25 @@ from prewarmer.policies.base import Policy, pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.workloads.base import FunctionTable
 
+# Inference-time defaults, chosen on function-disjoint folds (docs/policies.md, issue 14): the idle price
+# adapts to keep cold starts at 95% of a shadow 10-minute keep-alive's. The priced keep-alive cap saved
+# waste but raised p75 above hybrid's on three folds of four: off. Training runs without either
+# (`train.run_episode`).
+COLD_TARGET: float | None = 0.95
+KEEP_ALIVE_CAP: float | str | None = None
+PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
+PRICE_WARMUP = 30  # ticks scored before the price moves
+PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
+PRICE_RANGE = (0.01, 2.0)
+
 
 class MARLPolicy(Policy):
     tick_s = 60.0
 
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
-                 sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True) -> None:
+                 sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True,
+                 idle_price: float | None = None, keep_alive_cap_s: float | str | None = KEEP_ALIVE_CAP,
+                 hold_s: float = FORECAST_HOLD_S, cold_target: float | None = COLD_TARGET, cap_gaps: int = 3) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -48,13 +62,29 @@ class MARLPolicy(Policy):
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = "marl"
         self.last: dict[str, np.ndarray] = {}
+        # Inference-time settings (see `registry`): the price of an idle GB-minute, in cold starts, at which
+        # the agents score their provisioning options (default: the one trained with, saved in the
+        # checkpoint), and a cap on the keep-alive they take from hybrid when it does not prewarm: seconds, or
+        # "priced": each function's least-cost window at that price (`keep_alive.priced_keep_alive`).
+        self.idle_price = idle_price
+        self.keep_alive_cap_s = keep_alive_cap_s
+        self.hold_s = hold_s  # idle time of a forecast choice's instances beyond the last (`to_actions`)
+        # With `cold_target`, the idle price adapts per fleet so that its cold starts stay at that fraction
+        # of what a 10-minute keep-alive would have had (estimated from the peaks: a keep-alive's pool is
+        # about the largest peak of its last 10 ticks): higher where cold starts are cheap to avoid, lower
+        # where they are not (`adapt_price`).
+        self.cold_target = cold_target
+        self.cap_gaps = cap_gaps  # idle gaps a function has had before the priced cap judges it
+        self.price = self.idle_gb_tick_cost
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
         n = len(functions)
         self.features = FeatureBuilder(n)
         self.memory_mb = np.asarray(functions.memory_mb, np.float64)
         self.peaks = PeakHistory(self.memory_mb)
-        self.tracker = ProvisioningTracker(self.memory_mb, float(self.model.idle_gb_tick_cost))
+        self.price = self.idle_gb_tick_cost
+        self.cold_sum = self.keep_alive_cold_sum = 0.0
+        self.tracker = ProvisioningTracker(self.memory_mb, self.price)
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
@@ -76,6 +106,43 @@ class MARLPolicy(Policy):
         return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
                        prewarm_delay_s=np.zeros(n)).only_from(first)
 
+    @property
+    def idle_gb_tick_cost(self) -> float:
+        """What an idle GB held one tick costs, in cold starts (the tick is a minute), to start with."""
+        return float(self.model.idle_gb_tick_cost) if self.idle_price is None else self.idle_price
+
+    def adapt_price(self, obs: Observation) -> None:
+        """One step of the price towards `cold_target`: the fleet's cold starts against a shadow 10-minute
+        keep-alive's, both in sums that halve every `PRICE_HALFLIFE` ticks (a multiplicative step, so
+        the price stays positive; bounded to `PRICE_RANGE`)."""
+        pools = self.tracker.pools
+        if self.cold_target is None or pools is None:
+            return
+        keep_alive_short = float(np.maximum(obs.peak_in_flight - pools[:, -1], 0.0).sum())
+        d = 0.5 ** (1.0 / PRICE_HALFLIFE)
+        self.cold_sum = d * self.cold_sum + float(obs.cold_starts.sum())
+        self.keep_alive_cold_sum = d * self.keep_alive_cold_sum + keep_alive_short
+        if self.tracker.scored < PRICE_WARMUP:
+            return
+        error = np.log((self.cold_sum + 1.0) / (self.cold_target * self.keep_alive_cold_sum + 1.0))
+        self.price = float(np.clip(self.price * np.exp(-PRICE_STEP * np.clip(error, -1.0, 1.0)), *PRICE_RANGE))
+        self.tracker.set_idle_cost(self.price)
+
+    def _capped(self, hybrid: Actions) -> Actions:
+        """Hybrid's windows with the keep-alive capped: a fixed cap where hybrid does not prewarm, the priced
+        window (opening at hybrid's prewarm delay) everywhere."""
+        if self.keep_alive_cap_s is None:
+            return hybrid
+        if self.keep_alive_cap_s == "priced":
+            cap = priced_keep_alive(self.features.gap_hist, self.memory_mb / 1024.0, self.price,
+                                    hybrid.prewarm_delay_s, min_gaps=self.cap_gaps)
+            ka = np.minimum(hybrid.keep_alive_s, cap)
+        else:
+            cap = float(self.keep_alive_cap_s)
+            ka = np.where(hybrid.prewarm_delay_s > 0, hybrid.keep_alive_s, np.minimum(hybrid.keep_alive_s, cap))
+        return Actions(keep_alive_s=ka, surplus_keep_alive_s=np.minimum(hybrid.surplus_keep_alive_s, ka),
+                       prewarm_delay_s=hybrid.prewarm_delay_s)
+
     @torch.no_grad()
     def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(choices, log-probabilities) for every function in one forward pass."""
@@ -90,6 +157,7 @@ class MARLPolicy(Policy):
     def decide(self, now: float, obs: Observation) -> Actions:
         self.hybrid_actions = self.hybrid.decide(now, obs)
         self.peaks.update(obs.peak_in_flight, obs.arrivals)
+        self.adapt_price(obs)  # before the tracker forgets the pools the last tick was judged against
         self.tracker.update(obs.peak_in_flight)
         quantiles = predict(self.model.forecaster, self.peaks)
         self.tracker.propose(quantiles, self.peaks.peaks)
@@ -105,7 +173,9 @@ class MARLPolicy(Policy):
         else:
             choice, logp = self.act(feats)
         actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
-                                                                  self.hybrid_actions, quantiles, self.tracker.best())
+                                                                  self._capped(self.hybrid_actions), quantiles,
+                                                                  self.tracker.best(),
+                                                                  self.hold_s)
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 
@@ -113,4 +183,6 @@ class MARLPolicy(Policy):
         meta = self.meta
         trained = {"episodes": meta.get("episodes", len(meta.get("history", []))), "config": meta.get("config"),
                    "workload": meta.get("workload"), "note": meta.get("note", "")} if meta else {}
-        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained}
+        return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained,
+                "idle_gb_tick_cost": self.idle_gb_tick_cost, "keep_alive_cap_s": self.keep_alive_cap_s,
+                "hold_s": self.hold_s, "cold_target": self.cold_target, "price_now": self.price}

@@ -31,8 +31,8 @@ from prewarmer.workloads.base import FunctionTable
 class OnlineMARLPolicy(MARLPolicy):
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None, update_every: int = 30,
                  lr: float = 1e-4, cold_margin: float = 0.05, waste_margin: float = 0.25, min_gaps: int = 20,
-                 train_config: TrainConfig | None = None, seed: int = 0) -> None:
-        super().__init__(model=model, path=path, sample=True, seed=seed)
+                 train_config: TrainConfig | None = None, seed: int = 0, **settings: float | None) -> None:
+        super().__init__(model=model, path=path, sample=True, seed=seed, **settings)
         self.update_every, self.cold_margin, self.waste_margin, self.min_gaps = update_every, cold_margin, \
             waste_margin, min_gaps
         self.cfg = (train_config or TrainConfig()).model_copy(update={"lr": lr, "epochs": 1})

@@ -142,7 +142,10 @@ def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: Tr
                                            queue_deadline_s=cfg.queue_deadline_s if capped else None),
                     idx=idx, tick_s=60.0)
     env.reset()
-    policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=True, teacher_acts=teacher)
+    # Trained at the fixed price of the reward, with hybrid's windows as they are: the inference-time
+    # settings (adaptive price, priced keep-alive cap) act on top of what the network learned.
+    policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=True, teacher_acts=teacher,
+                        cold_target=None, keep_alive_cap_s=None)
     driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
     begin(driver, env, env.functions, 0.0)
     feats, choices, logps, rules, rewards, colds, wastes, arrivals = [], [], [], [], [], [], [], []

@@ -6,10 +6,11 @@ expects to need over the horizon (its recent peak of requests in the system, wit
 bids for the k-th of them its expected value per GB-s: the probability that a k-th instance is
 needed × the requests one instance completes per GB-s (short, small functions serve many requests
 per GB). `allocate` awards the bids by value within the budget, tenant quotas and instance limits.
-When the budget binds (some bid is refused), no function may run more than its award (at least one
-instance; `Actions.max_instances`): further requests wait for one of the function's own instances
-instead of taking memory that serves more requests elsewhere. When nothing is refused nobody is
-limited.
+When the budget binds (some bid is refused) and the platform has shown contention within the last
+`contention_ticks` ticks (requests queued for memory or timed out), no function may run more than its
+award (at least one instance; `Actions.max_instances`): further requests wait for one of the
+function's own instances instead of taking memory that serves more requests elsewhere. When nothing
+is refused, or memory still serves every request, nobody is limited.
 Awards lost to higher bids are decommitments: the holder is compensated (`decommit_penalty` × its
 bid value), which trainers add to its reward.
 
@@ -40,7 +41,8 @@ _SETTINGS = (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewar
 class CoordinatedPolicy(Policy):
     def __init__(self, inner: Policy, horizon_s: float = 60.0, margin: float = 1.25, reserve: float = 0.02,
                  max_bids: int = 100_000, decommit_penalty: float = 0.5, budget_gb: float | None = None,
-                 hold_s: float = 600.0) -> None:
+                 hold_s: float = 600.0, contention_ticks: int | None = 10, gate_holds: bool = False,
+                 limit_service_s: float | None = None) -> None:
         self.inner = inner
         self.tick_s = inner.tick_s or 60.0
         self.horizon_s = horizon_s
@@ -50,6 +52,18 @@ class CoordinatedPolicy(Policy):
         self.decommit_penalty = decommit_penalty
         self.budget_gb = budget_gb
         self.hold_s = hold_s
+        # With `contention_ticks`, the limits (and with `gate_holds` the holds) apply only within that many
+        # ticks of the platform showing contention (requests queued for memory or timed out): an auction
+        # that refuses bids while memory still serves every request does not get to make requests wait
+        # for their own function's instances (issue 14: under a cap that barely bound, the limits alone
+        # timed out 10k requests nobody else lost). None: whenever a bid is refused.
+        self.contention_ticks = contention_ticks
+        self.gate_holds = gate_holds
+        # Only functions whose requests take at most this long are limited to their awards (a request
+        # queued behind a long one would wait out any deadline). None: all.
+        self.limit_service_s = limit_service_s
+        self.since_contention = 1 << 30
+        self.platform_caps = False
         self._last: dict[str, np.ndarray] = {}
         self.spec = f"{inner.spec}+bid"
         self.decommits = 0
@@ -72,6 +86,7 @@ class CoordinatedPolicy(Policy):
         self.peak = np.zeros(n)
         self.held = np.zeros(n, np.int64)
         self._was_awarded = np.zeros(n, bool)
+        self.since_contention = 1 << 30
         self._last = {}
         self.limits = None
         self.compensation = np.zeros(n)  # decommitment compensation accrued this tick (for rewards)
@@ -92,6 +107,11 @@ class CoordinatedPolicy(Policy):
 
     def bids(self, obs: Observation) -> Bids:
         """Every agent's announcement: for its k-th instance, the expected value per GB-s."""
+        # Requests beyond what executing and starting instances serve wait for memory (at one request per
+        # instance; with more, this errs towards contention, i.e. towards coordinating).
+        queued = np.maximum(obs.in_flight - obs.busy - obs.starting, 0).sum()
+        self.platform_caps = math.isfinite(obs.memory_cap_gb)  # the platform evicts and queues at its cap
+        self.since_contention = 0 if queued > 0 or obs.timed_out.sum() > 0 else self.since_contention + 1
         if obs.dt > 0:  # the first observation of a run covers no time: no rate yet
             self.rate = 0.7 * self.rate + 0.3 * obs.arrivals / obs.dt
         done = obs.completions > 0
@@ -182,16 +202,30 @@ class CoordinatedPolicy(Policy):
         self.decommits += int(decommitted.sum())
         self.held = instances
         self.price = price
-        self.limited_ticks += int(refused.any())
-        if not refused.any():
+        if not self.contended and self.gate_holds:
+            self.held = np.zeros(n, np.int64)  # nothing held: the agents' own settings stand
+        self.limited_ticks += int(refused.any() and self.contended)
+        if not refused.any() or not self.contended:
             return np.full(n, UNLIMITED, np.int64)
         # The budget binds: nobody runs more than its award (every function keeps at least one instance).
-        return np.maximum(instances, 1).astype(np.int64)
+        limits = np.maximum(instances, 1).astype(np.int64)
+        if self.limit_service_s is not None:
+            limits = np.where(self.duration <= self.limit_service_s, limits, UNLIMITED).astype(np.int64)
+        return limits
+
+    @property
+    def contended(self) -> bool:
+        """Whether awards bind now: always, or within `contention_ticks` of observed contention. A budget of
+        the coordinator's own (`budget_gb`, or the sidecars' Redis budget: the platform reports no cap) always
+        binds: no platform cap enforces it, the limits do; the gate is for platforms that enforce their cap
+        themselves (replay's memory cap)."""
+        return (self.contention_ticks is None or self.budget_gb is not None or not self.platform_caps
+                or self.since_contention <= self.contention_ticks)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "inner": self.inner.describe(), "horizon_s": self.horizon_s,
                 "margin": self.margin, "reserve": self.reserve, "decommit_penalty": self.decommit_penalty,
-                "hold_s": self.hold_s,
+                "hold_s": self.hold_s, "contention_ticks": self.contention_ticks,
                 "decommits": self.decommits, "ticks_with_limits": self.limited_ticks}
 
 

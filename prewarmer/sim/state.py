@@ -150,6 +150,8 @@ class SimState:
             extra += int(np.clip(actions.scale_to - self.fi[:, E.F_ALIVE], 0, None).sum())
         if actions.min_instances is not None:
             extra += int(np.clip(actions.min_instances - self.fi[:, E.F_ALIVE], 0, None).sum())
+        # Limits lifted or memory freed by these actions let waiting requests start instances at once.
+        extra += int(self.fi[:, E.F_QLEN].sum())
         self._ensure(extra)
         e0, i0 = np.empty(0), np.empty(0, np.int64)
 

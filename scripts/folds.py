@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""The function-disjoint fold protocol: for each of K folds (functions grouped by owner), train on the
+other folds' functions, replay the held-out fold, and tabulate every policy against fixed and hybrid.
+
+    .venv/bin/python scripts/folds.py --trace ../shared/traces/azure2019-d01-sample1000 --out build/folds
+    .venv/bin/python scripts/folds.py ... --policy 'marl:{model}' --policy 'marl:{model},guard=off'
+    .venv/bin/python scripts/folds.py ... --cap 0.5          # under a memory cap of half fixed's peak
+
+Training (`prewarmer train --folds K --holdout I --minutes TRAIN`) writes OUT/fold{I}.pt unless it is
+already there; the evaluation (`prewarmer replay --folds K --fold I --minutes EVAL`, one worker) writes
+OUT/fold{I}[-cap].json. By default training is on minutes 0:720 and evaluation on 720:1440, so every
+figure is on functions and minutes the model has not seen. `{model}` in a policy spec is the fold's
+model. The table (Markdown) goes to stdout and OUT/summary[-cap].md; ratios are per fold, then their
+mean and worst (largest) over the folds. With several learned policies (candidate settings), each fold's
+figure is also given for the candidate chosen on the other folds (the widest worst-fold margin on the
+bar: lower cold, p75 and waste than fixed and hybrid), and the choice over all folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+METRICS = ("cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s")
+SHORT = {"cold_start_rate": "cold", "p75_function_cold_start_pct": "p75", "wasted_gb_s": "waste"}
+CAPPED_METRICS = ("cold_start_rate", "p75_function_cold_start_pct", "throughput_rps", "timed_out", "wasted_gb_s")
+
+
+def prewarmer(*args: str) -> None:
+    cmd = [sys.executable, "-m", "prewarmer.cli", *args]
+    print("$ prewarmer " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+
+
+def label(template: str) -> str:
+    """A policy's name in the table: its spec without the fold's model path."""
+    return template.replace(":{model},", ":").replace(":{model}", "")
+
+
+def run_fold(args: argparse.Namespace, fold: int) -> dict[str, dict[str, float]]:
+    out = Path(args.out)
+    model = out / f"fold{fold}.pt"
+    common = ["--trace", args.trace, "--folds", str(args.folds)]
+    if not model.exists() and any("{model}" in p for p in args.policy):
+        if args.no_train:
+            raise SystemExit(f"{model}: no model for fold {fold} and --no-train")
+        prewarmer("train", *common, "--holdout", str(fold), "--minutes", args.train_minutes, "--episodes",
+                  str(args.episodes), "--seed", str(args.seed), "--out", str(model), "--quiet",
+                  *(["--config", args.config] if args.config else []))
+    specs = {label(p): p.replace("{model}", str(model)) for p in args.policy}
+    evaluate = [*common, "--fold", str(fold), "--minutes", args.eval_minutes, "--workers", "1", "--quiet",
+                "--seed", str(args.eval_seed)]
+    suffix = "" if args.cap is None else f"-cap{args.cap:g}"
+    report = out / f"fold{fold}{suffix}.json"
+    if args.cap is not None:
+        peak_doc = out / f"fold{fold}-fixed-peak.json"
+        if not peak_doc.exists():
+            prewarmer("replay", *evaluate, "--policy", "fixed", "--json", str(peak_doc))
+        peak = json.loads(peak_doc.read_text())["policies"]["fixed"]["peak_memory_gb"]
+        evaluate += ["--memory-cap", f"{args.cap * peak:.0f}", "--deadline", args.deadline]
+    have = {} if args.force or not report.exists() else json.loads(report.read_text())
+    missing = [spec for spec in specs.values() if spec not in have.get("policies", {})]
+    if missing:  # replay only the policies the report lacks (fixed always runs: replay compares against it)
+        part = report.with_suffix(".part.json")
+        prewarmer("replay", *evaluate, *[x for spec in missing for x in ("--policy", spec)], "--json", str(part))
+        new = json.loads(part.read_text())
+        if have:
+            new["policies"] = {**have["policies"], **new["policies"]}
+            new["runs"] = {**have.get("runs", {}), **new.get("runs", {})}
+        report.write_text(json.dumps(new, indent=2) + "\n")
+        part.unlink()
+    doc = json.loads(report.read_text())["policies"]
+    return {name: doc[spec] for name, spec in specs.items()}
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else (1.0 if a == 0 else float("inf"))
+
+
+def table(results: list[dict[str, dict[str, float]]], capped: bool) -> str:
+    names = list(results[0])
+    metrics = CAPPED_METRICS if capped else METRICS
+    lines = ["| fold | policy | " + " | ".join(metrics) + " | x fixed (" + " / ".join(SHORT.get(m, m) for m in METRICS)
+             + ") | x hybrid |", "|---|---|" + "---:|" * (len(metrics) + 2)]
+    for i, res in enumerate(results):
+        for name in names:
+            m = res[name]
+            cells = [f"{100 * m[k]:.3f}%" if k == "cold_start_rate" else f"{m[k]:,.2f}" if "p75" in k
+                     else f"{m[k]:,.0f}" if k != "throughput_rps" else f"{m[k]:.3f}" for k in metrics]
+            vs = [" / ".join(f"{ratio(m[k], res[base][k]):.3f}" for k in METRICS) for base in ("fixed", "hybrid")]
+            lines.append(f"| {i} | {name} | " + " | ".join(cells) + f" | {vs[0]} | {vs[1]} |")
+    lines += ["", "| policy | vs | " + " | ".join(f"{SHORT[k]} mean / worst" for k in METRICS) + " |",
+              "|---|---|" + "---:|" * len(METRICS)]
+    for name in names:
+        for base in ("fixed", "hybrid"):
+            cells = []
+            for k in METRICS:
+                r = [ratio(res[name][k], res[base][k]) for res in results]
+                cells.append(f"{sum(r) / len(r):.3f} / {max(r):.3f}")
+            lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bar(results: list[dict[str, dict[str, float]]], name: str) -> str:
+    """Where `name` fails the bar (lower cold, p75 and waste than fixed and hybrid on every fold)."""
+    misses = [f"fold {i}: {SHORT[k]} x{base} {ratio(res[name][k], res[base][k]):.3f}"
+              for i, res in enumerate(results) for base in ("fixed", "hybrid") for k in METRICS
+              if res[name][k] >= res[base][k]]
+    return f"{name}: meets the bar on every fold" if not misses else f"{name}: misses " + "; ".join(misses)
+
+
+def bar_score(res: dict[str, dict[str, float]], name: str) -> float:
+    """The largest of `name`'s ratios to fixed and hybrid in cold, p75 and waste on one fold: below 1 it
+    meets the bar there, and the lower, the wider its margin."""
+    return max(ratio(res[name][k], res[base][k]) for base in ("fixed", "hybrid") for k in METRICS)
+
+
+def nested_selection(results: list[dict[str, dict[str, float]]], which: list[int], learned: list[str]) -> str:
+    """For each fold, the candidate with the widest worst-fold margin on the *other* folds, and its figures
+    on this one: no fold's figure is selected on that fold. Last, the choice over all folds (what ships)."""
+    lines = ["| fold | chosen on the other folds | worst bar score elsewhere | cold x fixed / x hybrid | "
+             "p75 x fixed / x hybrid | waste x fixed / x hybrid |", "|---|---|---:|---:|---:|---:|"]
+    for pos, fold in enumerate(which):
+        others = [r for p, r in enumerate(results) if p != pos]
+        best = min(learned, key=lambda name: max(bar_score(r, name) for r in others))
+        res = results[pos]
+        cells = [" / ".join(f"{ratio(res[best][k], res[base][k]):.3f}" for base in ("fixed", "hybrid"))
+                 for k in METRICS]
+        lines.append(f"| {fold} | {best} | {max(bar_score(r, best) for r in others):.3f} | " + " | ".join(cells) + " |")
+    overall = min(learned, key=lambda name: max(bar_score(r, name) for r in results))
+    lines.append(f"\nOver all folds: {overall} (worst bar score "
+                 f"{max(bar_score(r, overall) for r in results):.3f})")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", required=True)
+    p.add_argument("--out", default="build/folds", help="models, reports and the summary (build/folds)")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--only", metavar="I,J", help="run these folds only (default: all)")
+    p.add_argument("--train-minutes", default="0:720")
+    p.add_argument("--eval-minutes", default="720:1440")
+    p.add_argument("--episodes", type=int, default=20, help="PPO episodes of each fold's training (20, as shipped)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (0)")
+    p.add_argument("--eval-seed", type=int, default=0, help="replay seed (0)")
+    p.add_argument("--config", help="training config overrides (JSON file), as for prewarmer train")
+    p.add_argument("--policy", action="append", default=[],
+                   help="policy spec, {model} = the fold's model (default: fixed, hybrid, marl:{model})")
+    p.add_argument("--cap", type=float, help="memory cap as a fraction of fixed's uncapped peak on the fold")
+    p.add_argument("--deadline", default="30s", help="queue deadline under --cap (30s)")
+    p.add_argument("--no-train", action="store_true", help="refuse to train a missing fold model")
+    p.add_argument("--force", action="store_true", help="replay even when the fold's report is there")
+    args = p.parse_args()
+    base = ["fixed", "hybrid"]
+    args.policy = list(dict.fromkeys(base + (args.policy or ["marl:{model}"])))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    which = [int(x) for x in args.only.split(",")] if args.only else list(range(args.folds))
+    results = [run_fold(args, i) for i in which]
+    text = table(results, args.cap is not None)
+    learned = [label(x) for x in args.policy if x not in base]
+    text += "\n\n" + "\n".join(bar(results, name) for name in learned) + "\n"
+    if len(learned) > 1 and len(results) > 1 and args.cap is None:
+        text += "\n" + nested_selection(results, which, learned) + "\n"
+    if which != list(range(args.folds)):
+        text = f"folds {which} of {args.folds} only\n\n" + text
+    print(text)
+    suffix = "" if args.cap is None else f"-cap{args.cap:g}"
+    (Path(args.out) / f"summary{suffix}.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

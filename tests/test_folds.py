@@ -1,0 +1,115 @@
+"""Function-disjoint folds by owner: disjoint, covering, owners kept together; train and replay use them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_loaders import inv_row, write_day
+
+from prewarmer.cli import main
+from prewarmer.workloads import folds
+from prewarmer.workloads.detect import open_trace
+
+OWNERS = [f"owner{i}" for i in range(12)]
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Path:
+    """24 functions of 12 owners: owner i holds functions 2i and 2i+1, in two apps of its own."""
+    rows = []
+    for i, owner in enumerate(OWNERS):
+        for j in range(2):
+            row = inv_row(f"f{2 * i + j}", {m: 1 + (m + i) % 3 for m in range(0, 60, 2 + j)}, app=f"app{i}-{j}")
+            row[0] = owner
+            rows.append(row)
+    write_day(tmp_path, 1, rows)
+    return tmp_path
+
+
+def test_folds_are_disjoint_cover_everything_and_keep_an_owner_together(trace: Path) -> None:
+    w = open_trace(trace)
+    k = 3
+    fold = folds.fold_of(w.functions, k)
+    owner_of = np.asarray(w.functions.tenants)
+    for o in np.unique(owner_of):
+        assert len(set(fold[owner_of == o])) == 1  # an owner's functions share a fold
+    held = [set(folds.held_out(w, k, i).functions.names) for i in range(k) if (fold == i).any()]
+    assert sum(len(h) for h in held) == len(w.functions)  # disjoint ...
+    assert set().union(*held) == set(w.functions.names)  # ... and covering
+    for i in range(k):
+        if not (fold == i).any():
+            continue
+        train = folds.training(w, k, i)
+        test = folds.held_out(w, k, i)
+        assert not set(train.functions.names) & set(test.functions.names)
+        assert set(train.functions.names) | set(test.functions.names) == set(w.functions.names)
+        # the counts follow their functions
+        j = w.functions.names.index(test.functions.names[0])
+        assert np.array_equal(test.counts[0], w.counts[j])
+
+
+def test_an_owners_fold_does_not_depend_on_the_other_functions(trace: Path) -> None:
+    everything = open_trace(trace)
+    some = open_trace(trace, functions=slice(6, 18))
+    f_all = dict(zip(everything.functions.names, folds.fold_of(everything.functions, 4), strict=True))
+    f_some = dict(zip(some.functions.names, folds.fold_of(some.functions, 4), strict=True))
+    assert all(f_all[name] == f for name, f in f_some.items())
+    assert len(set(f_all.values())) > 1  # 12 owners do not all hash to one fold
+
+
+def test_train_never_sees_the_held_out_functions(trace: Path, tmp_path: Path, monkeypatch) -> None:
+    from prewarmer.agents import train as train_module
+
+    seen: list[list[str]] = []
+
+    def record(workload, cfg, out, **kw):  # the real training is tested elsewhere: here, what it is given
+        seen.append(list(workload.functions.names))
+        return []
+
+    monkeypatch.setattr(train_module, "train", record)
+    w = open_trace(trace)
+    fold = folds.fold_of(w.functions, 4)
+    holdout = int(fold[0])
+    code = main(["train", "--trace", str(trace), "--folds", "4", "--holdout", str(holdout), "--out",
+                 str(tmp_path / "m.pt"), "--quiet"])
+    assert code == 0
+    held_names = {n for n, f in zip(w.functions.names, fold, strict=True) if f == holdout}
+    assert seen and held_names and not set(seen[0]) & held_names
+    assert len(seen[0]) + len(held_names) == len(w.functions)
+
+
+def test_replay_replays_one_fold(trace: Path, tmp_path: Path) -> None:
+    w = open_trace(trace)
+    fold = int(folds.fold_of(w.functions, 4)[0])
+    out = tmp_path / "r.json"
+    assert main(["replay", "--trace", str(trace), "--folds", "4", "--fold", str(fold), "--policy", "fixed",
+                 "--workers", "1", "--quiet", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    expected = folds.held_out(w, 4, fold)
+    assert doc["workload"]["functions"] == len(expected.functions) < len(w.functions)
+    assert doc["workload"]["invocations"] == expected.total_invocations()
+    assert doc["workload"]["folds"] == {"k": 4, "selection": f"fold {fold} of 4", "grouped_by": "owner"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--folds", "4", "--holdout", "5"], "--holdout must be in 0..3 (--folds 4), got 5"),
+    (["train", "--holdout", "1"], "--holdout needs --folds K"),
+    (["train", "--folds", "4"], "--folds 4 needs --holdout I"),
+    (["train", "--folds", "1", "--holdout", "0"], "--folds must be at least 2"),
+    (["replay", "--folds", "4", "--fold", "-1"], "--fold must be in 0..3 (--folds 4), got -1"),
+    (["replay", "--fold", "2"], "--fold needs --folds K"),
+])
+def test_bad_fold_options_are_one_line_errors(trace: Path, tmp_path: Path, args: list[str], message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    extra = ["--out", str(tmp_path / "m.pt")] if args[0] == "train" else ["--policy", "fixed"]
+    assert main([*args, "--trace", str(trace), *extra, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_folds_of_a_generated_workload_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--workload", "azure-like", "--folds", "4", "--fold", "0", "--quiet"]) == 2
+    assert "--folds splits the functions of a --trace" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Inference-time settings of `marl` (idle price, priced keep-alive cap, forecast hold): parsing and effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prewarmer.actions import Actions
+from prewarmer.agents.keep_alive import CANDIDATES_MIN, priced_keep_alive
+from prewarmer.agents.marl import MARLPolicy
+from prewarmer.registry import policy_factory
+from prewarmer.sim.replay import ReplayConfig, replay
+from prewarmer.workloads.base import FunctionTable, MinuteCountWorkload
+
+
+def gaps(*per_function: dict[int, int], bins: int = 241) -> np.ndarray:
+    h = np.zeros((len(per_function), bins), np.int64)
+    for row, counts in enumerate(per_function):
+        for g, n in counts.items():
+            h[row, g] = n
+    return h
+
+
+def test_priced_keep_alive_weighs_idle_memory_against_cold_starts() -> None:
+    # Gaps of 45 minutes: a 60-minute window keeps every call warm at 44.5 idle minutes a gap.
+    hist = gaps({45: 10}, {45: 10}, {45: 2}, {240: 10})
+    gb = np.array([0.25, 8.0, 1.0, 1.0])
+    ka = priced_keep_alive(hist, gb, price=0.07)
+    # 0.25 GB: 44.5 * 0.25 * 0.07 = 0.78 < 1 cold start: keep it 60 min; 8 GB: 24.9 > 1 + 5 * 8 * 0.07: let it go.
+    assert ka[0] == 60 * 60.0 and ka[1] == CANDIDATES_MIN[0] * 60.0
+    assert np.isinf(ka[2])  # two gaps: no opinion
+    assert ka[3] == CANDIDATES_MIN[0] * 60.0  # every gap beyond any window: the shortest
+    # Prewarmed 25 minutes after a call, a 30-minute gap idles 4.5 minutes: the shortest window catches it.
+    assert priced_keep_alive(gaps({30: 10}), np.ones(1), 0.07, prewarm_s=np.array([1500.0]))[0] == 5 * 60.0
+    assert priced_keep_alive(gaps({30: 10}), np.array([0.25]), 0.07)[0] == 30 * 60.0  # 0.52 < 1 cold start
+    # A free idle minute keeps the longest window that still helps (the shortest on a tie).
+    assert priced_keep_alive(gaps({100: 5, 3: 5}), np.ones(1), price=0.0)[0] == 120 * 60.0
+
+
+def test_marl_spec_settings_parse_and_reach_the_policy() -> None:
+    p = policy_factory("marl:price=0.2,cap=priced,hold=1m")()
+    assert (p.idle_gb_tick_cost, p.keep_alive_cap_s, p.hold_s) == (0.2, "priced", 60.0)
+    p = policy_factory("marl")()  # the defaults chosen on the folds
+    assert (p.keep_alive_cap_s, p.cold_target) == (None, 0.95)
+    p = policy_factory("marl:cap=off,cold_target=off")()
+    assert (p.keep_alive_cap_s, p.cold_target) == (None, None)
+    p = policy_factory("marl:cap=2h")()
+    assert p.keep_alive_cap_s == 7200.0 and p.idle_gb_tick_cost == pytest.approx(p.model.idle_gb_tick_cost.item())
+    for bad, message in (("marl:price=-1", "price must be >= 0"), ("marl:cap=soon", "not a duration"),
+                         ("marl:colour=red", "unknown parameter 'colour'"), ("marl:a.pt,b.pt", "one checkpoint")):
+        with pytest.raises(ValueError, match=message):
+            policy_factory(bad)
+
+
+def test_keep_alive_cap_applies_only_where_hybrid_does_not_prewarm() -> None:
+    p = MARLPolicy(keep_alive_cap_s=1800.0)
+    hyb = Actions(keep_alive_s=np.array([14400.0, 14400.0, 600.0]), surplus_keep_alive_s=np.full(3, 600.0),
+                  prewarm_delay_s=np.array([0.0, 120.0, 0.0]))
+    capped = p._capped(hyb)
+    assert capped.keep_alive_s.tolist() == [1800.0, 14400.0, 600.0]
+
+
+def _rare_big_functions() -> MinuteCountWorkload:
+    """Four 4-GB functions invoked after irregular gaps of 20-120 minutes for 12 hours: a histogram too flat
+    to be representative at first, then prewarmed about 20 minutes after a call and kept 2 hours."""
+    n, minutes = 4, 720
+    counts = np.zeros((n, minutes), np.int32)
+    rng = np.random.default_rng(1)
+    for f in range(n):
+        at = np.cumsum(rng.integers(20, 121, size=30))
+        counts[f, at[at < minutes]] = 1
+    table = FunctionTable(names=[f"r{f}" for f in range(n)], apps=np.arange(n, dtype=np.int32),
+                          app_names=[f"r{f}" for f in range(n)], memory_mb=np.full(n, 4096.0),
+                          cold_start_s=np.full(n, np.nan))
+    return MinuteCountWorkload(table, counts, np.tile(np.array([100, 100, 150, 200, 250, 300, 300], float), (n, 1)))
+
+
+def test_a_priced_cap_lets_big_rarely_used_instances_go() -> None:
+    w = _rare_big_functions()
+    cfg = ReplayConfig(seed=0)
+    plain = replay(w, policy_factory("marl:cap=off,cold_target=off"), cfg).metrics()
+    priced = replay(w, policy_factory("marl:cap=priced,cold_target=off"), cfg).metrics()
+    # 4 GB idle for 20-120 minutes costs 5.6-34 cold starts at 0.07: not worth one.
+    assert priced["wasted_gb_s"] < 0.5 * plain["wasted_gb_s"]
+    assert priced["cold_starts"] >= plain["cold_starts"]
+
+
+def _obs(cold: int, peak: int, n: int = 2):
+    from prewarmer.observation import Observation
+
+    z = np.zeros(n, np.int64)
+    return Observation(now=60.0, dt=60.0, arrivals=z + peak, cold_starts=z + cold, completions=z, timed_out=z,
+                       alive=z, starting=z, busy=z, idle_warm=z, in_flight=z, peak_in_flight=z + peak,
+                       concurrency=np.zeros(n), wasted_gb_s=np.zeros(n), busy_gb_s=np.zeros(n),
+                       memory_mb=np.full(n, 1024.0), idle_time_func=np.empty(0, np.int32), idle_time_s=np.empty(0))
+
+
+@pytest.mark.parametrize(("cold", "direction"), [(3, -1), (0, 1)])
+def test_the_price_adapts_towards_the_cold_start_target(cold: int, direction: int) -> None:
+    from prewarmer.workloads.base import FunctionTable
+
+    p = MARLPolicy(cold_target=0.5)
+    p.reset(FunctionTable(names=["a", "b"], apps=np.arange(2, dtype=np.int32), app_names=["a", "b"],
+                          memory_mb=np.full(2, 1024.0), cold_start_s=np.full(2, np.nan)), 0.0)
+    start = p.price
+    # The keep-alive's pool would have had 2 instances, the peak was 4: it would have been 2 short per
+    # function; the target allows 1 cold start per function, and `cold` happened.
+    p.tracker.pools = np.full((2, p.tracker.short.shape[1]), 2.0)
+    p.tracker.scored = 100
+    for _ in range(20):
+        p.adapt_price(_obs(cold, 4))
+        assert p.tracker.idle_cost == p.price
+    assert np.sign(p.price - start) == direction
