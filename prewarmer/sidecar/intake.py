@@ -135,6 +135,7 @@ class EventIntake:
         st = np.asarray(batch.startup_ms) / 1000.0 * self.opts.time_scale
         cold = np.asarray(batch.cold, np.int64)
         status = np.asarray(batch.status, np.int64)
+        phase = np.asarray(batch.phase, np.int64)
         ids = batch.ids
         for s in np.unique(shard).tolist():
             slot = self.slots.get(s)
@@ -156,7 +157,7 @@ class EventIntake:
                                     [self.platform.memory_mb(n) for n in unknown])
             k = np.asarray(keep)
             idx = np.fromiter((agent.index[n] for n in names), np.int64, len(names))
-            agent.ingest(idx, ts.policy(arrival[k]), dur[k], st[k], cold[k], status[k])
+            agent.ingest(idx, ts.policy(arrival[k]), dur[k], st[k], cold[k], status[k], phase[k])
             self.metrics.events.inc(len(keep))
 
     async def read_lag(self) -> None:
