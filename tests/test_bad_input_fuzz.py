@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prewarmer.stream.events import EventError, InvocationEvent, decode_batch
+from prewarmer.stream.events import PHASE_START, EventError, InvocationEvent, decode_batch
 from prewarmer.workloads.azure2019 import load_azure2019
 from prewarmer.workloads.azure2021 import load_azure2021
 from prewarmer.workloads.base import TraceError
@@ -26,9 +26,10 @@ NUMBERS = st.sampled_from([b"0", b"1", b"12.5", b"-1", b"-0.0", b"nan", b"NaN", 
                            b"1e308", b"200", b"99", b"600", b"1_000", b" 7 ", b"0x10", b"", b"1.7e9",
                            b"32503680000", b"\xff", b"\xd9\xa1"])
 VALUES = st.one_of(NUMBERS, st.binary(max_size=12), st.text(max_size=12).map(str.encode),
-                   st.sampled_from([b"0", b"1", b"true", b"false", b"fn", b"x" * 300]))
-KEYS = st.sampled_from([b"v", b"function", b"namespace", b"ts", b"duration_ms", b"startup_ms", b"cold", b"status",
-                        b"instance", b"extra", b"\xff"])
+                   st.sampled_from([b"0", b"1", b"2", b"true", b"false", b"fn", b"x" * 300, b"start", b"end",
+                                    b"done"]))
+KEYS = st.sampled_from([b"v", b"phase", b"function", b"namespace", b"ts", b"duration_ms", b"startup_ms", b"cold",
+                        b"status", b"instance", b"extra", b"\xff"])
 
 
 def valid_fields() -> st.SearchStrategy[dict[bytes, bytes]]:
@@ -59,7 +60,7 @@ def test_decode_batch_never_raises_and_accounts_for_every_entry(entries, max_ts)
         ts, dur, st_ = out.ts[i], out.duration_ms[i], out.startup_ms[i]
         assert math.isfinite(ts) and ts > 0 and (max_ts is None or ts <= max_ts)
         assert math.isfinite(dur) and dur >= 0 and math.isfinite(st_) and st_ >= 0
-        assert 100 <= out.status[i] <= 599 and 0 < len(out.function[i]) <= 253
+        assert (100 <= out.status[i] <= 599 or out.phase[i] == PHASE_START) and 0 < len(out.function[i]) <= 253
     # The fast path accepts exactly what the schema accepts (when no ts bound is in play).
     if max_ts is None:
         for eid, f in batch:

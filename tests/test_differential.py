@@ -44,8 +44,10 @@ def workload(tick_s: float) -> ListWorkload:
 
 
 def replay_and_mirror(policy: Policy, w: ListWorkload,
-                      to_fleet: Callable[[float, Actions], Actions] = lambda now, a: a) -> tuple[int, int, list]:
-    """(function-ticks that differ, function-ticks compared, the first differences)."""
+                      to_fleet: Callable[[float, Actions], Actions] = lambda now, a: a,
+                      quiet_only: bool = True) -> tuple[int, int, list]:
+    """(function-ticks that differ, function-ticks compared, the first differences). The requests are reported
+    when they complete; `quiet_only` compares only functions with no request in flight."""
     env = ReplayEnv(w, ReplayConfig(), tick_s=policy.tick_s or 60.0, record_requests=True)
     env.reset()
     fleet = WarmFleet(env.n_functions, env.functions.memory_mb)
@@ -61,7 +63,7 @@ def replay_and_mirror(policy: Policy, w: ListWorkload,
         fleet.reported(r[:, E.RL_FUNC].astype(np.int64), r[:, E.RL_ARR], r[:, E.RL_DUR])
         running = running[~done]
         obs = decision.obs
-        quiet = (obs.in_flight == 0) & (obs.starting == 0)
+        quiet = (obs.in_flight == 0) & (obs.starting == 0) if quiet_only else np.ones(len(obs.alive), bool)
         held = fleet.desired(now)
         bad = quiet & (held != obs.alive)
         differ += int(bad.sum())
@@ -111,4 +113,66 @@ def test_the_comparison_fails_when_the_fleet_acts_one_tick_late():
         return late.pop(0)
 
     differ, compared, _ = replay_and_mirror(make("marl"), workload(60.0), to_fleet=one_tick_late)
+    assert differ > 0.01 * compared
+
+
+def long_workload() -> ListWorkload:
+    """The azure-like mix with requests that run across ticks: every fifth function's requests run 30-150 s."""
+    w = azure_like(40, 2 * 3600, seed=3)
+    t, f, d = all_arrivals(w, seed=0)
+    long = f % 5 == 0
+    d = np.where(long, 30.0 + (np.arange(len(d)) * 37 % 121), np.minimum(d, 10.0))
+    return ListWorkload(list(zip(w.functions.names, w.functions.memory_mb, strict=True)),
+                        list(zip(t, f, d, strict=True)), w.horizon_s)
+
+
+def replay_and_mirror_with_starts(policy: Policy, w: ListWorkload) -> tuple[int, int, int, list]:
+    """As `replay_and_mirror`, the fleet told of each request when it arrives (a gateway's `start` event) and
+    again when it ends, as the sidecar's agent pairs them; every function-tick is compared, requests in flight
+    or not. Returns (differ, compared, function-ticks with a request running across the tick, first diffs)."""
+    env = ReplayEnv(w, ReplayConfig(), tick_s=policy.tick_s or 60.0, record_requests=True)
+    env.reset()
+    fleet = WarmFleet(env.n_functions, env.functions.memory_mb)
+    fleet.apply(0.0, begin(policy, env, env.functions, 0.0))
+    running = np.zeros((0, E.NRL))
+    differ, compared, spanning, first, prev = 0, 0, 0, [], -np.inf
+    for now in env.tick_times():
+        decision = tick(policy, env, now)
+        arrived = (w.t >= prev) & (w.t < now)
+        fleet.started(w.func[arrived].astype(np.int64), w.t[arrived])
+        prev = now
+        running = np.concatenate([running, env.state.take_requests()])
+        end = running[:, E.RL_START] + running[:, E.RL_DUR]
+        done = end <= now
+        r = running[done]
+        func, arrival = r[:, E.RL_FUNC].astype(np.int64), r[:, E.RL_ARR]
+        found, fed, _ = fleet.inflight.take(func, arrival)
+        assert found.all()
+        fleet.ended(func, arrival, r[:, E.RL_START] - arrival, r[:, E.RL_DUR], fed)
+        running = running[~done]
+        obs = decision.obs
+        held = fleet.desired(now)
+        bad = held != obs.alive
+        differ += int(bad.sum())
+        compared += len(held)
+        spanning += int((obs.in_flight > 0).sum())
+        first += [(now, int(f), int(obs.alive[f]), int(held[f])) for f in np.flatnonzero(bad)][: 5 - len(first)]
+        fleet.apply(now, decision.actions)
+    return differ, compared, spanning, first
+
+
+@pytest.mark.parametrize("spec", ["fixed", "hybrid", "marl"])
+def test_with_requests_reported_as_they_start_the_fleet_holds_what_replay_holds_even_while_they_run(spec):
+    """Requests of 30-150 s run across ticks. Reported when they arrive (and again when they end), they are in
+    the fleet's model from their arrival: it holds what replay holds at every tick, for every function."""
+    policy = make(spec)
+    differ, compared, spanning, first = replay_and_mirror_with_starts(policy, long_workload())
+    assert spanning > 500  # many function-ticks had a request running across the tick
+    assert differ == 0, f"{differ} of {compared} function-ticks differ; (t, function, replay, fleet): {first}"
+
+
+def test_reported_only_when_they_end_long_requests_make_the_fleet_differ():
+    """Shown to differ without `start` reports: the same long requests, reported only when they complete."""
+    policy = make("fixed")
+    differ, compared, _ = replay_and_mirror(policy, long_workload(), quiet_only=False)
     assert differ > 0.01 * compared

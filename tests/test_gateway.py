@@ -420,14 +420,16 @@ async def test_metrics_count_invocations_cold_starts_and_gb_seconds(tmp_path):
 # ---- events -------------------------------------------------------------------------------------
 
 
-async def _stream_events(url: str, prefix: str, fn: str, n: int, timeout: float = 15.0) -> list[InvocationEvent]:
+async def _stream_events(url: str, prefix: str, fn: str, n: int, timeout: float = 15.0,
+                         phase: str | None = "end") -> list[InvocationEvent]:
+    """The first `n` events of `fn` in its stream (of one `phase`, or all with None), in stream order."""
     r = aioredis.Redis.from_url(url)
     key = stream_key(shard_of(fn, 4), prefix)
     try:
         async def read():
             entries = await r.xrange(key)
             events = [InvocationEvent.from_fields(f) for _, f in entries]
-            events = [e for e in events if e.function == fn]
+            events = [e for e in events if e.function == fn and phase in (None, e.phase)]
             return events if len(events) >= n else None
 
         return await eventually(read, f"{n} {fn} events in {key}", timeout=timeout)
@@ -448,6 +450,11 @@ async def test_every_invocation_is_an_event_in_its_shard_stream(tmp_path, redis_
         assert (ev.startup_ms > 0) if ev.cold else (ev.startup_ms == 0)
     assert [e.cold for e in echo_events] == [True, False]
     assert cpu_events[0].status == 500 and cpu_events[0].cold
+    # Each invocation was reported when it arrived too, before its end, with the same arrival time.
+    both = await _stream_events(redis_server.url, "gwtest", "echo", 4, phase=None)
+    assert [e.phase for e in both] == ["start", "end", "start", "end"]
+    assert [e.ts for e in both[0::2]] == [e.ts for e in echo_events]
+    assert both[0].duration_ms is None and both[0].status is None
 
 
 async def test_events_wait_in_the_buffer_while_redis_is_down(tmp_path, redis_server):

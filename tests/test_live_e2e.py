@@ -17,6 +17,8 @@ from test_gateway import NS, basic, eventually, running
 from prewarmer.actuators import make_actuator
 from prewarmer.registry import policy_factory
 from prewarmer.sidecar.run import Sidecar, SidecarOptions
+from prewarmer.sim import engine as E
+from prewarmer.stream.keys import shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +77,44 @@ async def test_sidecar_prewarms_a_periodic_function_before_its_next_call(tmp_pat
 
 async def _replicas_is(g, n: int) -> bool:
     return (await g.status("echo")).get("replicas", 0) == n
+
+
+async def test_a_long_request_is_seen_by_the_sidecar_while_it_runs(tmp_path, redis_server):
+    """The gateway reports a request when it arrives: the sidecar counts it, and its model holds the instance it
+    keeps busy, before it completes; when it ends, the model lets the instance go idle."""
+    pw = secret(tmp_path)
+    async with running(tmp_path, auth=basic("admin", "s3cret"), redis_url=redis_server.url,
+                       basic_auth_user="admin", basic_auth_password_file=pw) as g:
+        r = aioredis.Redis.from_url(redis_server.url)
+        sc = sidecar_for(g.url, r, "s3cret", policy="fixed")
+        stop = asyncio.Event()
+        task = asyncio.create_task(sc.run(stop))
+        try:
+            call = asyncio.create_task(g.call("io", query="ms=5000"))
+
+            async def seen_running() -> bool:
+                slot = sc.slots.get(shard_of("io", sc.opts.n_shards))
+                if slot is None or "io" not in slot.agent.index:
+                    return False
+                agent, f = slot.agent, slot.agent.index["io"]
+                fleet = agent.fleet
+                return len(fleet.inflight) == 1 and bool(fleet.inflight.fed[0]) and fleet.state.fi[f, E.F_BUSY] == 1
+
+            await eventually(seen_running, "the sidecar to hold the running request", timeout=4)
+            assert not call.done(), "the request must still be running when the sidecar sees it"
+            assert (await call).status == 200
+
+            async def seen_ended() -> bool:
+                agent = sc.slots[shard_of("io", sc.opts.n_shards)].agent
+                f = agent.index["io"]
+                return len(agent.fleet.inflight) == 0 and agent.fleet.state.fi[f, E.F_BUSY] == 0 and \
+                    agent.fleet.state.fi[f, E.F_IDLE] == 1
+            await eventually(seen_ended, "the sidecar to see the request end")
+        finally:
+            stop.set()
+            await task
+            await sc.actuator.close()
+            await r.aclose()
 
 
 async def test_wrong_gateway_credentials_stop_the_sidecar_without_a_retry_storm(tmp_path, redis_server):
@@ -140,8 +180,9 @@ async def test_killing_and_restarting_the_sidecar_mid_stream_loses_no_event(tmp_
             await traffic(150)  # events keep arriving while no sidecar runs
             proc = _start_sidecar(g.url, redis_server.url, pw, log)
             await traffic(100)
-            await eventually(lambda: _counted_is(r, sent), f"all {sent} events counted", timeout=60)
-            assert await _counted(r) == sent == 400  # and not one counted twice
+            # Each invocation is two events, its start and its end.
+            await eventually(lambda: _counted_is(r, 2 * sent), f"all {2 * sent} events counted", timeout=60)
+            assert await _counted(r) == 2 * sent == 800  # and not one counted twice
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -25,7 +25,7 @@ from prewarmer.load.cli import add_loadtest_parser, cmd_loadtest
 from prewarmer.load.gateway_metrics import parse_gateway_metrics
 from prewarmer.load.processes import MARKER_ENV, marked_pids
 from prewarmer.load.results import Recorder, parse_cold, per_second
-from prewarmer.load.schedule_options import parse_functions
+from prewarmer.load.schedule_options import build_schedule, parse_functions
 from prewarmer.load.timing import latency_ms, run_schedule, send_lag_ms
 from prewarmer.workloads.azure2021 import load_azure2021
 from prewarmer.workloads.base import TraceError
@@ -252,6 +252,67 @@ def test_summary_has_exact_percentiles_and_per_function_figures():
     series = per_second(doc, duration_s=10.0)
     assert sum(series["requests"]) == n and sum(series["cold_starts"]) == 4
     json.dumps(doc, allow_nan=False)
+
+
+def test_a_warm_up_is_recorded_but_left_out_of_every_metric():
+    rec = Recorder([0.0, 1.0, 2.0, 3.0], [0, 0, 0, 0], ["a"], duration_s=4.0, metered_from_s=2.0)
+    for i, cold in enumerate([1, 1, 1, 0]):
+        rec.sent(i, rec.t[i], rec.t[i])
+        rec.done(i, rec.t[i], rec.t[i] + 0.5 + i, 200 if i else 502, cold)
+    doc = rec.summary()
+    assert doc["invocations"] == 2 and doc["cold_starts"] == 1 and doc["errors"] == 0  # the 502 was a warm-up
+    assert doc["p99_latency_ms"] == pytest.approx(np.percentile([2500.0, 3500.0], 99))
+    assert doc["warmup_requests"] == 2 and doc["scheduled"] == 2
+    assert doc["span_s"] == pytest.approx(6.5 - 2.0)  # the metered window: from 2 s to the last reply
+    assert doc["per_function"]["a"]["cold_starts"] == 1 and doc["per_function"]["a"]["first_cold"]
+    assert len(doc["requests"]["t"]) == 4  # every request kept (replay needs the history)
+
+
+def test_a_warm_up_plays_the_trace_minutes_before_the_window_with_the_same_functions(capsys):
+    metered = S.from_trace(TRACE_2019, functions=4, minutes=(40, 70), compress=30.0, duration_s=20.0)
+    full = build_schedule(parse(["--trace", str(TRACE_2019), "--minutes", "40:70", "--warmup", "30m",
+                                 "--duration", "20"]))
+    assert {d.name: d.sample for d in full.functions} == {d.name: d.sample for d in metered.functions}
+    assert full.meta["warmup_s"] == 60.0 and full.meta["start_minute"] == 10 and full.meta["minutes"] == [40, 70]
+    assert full.duration_s == 80.0
+    # after the warm-up: the metered window's requests (the trace's counts per minute; the times within a minute
+    # are drawn), and before it those of the 30 minutes before
+    names = [d.name for d in full.functions]
+    after = full.t >= 60.0
+
+    def per_minute(t, func, fnames):
+        return sorted(zip((t // 2).astype(int).tolist(), [fnames[f] for f in func], strict=True))
+    assert per_minute(full.t[after] - 60.0, full.func[after], names) == per_minute(metered.t, metered.func,
+                                                                                   metered.names)
+    assert (~after).sum() > 0
+    for bad, why in ((["--minutes", "10:40", "--warmup", "30m"], "only 10 minute"),
+                     (["--minutes", "40:70", "--warmup", "90s"], "whole number"),
+                     (["--workload", "azure-like", "--warmup", "30m"], "needs --trace")):
+        argv = bad if "--workload" in bad else ["--trace", str(TRACE_2019), *bad]
+        assert cmd_loadtest(parse(argv)) == 2
+        assert why in capsys.readouterr().err
+
+
+def test_functions_by_a_prefix_of_their_trace_name(capsys):
+    w = build_schedule(parse(["--trace", str(TRACE_2019), "--functions", "edfecd92,ccb32589", "--duration", "5"]))
+    assert sorted(d.source[:8] for d in w.functions) == ["ccb32589", "edfecd92"]
+    assert cmd_loadtest(parse(["--trace", str(TRACE_2019), "--functions", "edfec", "--simulate-only"])) == 2
+    assert "6+ characters" in capsys.readouterr().err
+
+
+def test_simulate_only_predicts_without_a_run_and_counts_the_metered_window_only(tmp_path):
+    out = tmp_path / "sim.json"
+    argv = ["--trace", str(TRACE_2019), "--minutes", "40:70", "--duration", "20", "--compare", "fixed:1m",
+            "--simulate-only", "--quiet", "--json", str(out)]
+    assert cmd_loadtest(parse(argv)) == 0
+    cold = json.loads(out.read_text())["simulated"]
+    assert cold["baseline"]["policy"] == "fixed:600s" and cold["prewarmer"]["policy"] == "fixed:1m"
+    assert cold["prewarmer"]["predicted_cold_starts"] >= cold["baseline"]["predicted_cold_starts"] > 0
+    # with a warm-up, the functions are warm when metering starts: fewer cold starts in the same window
+    assert cmd_loadtest(parse([*argv, "--warmup", "30m"])) == 0
+    warm = json.loads(out.read_text())["simulated"]
+    assert warm["baseline"]["warmup_s"] == 60.0
+    assert warm["baseline"]["predicted_cold_starts"] < cold["baseline"]["predicted_cold_starts"]
 
 
 def test_unanswered_requests_are_errors_and_headers_parse():

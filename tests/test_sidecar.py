@@ -238,3 +238,32 @@ async def test_dry_run_records_decisions_predictions_and_scale_requests(redis_se
     # nothing was acted on: the dry-run actuator only recorded the same requests
     assert {rec.function for rec in sc.actuator.records} == {f"fn{i}" for i in range(4)}
     await r.aclose()
+
+
+async def test_the_loop_wakes_when_a_policy_tick_is_due_not_up_to_an_interval_later(redis_server):
+    """At 30x, a 60-s policy tick comes every 2 real seconds: an iteration every second would tick up to a second
+    (30 s of policy time) late. The loop sleeps until the tick instead, and the tick happens on time."""
+    r = aioredis.Redis.from_url(redis_server.url)
+    clock = [1_000_000.25]
+    opts = SidecarOptions(replica_id="t", n_shards=N_SHARDS, checkpoint_interval_s=0.0, status_interval_s=0.0,
+                          policy_spec="hybrid", time_scale=30.0, interval_s=1.0)
+    sc = Sidecar(opts, policy_factory("hybrid"), DryRunActuator(), r, clock=lambda: clock[0])
+    await sc.start()  # policy time 0 is now
+    clock[0] += 0.25
+    await produce(redis_server.url, [InvocationEvent(function="fn0", namespace="openfaas-fn", ts=clock[0] - 0.1,
+                                                     duration_ms=5.0, cold=False, status=200)])
+    await sc.iterate()
+    agent = next(slot.agent for slot in sc.slots.values() if slot.agent.names)
+    due = agent.next_tick  # policy seconds: the next multiple of 60
+    assert due == 60.0 and sc.ts.policy(clock[0]) == pytest.approx(7.5)
+    # 52.5 policy seconds away = 1.75 real seconds: more than an interval, so one interval first
+    assert sc.sleep_s() == 1.0
+    clock[0] += 1.0
+    await sc.iterate()
+    assert agent.next_tick == due  # not yet
+    assert sc.sleep_s() == pytest.approx(0.75 + 0.001)  # then exactly to the tick
+    clock[0] += sc.sleep_s()
+    await sc.iterate()
+    assert agent.next_tick == 120.0  # it ticked, 0.03 policy seconds after the tick time
+    await sc.shutdown()
+    await r.aclose()

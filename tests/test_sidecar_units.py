@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 
 from prewarmer.actions import Actions
+from prewarmer.policies.keepalive import KeepAlivePolicy
 from prewarmer.registry import policy_factory
-from prewarmer.sidecar.agent import ShardAgent
+from prewarmer.sidecar.agent import CHECKPOINT_MAGIC, ShardAgent
 from prewarmer.sidecar.fleet import WarmFleet
+from prewarmer.sidecar.inflight import MAX_OPEN_S
 from prewarmer.sidecar.observer import LiveObserver
 from prewarmer.sidecar.timescale import TimeScale
+from prewarmer.sim import engine as E
+from prewarmer.stream.events import PHASE_DONE, PHASE_END, PHASE_START
 
 
 def one(x: float) -> np.ndarray:
@@ -95,6 +99,56 @@ def test_a_shard_asks_for_what_the_platform_runs_while_its_model_is_behind():
     assert agent.desired(162.0, 1.0, np.array([7, 7])).tolist() == [1, 1]
 
 
+def test_a_request_reported_as_it_starts_is_counted_and_held_busy_until_its_end():
+    S, E_, D = PHASE_START, PHASE_END, PHASE_DONE
+    def every_minute() -> KeepAlivePolicy:
+        policy = KeepAlivePolicy(600.0)
+        policy.tick_s = 60.0  # observed every minute
+        return policy
+
+    agent = ShardAgent(0, every_minute, 0.0)
+    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [128.0, 128.0])
+    agent.tick(0.0, np.zeros(2, np.int64), np.zeros(2, np.int64))
+    z = np.zeros(3)
+
+    def events(phase, func, arrival, duration, startup=None):
+        n = len(func)
+        agent.ingest(np.array(func), np.array(arrival, float), np.array(duration, float),
+                     z[:n] if startup is None else np.array(startup, float), np.zeros(n, np.int64),
+                     np.full(n, 200), np.array(phase))
+
+    # "a" starts at 10 and runs 100 s; "b" starts and ends (3 s) before the tick; a third ends with no start seen
+    events([S, S, E_], [0, 1, 1], [10.0, 20.0, 20.0], [0.0, 0.0, 3.0])
+    events([E_], [1], [30.0], [2.0])
+    assert len(agent.fleet.inflight) == 1
+    assert agent.desired(60.0, 0.0).tolist() == [1, 1]
+    obs = agent.tick(60.0, np.array([1, 1]), np.array([1, 1])).obs
+    assert obs.arrivals.tolist() == [1, 2]  # counted once each: at its start, or as a whole
+    assert obs.in_flight[0] == 1 and obs.peak_in_flight[0] == 1 and obs.busy[0] == 1
+    assert obs.concurrency[0] == pytest.approx(50.0 / 60.0)  # busy from 10 to the tick at 60
+    assert agent.fleet.state.fi[0, E.F_BUSY] == 1  # the model runs it: its instance is busy
+    # it ends at 110 (reported at 115): no second arrival; busy time 60..110 goes to the next tick
+    events([E_], [0], [10.0], [100.0], [0.0])
+    obs = agent.tick(120.0, np.array([1, 1]), np.array([1, 1])).obs
+    assert obs.arrivals.tolist() == [0, 0]
+    assert obs.concurrency[0] == pytest.approx(50.0 / 60.0)
+    assert agent.fleet.state.fi[0, E.F_BUSY] == 0 and agent.fleet.state.fi[0, E.F_IDLE] == 1
+    assert len(agent.fleet.inflight) == 0
+    # a `done` event (a platform reporting whole requests) still counts as before
+    events([D], [0], [130.0], [1.0])
+    assert agent.tick(180.0, np.array([1, 1]), np.array([1, 1])).obs.arrivals.tolist() == [1, 0]
+
+
+def test_a_start_whose_end_is_lost_stops_holding_its_instance():
+    f = WarmFleet(1)
+    f.apply(0.0, Actions(keep_alive_s=one(60.0)))
+    f.started(np.array([0]), np.array([10.0]))
+    assert f.desired(20.0).tolist() == [1]
+    assert f.desired(10.0 + MAX_OPEN_S - 1).tolist() == [1]  # still running, as far as anyone knows
+    assert f.desired(10.0 + MAX_OPEN_S + 1).tolist() == [1]  # given up: now idle, for its keep-alive
+    assert f.desired(10.0 + MAX_OPEN_S + 62).tolist() == [0]
+
+
 def test_a_backlog_replays_at_its_times_or_if_late_keeps_its_spacing_instead_of_arriving_as_a_burst():
     f = WarmFleet(2)
     f.apply(100.0, Actions(keep_alive_s=np.array([600.0, 600.0])))  # the clock starts with the first report
@@ -177,8 +231,8 @@ def test_corrupt_checkpoint_is_a_clear_error():
     with pytest.raises(ValueError, match="bad header"):
         ShardAgent.loads(b"junk", policy_factory("fixed"))
     with pytest.raises(ValueError, match="corrupt shard checkpoint"):
-        ShardAgent.loads(b"prewarmer-shard-v3\nnot zlib", policy_factory("fixed"))
-    for old in (b"prewarmer-shard-v1\nanything", b"prewarmer-shard-v2\nanything"):
+        ShardAgent.loads(CHECKPOINT_MAGIC + b"not zlib", policy_factory("fixed"))
+    for old in (b"prewarmer-shard-v1\nanything", b"prewarmer-shard-v2\nanything", b"prewarmer-shard-v3\nanything"):
         with pytest.raises(ValueError, match="older prewarmer"):
             ShardAgent.loads(old, policy_factory("fixed"))
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from prewarmer.stream.consumer import RedisEventSource, SourceBatch, StreamUnavailable, connect
-from prewarmer.stream.events import InvocationEvent
+from prewarmer.stream.events import PHASE_DONE, PHASE_END, PHASE_START, InvocationEvent
 from prewarmer.stream.keys import dead_letter_key, shard_of, stream_key
 from prewarmer.stream.producer import RedisEventProducer
 from prewarmer.stream.shards import ShardLeases
@@ -177,6 +177,32 @@ async def test_malformed_entries_go_to_dead_letter_without_blocking_the_batch(re
     assert {f[b"source_id"] for _, f in dead} == set(expected)
     assert dict(dead[-1][1])[b"instance"] == b"\xff\xfe"  # original bytes kept as they were
     # Dead-lettered entries were acked with their copy; the good ones by the caller.
+    assert await src.pending_count(ALL) == 0
+    await prod.close()
+    await src.close()
+
+
+async def test_start_and_end_entries_are_read_and_malformed_ones_dead_lettered(redis_server, r):
+    prod, src = producer(redis_server), source(redis_server)
+    start = InvocationEvent.start("good", "ns", 1.7e9).to_fields()
+    end = event(1, function="good", phase="end", ts=1.7e9).to_fields()
+    v1 = {k: v for k, v in event(2, function="good").to_fields().items() if k != "phase"} | {"v": "1"}
+    start_with_outcome = {**start, "duration_ms": "5"}
+    end_without_status = {k: v for k, v in end.items() if k != "status"}
+    unknown_phase = {**end, "phase": "middle"}
+    v1_with_phase = {**v1, "phase": "start"}
+    entries = [start, start_with_outcome, end, end_without_status, unknown_phase, v1, v1_with_phase]
+    ids = await prod.emit_fields_batch(entries, shard=0)
+    batches = await drain(src, 3)
+    got = [(i, p) for b in batches for i, p in zip(b.ids, b.phase, strict=True)]
+    assert got == [(ids[0], PHASE_START), (ids[2], PHASE_END), (ids[5], PHASE_DONE)]
+    assert batches[0].status[0] == 0 and batches[0].ts[0] == 1.7e9  # a start has no outcome yet
+    dead = {f[b"source_id"]: f[b"error"].decode() for _, f in await r.xrange(dead_letter_key(PREFIX))}
+    assert set(dead) == {ids[1], ids[3], ids[4], ids[6]}
+    assert "'duration_ms'" in dead[ids[1]] and "not allowed in a start entry" in dead[ids[1]]
+    assert "'status'" in dead[ids[3]]
+    assert "'phase'" in dead[ids[4]]
+    assert "'phase'" in dead[ids[6]] and "version 1" in dead[ids[6]]
     assert await src.pending_count(ALL) == 0
     await prod.close()
     await src.close()

@@ -17,8 +17,10 @@ Content-Length, from `Expect: 100-continue`, or as soon as a chunked body passes
 that raises, or whose worker dies, answers a short message with a reference; the exception text is only
 in the gateway log (`event=invocation_failed ref=...`). Malformed HTTP (an oversized request line or
 header, a bad method) gets aiohttp's 400 and one WARNING log line, not an ERROR with a traceback.
-After each invocation one `InvocationEvent` goes to the Redis event producer (when `--redis` is set):
-`emit` only appends to the producer's buffer, so Redis being slow or down never delays a response.
+Each invocation is reported to the Redis event producer (when `--redis` is set) by two `InvocationEvent`s: a
+`start` when it arrives (so a long request is seen, and its worker counted busy, while it runs) and an `end`
+with its outcome (a caller that disconnects ends it with status 499). `emit` only appends to the producer's
+buffer, so Redis being slow or down never delays a response.
 """
 
 from __future__ import annotations
@@ -161,11 +163,17 @@ class Gateway:
         body = await request.read()
         meta = {"method": request.method, "path": "/" + request.match_info.get("path", ""),
                 "query": request.query_string, "headers": _headers(request)}
-        inv = await self.pool.invoke(name, meta, body)
+        await self._emit(InvocationEvent.start(name, self.cfg.namespace, ts))
+        try:
+            inv = await self.pool.invoke(name, meta, body)
+        except asyncio.CancelledError:
+            # The caller went away: the request ends here (499, as nginx logs it), so that its start is closed.
+            await self._emit_end(Invocation(name, 499, b"", {}, False, 0.0, (time.perf_counter() - t0) * 1000), ts)
+            raise
         elapsed = time.perf_counter() - t0
         self.metrics.observe_invocation(self.pool.functions[name].label, inv.status, elapsed, inv.cold,
                                         execution_s=inv.duration_ms / 1000.0)
-        await self._emit(inv, ts)
+        await self._emit_end(inv, ts)
         headers = {k: v for k, v in inv.headers.items()
                    if k.lower() not in _DROP_HEADERS and "\n" not in v and "\r" not in v and "\n" not in k}
         body = inv.body
@@ -185,17 +193,29 @@ class Gateway:
                         "X-Prewarmer-Worker": inv.worker, "X-Prewarmer-Startup-Ms": f"{inv.startup_ms:.3f}"})
         return web.Response(status=inv.status, body=body, headers=headers)
 
-    async def _emit(self, inv: Invocation, ts: float) -> None:
+    async def _emit_end(self, inv: Invocation, ts: float) -> None:
+        try:
+            event = InvocationEvent(phase="end", function=inv.function, namespace=self.cfg.namespace, ts=ts,
+                                    duration_ms=max(inv.duration_ms, 0.0), startup_ms=max(inv.startup_ms, 0.0),
+                                    cold=inv.cold, status=inv.status, instance=inv.worker)
+        except (ValidationError, ValueError) as e:
+            self._dropped(inv.function, e)
+            return
+        await self._emit(event)
+
+    async def _emit(self, event: InvocationEvent) -> None:
+        """Queue an event for Redis (when `--redis` is set); never fails a request because of its event."""
         if self.producer is None:
             return
         try:
-            await self.producer.emit(InvocationEvent(
-                function=inv.function, namespace=self.cfg.namespace, ts=ts, duration_ms=max(inv.duration_ms, 0.0),
-                startup_ms=max(inv.startup_ms, 0.0), cold=inv.cold, status=inv.status, instance=inv.worker))
-        except (ValidationError, ValueError, RuntimeError) as e:
-            # Never fail a request because of its event; the log says why it was lost.
-            self._emit_failures += 1
-            log_event("event_dropped", function=inv.function, error=str(e).splitlines()[0])
+            await self.producer.emit(event)  # only appends to a buffer: never suspends
+        except (ValueError, RuntimeError) as e:
+            self._dropped(event.function, e)
+
+    def _dropped(self, function: str, e: Exception) -> None:
+        # The log says why the event was lost.
+        self._emit_failures += 1
+        log_event("event_dropped", function=function, error=str(e).splitlines()[0])
 
     # ---- system API -------------------------------------------------------------------------------
 

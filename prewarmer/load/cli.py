@@ -32,7 +32,11 @@ def add_loadtest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     g.add_argument("--minutes", metavar="A:B", help="trace minutes [A, B) (default 0:30)")
     g.add_argument("--compress", metavar="FACTOR", type=float, default=None,
                    help="time compression: t_real = t_trace / FACTOR (default 30 for traces, 1 for synthetic)")
-    g.add_argument("--duration", metavar="S", help="replay at most this long, real time (synthetic: its length, 60s)")
+    g.add_argument("--duration", metavar="S", help="replay at most this long, real time (synthetic: its length, 60s); "
+                                                  "with --warmup, the metered part")
+    g.add_argument("--warmup", metavar="DURATION",
+                   help="trace time played before --minutes, unmetered, to both runs (e.g. 30m: minutes A-30:A "
+                        "before A:B): policies and the gateway start the metered window with history")
     g.add_argument("--heavy", action="store_true", help="include the heavy (PyTorch) function: seconds of cold start")
     g.add_argument("--max-rps", type=float, default=sched_mod.DEFAULT_MAX_TOTAL_RPS,
                    help=f"bound on the total request rate (default {sched_mod.DEFAULT_MAX_TOTAL_RPS:g})")
@@ -60,6 +64,10 @@ def add_loadtest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="also replay each run's exact schedule through the simulator (start-up times measured from "
                         "the gateway, the gateway's keep-alive or the sidecar's policy) and print predicted beside "
                         "measured cold starts per function")
+    o.add_argument("--simulate-only", action="store_true",
+                   help="no live run: replay the schedule through the simulator as it is planned (each request at its "
+                        "intended time, its planned work, a start-up of 0.3 s) for the gateway alone and, with "
+                        "--compare / --policy, the policy, and print predicted cold starts per function")
     o.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_loadtest)
     return p

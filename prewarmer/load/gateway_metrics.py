@@ -67,7 +67,9 @@ class Sampler(threading.Thread):
                 self.samples.append({"t": round(time.monotonic() - self.t0, 3), "unix": time.time(),
                                      "warm": w["idle"] + w["busy"], "busy": w["busy"], "starting": w["starting"],
                                      "cold_starts": m["cold_starts"],
-                                     "idle_gb_s": m["idle_gb_s"], "busy_gb_s": m["busy_gb_s"]})
+                                     "idle_gb_s": m["idle_gb_s"], "busy_gb_s": m["busy_gb_s"],
+                                     "functions": {name: {k: f[k] for k in ("idle_gb_s", "busy_gb_s", "cold_starts")}
+                                                   for name, f in m["functions"].items()}})
             if self._halt.wait(self.interval):
                 return
 
@@ -78,3 +80,7 @@ class Sampler(threading.Thread):
 
     def latest(self) -> dict | None:
         return self.samples[-1] if self.samples else None
+
+    def at(self, unix: float) -> dict | None:
+        """The first sample taken at or after `unix` (None if none was)."""
+        return next((x for x in self.samples if x["unix"] >= unix), None)

@@ -51,7 +51,6 @@ def _check_tools() -> None:
 
 def loadtest(args: argparse.Namespace) -> dict:
     """Build the schedule, run it (once or twice), write the outputs; returns the report document."""
-    _check_tools()
     policy = args.compare or args.policy
     if policy:
         _check_policy(policy)
@@ -62,6 +61,9 @@ def loadtest(args: argparse.Namespace) -> dict:
     keep_alive = parse_duration(args.gateway_keep_alive) if args.gateway_keep_alive else 600.0 / compress
     if args.save_schedule:
         schedule.save(args.save_schedule)
+    if getattr(args, "simulate_only", False):
+        return _simulate_only(args, schedule, policy, keep_alive, compress)
+    _check_tools()
     run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
     owned_tmp = None
     if args.workdir:
@@ -92,6 +94,7 @@ def loadtest(args: argparse.Namespace) -> dict:
     doc: dict = {"schedule": schedule.describe(),
                  "config": {"run_id": run_id, "keep_alive_s": keep_alive, "compress": compress, "policy": policy,
                             "redis": "external" if args.redis else "per run", "seed": args.seed,
+                            "warmup_s": float(schedule.meta.get("warmup_s") or 0.0),
                             "latency": "from the intended send time (open loop)",
                             "throughput_rps": "requests answered without error per real second of the run",
                             "wasted_gb_s": "gateway idle GB-s (ready, not executing) during the run"}}
@@ -120,4 +123,22 @@ def loadtest(args: argparse.Namespace) -> dict:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
     if args.plot:
         write_plot(Path(args.plot), runs, schedule.duration_s, doc)
+    return doc
+
+
+def _simulate_only(args: argparse.Namespace, schedule: sched_mod.Schedule, policy: str | None, keep_alive: float,
+                   compress: float) -> dict:
+    """`--simulate-only`: the predictions for the schedule as planned, the gateway alone and the policy; no run."""
+    from prewarmer.load.simulate import predict, results_as_planned
+
+    planned = results_as_planned(schedule)
+    doc: dict = {"schedule": schedule.describe(),
+                 "config": {"keep_alive_s": keep_alive, "compress": compress, "policy": policy,
+                            "warmup_s": float(schedule.meta.get("warmup_s") or 0.0), "simulate_only": True},
+                 "simulated": {label: predict(schedule, planned, pol, keep_alive, compress)
+                               for label, pol in [("baseline", None)] + ([("prewarmer", policy)] if policy else [])}}
+    if not args.quiet:
+        print_simulated(doc["simulated"], measured=False)
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
     return doc

@@ -60,7 +60,8 @@ class OpenLoopRun:
             path = f"/function/{names[f]}" + (f"?{query}" if query else "")
             self.requests.append((path, f"/function/{names[f]}", body))
         self.recorder = Recorder(schedule.t, schedule.func, names, schedule.duration_s,
-                                 meta={"schedule": {k: v for k, v in schedule.meta.items() if k != "selection"}})
+                                 meta={"schedule": {k: v for k, v in schedule.meta.items() if k != "selection"}},
+                                 metered_from_s=float(schedule.meta.get("warmup_s") or 0.0))
         self.start_perf = 0.0
         self.start_unix = 0.0
         self.stopping = False

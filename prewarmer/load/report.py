@@ -53,18 +53,25 @@ def print_table(runs: list[RunOutcome], ratio: dict | None) -> None:
     console.print(table)
 
 
-def print_simulated(simulated: dict) -> None:
-    """Predicted (replay of the run's schedule) beside measured cold starts, per run and function."""
+def print_simulated(simulated: dict, measured: bool = True) -> None:
+    """Predicted (replay of the run's schedule) beside measured cold starts, per run and function; with
+    `measured` False (`--simulate-only`), the predictions alone."""
     from rich.table import Table
 
-    table = Table(title="cold starts: replay of each run's schedule vs the live run")
-    for c in ("run", "policy", "function", "start-up s", "measured", "predicted"):
+    warmup = max((sim.get("warmup_s") or 0.0 for sim in simulated.values()), default=0.0)
+    title = "cold starts: replay of each run's schedule vs the live run" if measured else \
+        "cold starts predicted by replay of the planned schedule (no live run)"
+    table = Table(title=title + (f", after a {warmup:g} s warm-up" if warmup else ""))
+    cols = ("run", "policy", "function", "start-up s") + (("measured",) if measured else ()) + ("predicted",)
+    for c in cols:
         table.add_column(c, justify="left" if c in ("run", "policy", "function") else "right")
     for label, sim in simulated.items():
         for name, f in sim["per_function"].items():
-            table.add_row(label, sim["policy"], name, f"{f['startup_s']:.3f}", str(f["measured"]), str(f["predicted"]))
-        verdict = "agree" if sim["agree"] else "DISAGREE"
-        table.add_row(label, sim["policy"], f"all ({verdict})", "", str(sim["measured_cold_starts"]),
+            table.add_row(label, sim["policy"], name, f"{f['startup_s']:.3f}",
+                          *((str(f["measured"]),) if measured else ()), str(f["predicted"]))
+        verdict = (" (agree)" if sim["agree"] else " (DISAGREE)") if measured else ""
+        table.add_row(label, sim["policy"], f"all{verdict}", "", *((str(sim["measured_cold_starts"]),) if measured
+                                                                    else ()),
                       str(sim["predicted_cold_starts"]), end_section=True)
     _console().print(table)
 

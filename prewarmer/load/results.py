@@ -54,7 +54,10 @@ class Recorder:
     """What happened to each request of a schedule: when it went out, when it finished, how."""
 
     def __init__(self, t: Sequence[float], func: Sequence[int], names: Sequence[str], duration_s: float,
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, metered_from_s: float = 0.0) -> None:
+        # Requests sent before `metered_from_s` are a warm-up (`prewarmer loadtest --warmup`): recorded, kept in
+        # `requests`, left out of every metric.
+        self.metered_from_s = float(metered_from_s)
         self.t = np.asarray(t, np.float64)
         self.func = np.asarray(func, np.int32)
         self.names = list(names)
@@ -90,24 +93,27 @@ class Recorder:
         return int(np.count_nonzero(~np.isnan(self.latency_ms)))
 
     def summary(self, include_requests: bool = True) -> dict:
-        sent = ~np.isnan(self.lag_ms)
-        done = ~np.isnan(self.latency_ms)
-        answered = self.status > 0
+        metered = self.t >= self.metered_from_s
+        sent = ~np.isnan(self.lag_ms) & metered
+        done = ~np.isnan(self.latency_ms) & metered
+        answered = (self.status > 0) & metered
         ok = answered & (self.status < 400)
         failed = sent & ~ok  # error status, transport failure, or no answer before the end
         invocations = int(answered.sum())
-        cold_starts = int((self.cold == 1).sum())
+        cold_starts = int(((self.cold == 1) & metered).sum())
         lat = self.latency_ms[ok]
         lag = self.lag_ms[sent]
         ends = (self.t[done] * 1000.0 + self.latency_ms[done]) / 1000.0
-        span = max(self.duration_s, float(ends.max()) if len(ends) else 0.0)
+        span = max(self.duration_s, float(ends.max()) if len(ends) else 0.0) - self.metered_from_s
         doc = {
             "format": RESULTS_FORMAT,
             "started_unix": self.started_unix,
             "duration_s": self.duration_s,
+            "warmup_s": self.metered_from_s,
+            "warmup_requests": int((~metered).sum()),
             "span_s": round(span, 3),
             "finished": self.finished,
-            "scheduled": len(self.t),
+            "scheduled": int(metered.sum()),
             "sent": int(sent.sum()),
             "invocations": invocations,
             "cold_starts": cold_starts,
@@ -123,7 +129,7 @@ class Recorder:
             "send_lag_p50_ms": _clean(_pct(lag, 50)),
             "send_lag_p99_ms": _clean(_pct(lag, 99)),
             "send_lag_max_ms": _clean(float(lag.max()) if len(lag) else None),
-            "per_function": self._per_function(answered, ok, failed),
+            "per_function": self._per_function(answered, ok, failed, metered),
             "error_samples": dict(list({str(i): e for i, e in self.errors.items()}.items())[:20]),
             "meta": self.meta,
         }
@@ -141,10 +147,10 @@ class Recorder:
             }
         return doc
 
-    def _per_function(self, answered: np.ndarray, ok: np.ndarray, failed: np.ndarray) -> dict:
+    def _per_function(self, answered: np.ndarray, ok: np.ndarray, failed: np.ndarray, metered: np.ndarray) -> dict:
         out = {}
         for j, name in enumerate(self.names):
-            mine = self.func == j
+            mine = (self.func == j) & metered
             inv = int((answered & mine).sum())
             cold = int(((self.cold == 1) & mine).sum())
             lat = self.latency_ms[ok & mine]

@@ -168,6 +168,13 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         results = json.loads(results_path.read_text(encoding="utf-8"))
         if after is None:
             raise LoadTestError(f"gateway {gateway}/metrics is not readable after the run")
+        warmup = float(setup.schedule.meta.get("warmup_s") or 0.0)
+        if warmup > 0:
+            # The gateway's figures count from the end of the warm-up (the sample taken next after it).
+            boundary = sampler.at(float(results.get("started_unix") or 0.0) + warmup)
+            if boundary is None:
+                raise LoadTestError("no sample of the gateway's metrics after the warm-up")
+            before = boundary
         metrics = {k: results.get(k) for k in ("invocations", "cold_starts", "cold_start_rate", "throughput_rps",
                                                "p50_latency_ms", "p99_latency_ms", "errors", "send_lag_p50_ms",
                                                "send_lag_p99_ms", "send_lag_max_ms", "scheduled")}

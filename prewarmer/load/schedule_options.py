@@ -31,6 +31,30 @@ def parse_functions(text: str | None) -> int | slice | list[str]:
     return names
 
 
+def trace_functions(args: argparse.Namespace) -> int | slice | list[str]:
+    """`--functions` for a trace; a name may be given by a unique prefix of at least 6 characters (`c21dffbc` for
+    the trace's 64-character function hash)."""
+    functions = parse_functions(args.functions)
+    if not isinstance(functions, list) or not args.trace:
+        return functions
+    from prewarmer.workloads.detect import open_trace
+
+    known = open_trace(args.trace, functions=None, minutes=(0, 1)).functions.names
+    exact = set(known)
+    out = []
+    for name in functions:
+        if name in exact:
+            out.append(name)
+            continue
+        matches = [n for n in known if n.startswith(name)] if len(name) >= 6 else []
+        if len(matches) != 1:
+            why = "a prefix needs 6+ characters" if len(name) < 6 else (
+                "no trace function starts with it" if not matches else f"{len(matches)} trace functions start with it")
+            raise UsageError(f"--functions: {name!r} is not a function of {args.trace} ({why})")
+        out.append(matches[0])
+    return out
+
+
 def build_schedule(args: argparse.Namespace) -> sched_mod.Schedule:
     from prewarmer.workloads.detect import parse_minutes
 
@@ -47,10 +71,15 @@ def build_schedule(args: argparse.Namespace) -> sched_mod.Schedule:
             raise UsageError("--schedule is already built: --functions/--minutes/--compress/--heavy do not apply")
         s = sched_mod.Schedule.load(args.schedule)
         return s.truncated(duration) if duration else s
+    warmup = getattr(args, "warmup", None)
+    if warmup and not args.trace:
+        raise UsageError("--warmup plays the trace minutes before --minutes: it needs --trace")
+    if args.trace and warmup:
+        return _with_warmup(args, parse_duration(warmup), duration)
     if args.trace or args.workload == "azure-like":
         minutes = parse_minutes(args.minutes or "0:30")
         compress = args.compress or 30.0
-        functions = parse_functions(args.functions)
+        functions = trace_functions(args)
         common = dict(compress=compress, seed=args.seed, duration_s=duration, include_heavy=args.heavy,
                       max_total_rps=args.max_rps, max_function_rps=args.max_function_rps)
         if args.trace:
@@ -78,3 +107,39 @@ def build_schedule(args: argparse.Namespace) -> sched_mod.Schedule:
     if args.compress not in (None, 1.0):
         raise UsageError("--compress applies to traces; the synthetic pattern is already in real time")
     return sched_mod.synthetic(duration_s=duration or 60.0, seed=args.seed, heavy_every_s=20.0 if args.heavy else None)
+
+
+def _with_warmup(args: argparse.Namespace, warmup_s: float, duration: float | None) -> sched_mod.Schedule:
+    """The trace minutes [A - W, B) for --minutes A:B and --warmup W (trace time), the first W played unmetered.
+
+    The functions are chosen on the metered window [A, B), as without a warm-up; both runs of --compare replay
+    the same schedule, so the gateway alone and the sidecar get the same history before the metered window.
+    `meta["warmup_s"]` (real seconds) is where metering starts; `--duration` bounds the metered part."""
+    from prewarmer.workloads.detect import parse_minutes
+
+    if args.heavy:
+        raise UsageError("--warmup with --heavy is not supported (the rarest function could change)")
+    minutes = parse_minutes(args.minutes or "0:30")
+    w_min = warmup_s / 60.0
+    if not warmup_s > 0 or abs(w_min - round(w_min)) > 1e-9:
+        raise UsageError(f"--warmup {args.warmup!r}: a positive whole number of trace minutes (e.g. 30m)")
+    start = minutes[0] - round(w_min)
+    if start < 0:
+        raise UsageError(f"--warmup {args.warmup!r}: the trace has only {minutes[0]} minute(s) before --minutes "
+                         f"{minutes[0]}:{minutes[1]}; start the window later (e.g. --minutes "
+                         f"{round(w_min)}:{round(w_min) + minutes[1] - minutes[0]})")
+    compress = args.compress or 30.0
+    common = dict(compress=compress, seed=args.seed, max_total_rps=args.max_rps,
+                  max_function_rps=args.max_function_rps)
+    metered = sched_mod.from_trace(args.trace, functions=trace_functions(args), minutes=minutes,
+                                   duration_s=duration, **common)
+    lead_s = warmup_s / compress
+    # The metered window passed the rate bound (auto selection allows 1.5x of it); the warm-up has the same bound.
+    full = sched_mod.from_trace(args.trace, functions=[d.source for d in metered.functions],
+                                minutes=(start, minutes[1]), duration_s=None if duration is None else lead_s + duration,
+                                **{**common, "max_total_rps": 1.5 * args.max_rps})
+    if {d.name: d.sample for d in full.functions} != {d.name: d.sample for d in metered.functions}:
+        raise UsageError("--warmup: the functions of the warm-up differ from the metered window's")
+    full.meta.update({"warmup_s": lead_s, "warmup_minutes": round(w_min), "minutes": list(minutes),
+                      "selection": metered.meta.get("selection")})
+    return full

@@ -77,8 +77,14 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     offset = (started - clock_start_unix) * compress if started and clock_start_unix else 0.0
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
-    res = run_shard(workload, policy_factory(spec)(), ReplayConfig(startup=StartupModel(kind="per-function")))
-    predicted = res.fi[:, E.F_COLD]
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function"))
+    predicted = run_shard(workload, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
+    warmup = float(schedule.meta.get("warmup_s") or 0.0)
+    if warmup > 0:
+        # Cold starts of the metered window: all of them less those of the warm-up alone (replay is causal: the
+        # same requests up to the end of the warm-up give the same cold starts there).
+        lead = _before(workload, max(offset, 0.0) + warmup * compress)
+        predicted = predicted - run_shard(lead, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
     measured = results["per_function"]
     per_function = {name: {"predicted": int(predicted[i]),
                            "measured": int(measured.get(name, {}).get("cold_starts", 0)),
@@ -86,10 +92,38 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
                     for i, name in enumerate(schedule.names)}
     total_p = sum(f["predicted"] for f in per_function.values())
     total_m = sum(f["measured"] for f in per_function.values())
-    return {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "predicted_cold_starts": total_p,
+    return {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
+            "predicted_cold_starts": total_p,
             "measured_cold_starts": total_m, "agree": agree(total_p, total_m), "per_function": per_function}
 
 
 def agree(predicted: int, measured: int) -> bool:
     """Whether replay and the live run agree on a run's cold starts (within TOLERANCE_ABS + TOLERANCE_REL)."""
     return abs(predicted - measured) <= TOLERANCE_ABS + TOLERANCE_REL * measured
+
+
+def results_as_planned(schedule: Schedule) -> dict:
+    """The results a run of `schedule` would give if every request were answered at its intended time after its
+    planned work (`--simulate-only`): no live run, so no measured cold start and no measured start-up (each
+    function's is FALLBACK_STARTUP_S)."""
+    n = len(schedule)
+    planned = np.array([_planned_ms(k) for k in schedule.kinds])
+    work_ms = planned[np.asarray(schedule.kind, np.int64)] if n else np.zeros(0)
+    return {"started_unix": None, "per_function": {},
+            "requests": {"status": [200] * n, "gateway_ms": work_ms.tolist(), "startup_ms": [None] * n,
+                         "function": np.asarray(schedule.func).tolist(), "cold": [0] * n}}
+
+
+def _before(workload, cut_s: float):
+    """The requests of a recorded workload that arrive before `cut_s`."""
+    from prewarmer.workloads.azure2021 import Trace2021Workload
+
+    keep = workload.t < cut_s
+    return Trace2021Workload(workload.functions, workload.t[keep], workload.func[keep], workload.duration[keep],
+                             cut_s, start_minute=workload.start_minute, description={"source": "load-test warm-up"})
+
+
+def _planned_ms(kind: str) -> float:
+    """The work of a payload kind (`prewarmer.load.schedule.work_kind`): cpu / io milliseconds, echo and heavy ~1 ms."""
+    sample, _, ms = kind.partition(":")
+    return float(ms) if ms and sample in ("cpu", "io") else 1.0

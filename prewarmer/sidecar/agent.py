@@ -19,10 +19,12 @@ from prewarmer.platform import Allocator, Decision, tick
 from prewarmer.policies.base import Policy
 from prewarmer.sidecar.fleet import WarmFleet
 from prewarmer.sidecar.observer import LiveObserver
+from prewarmer.stream.events import PHASE_DONE, PHASE_END, PHASE_START
 from prewarmer.workloads.base import FunctionTable
 
-# v2: the warm fleet is the simulator's engine (v1 kept rules of its own); v3: the engine has a warm floor column
-CHECKPOINT_MAGIC = b"prewarmer-shard-v3\n"
+# v4: requests in flight (reported started, not ended) and the engine's warm floor column; v3 had only one of
+# them; v2: the warm fleet is the simulator's engine; v1: rules of its own. Older checkpoints cannot be read.
+CHECKPOINT_MAGIC = b"prewarmer-shard-v4\n"
 DEFAULT_MEMORY_MB = 128.0
 
 
@@ -36,7 +38,7 @@ class LivePlatform:
         self.replicas, self.ready = replicas, ready
 
     def observe(self, now: float) -> Observation:
-        return self.observer.observe(now, self.replicas, self.ready)
+        return self.observer.observe(now, self.replicas, self.ready, self.fleet.inflight)
 
     def apply(self, now: float, actions: Actions) -> None:
         self.fleet.apply(now, actions)
@@ -93,12 +95,36 @@ class ShardAgent:
 
     # ---------------------------------------------------------------- data path
     def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
-               cold: np.ndarray, status: np.ndarray) -> None:
-        """Events (function indices into this shard, policy seconds) into the observer and the fleet."""
-        self.observer.ingest(func, arrival, duration, startup, cold, status)
-        self.fleet.reported(func, arrival, duration)
+               cold: np.ndarray, status: np.ndarray, phase: np.ndarray | None = None) -> None:
+        """Events (function indices into this shard, policy seconds) into the observer and the fleet.
+
+        `phase` (`prewarmer.stream.events.PHASE_*`, default all `done`): a `start` counts the request as it
+        arrives, in the observer and in the fleet's model; its `end` brings the outcome. An `end` whose `start`
+        was never seen is taken as a `done` (the whole request, reported when it completed)."""
         self.events += len(func)
         self.function_events += np.bincount(func, minlength=len(self.function_events))
+        if phase is None or not (phase != PHASE_DONE).any():
+            self.observer.ingest(func, arrival, duration, startup, cold, status)
+            self.fleet.reported(func, arrival, duration)
+            return
+        start = phase == PHASE_START
+        if start.any():
+            self.fleet.started(func[start], arrival[start])
+            self.observer.arrived(func[start])
+        end = np.flatnonzero(phase == PHASE_END)
+        found, fed, counted = self.fleet.inflight.take(func[end], arrival[end])
+        paired = end[found]
+        if len(paired):
+            self.observer.ingest(func[paired], arrival[paired], duration[paired], startup[paired], cold[paired],
+                                 status[paired], counted=counted[found])
+            self.fleet.ended(func[paired], arrival[paired], startup[paired], duration[paired], fed[found])
+        whole = np.flatnonzero(phase == PHASE_DONE)
+        if (~found).any():
+            whole = np.sort(np.concatenate([whole, end[~found]]))
+        if len(whole):
+            self.observer.ingest(func[whole], arrival[whole], duration[whole], startup[whole], cold[whole],
+                                 status[whole])
+            self.fleet.reported(func[whole], arrival[whole], duration[whole])
 
     def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray,
              allocator: Allocator | None = None) -> Decision | None:
@@ -134,8 +160,8 @@ class ShardAgent:
     @classmethod
     def loads(cls, blob: bytes, make_policy: Callable[[], Policy]) -> ShardAgent:
         """Restore a checkpoint written by `dumps` (the policy object and all it learned included)."""
-        if blob.startswith((b"prewarmer-shard-v1\n", b"prewarmer-shard-v2\n")):
-            raise ValueError("a shard checkpoint of an older prewarmer (before v3): its warm fleet cannot be read")
+        if blob.startswith((b"prewarmer-shard-v1\n", b"prewarmer-shard-v2\n", b"prewarmer-shard-v3\n")):
+            raise ValueError("a shard checkpoint of an older prewarmer (before v4): its warm fleet cannot be read")
         if not blob.startswith(CHECKPOINT_MAGIC):
             raise ValueError("not a prewarmer shard checkpoint (bad header)")
         try:

@@ -7,10 +7,12 @@ same compiled engine replay uses) on the requests the platform reports: keep-ali
 keep-alive, pre-warming windows, prewarm / scale_to / release, budget awards and the "last instance"
 rule have one implementation, in `prewarmer.sim.engine`, for replay and for the live sidecar.
 
-Requests are reported when they complete, so a request still running at a tick is unknown then; it is
-replayed when its report comes, from the time the model stands at (see `advance`).
-With every request reported the model is exact: the differential test (tests/test_differential.py)
-holds it to the replay's instance counts at every tick where no request is in flight.
+A platform that reports requests when they start (the gateway's `start` events) lets the model run a request
+from its arrival, before its execution time is known: it runs as a request with no end (`OPEN_S`) and ends
+when its `end` is reported (`ended`). A platform that reports requests only when they complete leaves a
+request still running at a tick unknown then; it is replayed when its report comes, from the time the model
+stands at (see `advance`). With every request reported, the model is exact: the differential test
+(tests/test_differential.py) holds it to the replay's instance counts at every tick.
 
 All times are policy seconds. The model's memory accounting (GB-s) is not used: the platform measures
 its own.
@@ -19,13 +21,18 @@ its own.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from prewarmer.actions import Actions
+from prewarmer.sidecar.inflight import MAX_OPEN_S, InFlight
 from prewarmer.sidecar.observer import DEFAULT_STARTUP_S
 from prewarmer.sim import engine as E
 from prewarmer.sim.state import SimState
 
 UNLIMITED = E.NO_LIMIT
+#: The execution time the model gives a request still running (its end not reported yet): longer than any run,
+#: so its end comes only from `ended`; small enough that start + OPEN_S keeps 0.1 ms resolution.
+OPEN_S = 1e12
 
 
 class WarmFleet:
@@ -39,6 +46,7 @@ class WarmFleet:
         self._func = np.zeros(0, np.int64)
         self._dur = np.zeros(0)
         self._batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # reported since; see `_gather`
+        self.inflight = InFlight()  # reported as started, not yet as ended
 
     def __getstate__(self) -> dict:
         self._gather()
@@ -85,6 +93,24 @@ class WarmFleet:
         self._batches.append((np.array(func, np.int64), np.array(arrival, np.float64),
                               np.maximum(np.asarray(duration, np.float64), 0.0)))
 
+    def started(self, func: np.ndarray, arrival: np.ndarray) -> None:
+        """Requests the platform reported as they arrived (policy seconds), their end still to come."""
+        self.inflight.add(func, arrival)
+
+    def ended(self, func: np.ndarray, arrival: np.ndarray, startup: np.ndarray, duration: np.ndarray,
+              fed: np.ndarray) -> None:
+        """Requests reported as started have ended after `duration` of execution (the model gives the start-up
+        wait its own way). `fed`: the model runs it already (`InFlight.take` says), else it is not replayed yet.
+        A request the model runs ends at its start in the model + `duration`, or now if that has passed."""
+        fed = np.asarray(fed, bool)
+        if (~fed).any():
+            self.reported(np.asarray(func)[~fed], np.asarray(arrival)[~fed], np.asarray(duration)[~fed])
+        if fed.any():
+            _finish_open(np.asarray(func, np.int64)[fed], np.asarray(arrival, np.float64)[fed],
+                         np.asarray(startup, np.float64)[fed], np.maximum(np.asarray(duration, np.float64)[fed], 0.0),
+                         self.now, self.state.hk,
+                         self.state.hp, self.state.gi, self.state.isi, self.state.rqf, self.state.rqi)
+
     def adopt(self, func: np.ndarray, count: np.ndarray, now: float) -> None:
         """Instances already running when the fleet first meets their functions: counted as just used (a
         request of no duration each, at `now`), so the policy's keep-alive decides their fate rather than an
@@ -103,7 +129,7 @@ class WarmFleet:
         the instances they kept busy)."""
         self._gather()
         if not np.isfinite(self.now):  # the clock starts: at the first request reported, or now
-            self.now = now if not len(self._arr) else min(now, float(self._arr.min()))
+            self.now = float(np.concatenate([[now], self._arr, self.inflight.arrival]).min())
         elif now <= self.now:
             return
         late = np.flatnonzero(self._arr < self.now)
@@ -120,9 +146,31 @@ class WarmFleet:
         arr, func, dur = self._arr[order], self._func[order], self._dur[order]
         keep = ~take
         self._arr, self._func, self._dur = self._arr[keep], self._func[keep], self._dur[keep]
+        arr, func, dur = self._open_requests(now, arr, func, dur)
         self.state.advance(now, arr, func, dur, 0)
         self.state.drop_idle_times()  # the engine logs idle times for policies; nobody reads the fleet's
         self.now = now
+
+    def _open_requests(self, now: float, arr: np.ndarray, func: np.ndarray,
+                       dur: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add the requests in flight that arrived before `now` and the model does not run yet to the requests
+        to replay, as requests with no end (OPEN_S); end the ones whose end is overdue (lost)."""
+        inf = self.inflight
+        f_old, a_old, fed_old = inf.expire(now - MAX_OPEN_S)
+        if fed_old.any():
+            _finish_open(f_old[fed_old], a_old[fed_old], np.zeros(int(fed_old.sum())), np.zeros(int(fed_old.sum())),
+                         self.now, self.state.hk,
+                         self.state.hp, self.state.gi, self.state.isi, self.state.rqf, self.state.rqi)
+        new = np.flatnonzero(~inf.fed & (inf.arrival < now))
+        if not len(new):
+            return arr, func, dur
+        inf.fed[new] = True
+        # A start read after the model passed its arrival runs from where the model stands.
+        a = np.maximum(inf.arrival[new], self.now)
+        arr, func = np.concatenate([arr, a]), np.concatenate([func, inf.func[new]])
+        dur = np.concatenate([dur, np.full(len(new), OPEN_S)])
+        order = np.argsort(arr, kind="stable")
+        return arr[order], func[order], dur[order]
 
     def apply(self, now: float, actions: Actions) -> None:
         if np.isfinite(self.now):
@@ -166,3 +214,34 @@ class WarmFleet:
     def limit(self) -> np.ndarray:
         """Budget award: the most instances each function may run (`UNLIMITED` without one)."""
         return self.state.fi[:, E.F_MAXINST]
+
+
+@njit(cache=True)
+def _finish_open(func, arrival, startup, duration, now, hk, hp, gi, isi, rqf, rqi):
+    """End requests the model runs with no end (OPEN_S): each at its start in the model + its duration, or `now`
+    if later. The model knows its open requests by function and start of execution: each end goes to the one of
+    its function that started closest to its own start (arrival + start-up wait), if running (its completion, in
+    the heap, moves up to the new time), or that arrived closest to its arrival, if still waiting for an instance
+    (it gets its duration)."""
+    for k in range(len(func)):
+        f, a, began = func[k], arrival[k], arrival[k] + startup[k]
+        best, best_d, in_heap = -1, np.inf, True
+        for j in range(gi[E.G_HSIZE]):
+            p = hp[j]
+            if (p >> 60) != E.EV_DONE or hk[j] < 0.5 * OPEN_S or isi[p & 0xFFFFFFFF, E.I_FUNC] != f:
+                continue
+            d = abs(hk[j] - OPEN_S - began)
+            if d < best_d:
+                best, best_d = j, d
+        for r in range(rqi.shape[0]):
+            if rqi[r, E.R_STATE] != E.RQ_FREE and rqi[r, E.R_FUNC] == f and rqf[r, E.R_DUR] >= 0.5 * OPEN_S:
+                d = abs(rqf[r, E.R_ARR] - a)
+                if d < best_d:
+                    best, best_d, in_heap = r, d, False
+        if best < 0:
+            continue
+        if not in_heap:
+            rqf[best, E.R_DUR] = duration[k]
+            continue
+        t = max(hk[best] - OPEN_S + duration[k], now)
+        E._sift_up(hk, hp, isi, best, t, hp[best])

@@ -22,6 +22,7 @@ from prewarmer.sidecar.shards import OwnedShards
 from prewarmer.sidecar.status import PlatformStatus
 from prewarmer.sidecar.timescale import TimeScale
 from prewarmer.stream.consumer import RedisEventSource, SourceBatch, StreamUnavailable
+from prewarmer.stream.events import PHASE_START
 from prewarmer.stream.keys import shard_of
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class EventIntake:
         st = np.asarray(batch.startup_ms) / 1000.0 * self.opts.time_scale
         cold = np.asarray(batch.cold, np.int64)
         status = np.asarray(batch.status, np.int64)
+        phase = np.asarray(batch.phase, np.int64)
         ids = batch.ids
         for s in np.unique(shard).tolist():
             slot = self.slots.get(s)
@@ -160,10 +162,15 @@ class EventIntake:
                                     [self.platform.memory_mb(n) for n in unknown])
             k = np.asarray(keep)
             idx = np.fromiter((agent.index[n] for n in names), np.int64, len(names))
-            agent.ingest(idx, ts.policy(arrival[k]), dur[k], st[k], cold[k], status[k])
+            agent.ingest(idx, ts.policy(arrival[k]), dur[k], st[k], cold[k], status[k], phase[k])
             self.metrics.events.inc(len(keep))
-            # The OTel view of the same events; the wait of a cold one in real seconds, as the platform measured it.
-            self.metrics.faas.observe(names, status[k], cold[k], init_s=np.asarray(batch.startup_ms)[k] / 1000.0)
+            # The OTel view of the finished requests (a `start` has no outcome yet); the wait of a cold one in real
+            # seconds, as the platform measured it.
+            done = phase[k] != PHASE_START
+            if done.any():
+                kd = k[done]
+                self.metrics.faas.observe([n for n, d in zip(names, done.tolist(), strict=True) if d], status[kd],
+                                          cold[kd], init_s=np.asarray(batch.startup_ms)[kd] / 1000.0)
 
     async def read_lag(self) -> None:
         """The consumer lag gauge: entries of the owned shards not yet delivered to this replica's group."""

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from prewarmer.observation import Observation
+from prewarmer.sidecar.inflight import InFlight
 
 #: The start-up time assumed for a function until one of its cold starts is measured (as replay's default).
 DEFAULT_STARTUP_S = 1.0
@@ -46,20 +47,32 @@ class LiveObserver:
                                ("busy_s", 0.0, np.float64)):
             setattr(self, name, np.concatenate([getattr(self, name), np.full(add, fill, dt)]))
 
+    def arrived(self, func: np.ndarray) -> None:
+        """Requests reported as they arrive (`start` events): counted as arrivals of this tick now; their
+        outcome comes with `ingest(..., counted=...)` when they end."""
+        self.arrivals += np.bincount(func, minlength=len(self.memory_mb))
+
     def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
-               cold: np.ndarray, status: np.ndarray) -> None:
-        """Events of one batch as arrays (policy seconds); any order."""
+               cold: np.ndarray, status: np.ndarray, counted: np.ndarray | None = None) -> None:
+        """Events of one batch as arrays (policy seconds); any order. With `counted`, the requests were already
+        counted as arrivals when they started (`arrived`), and their busy time up to `counted` (by `observe`,
+        while they ran): only the rest is added."""
         if len(func) == 0:
             return
         n = len(self.memory_mb)
         order = np.lexsort((arrival, func))
         f, a, d, s = func[order], arrival[order], duration[order], startup[order]
         c = cold[order]
-        self.arrivals += np.bincount(f, minlength=n)
+        done = a + s + d
+        if counted is None:
+            self.arrivals += np.bincount(f, minlength=n)
+            self.busy_s += np.bincount(f, weights=d, minlength=n)
+        else:
+            # In flight at a tick, a request counted as busy from its arrival (its start-up wait included).
+            left = np.where(np.isfinite(counted[order]), done - np.maximum(counted[order], a), d)
+            self.busy_s += np.bincount(f, weights=np.maximum(left, 0.0), minlength=n)
         self.cold += np.bincount(f, weights=c, minlength=n).astype(np.int64)
         self.failed += np.bincount(f, weights=(status[order] >= 500), minlength=n).astype(np.int64)
-        self.busy_s += np.bincount(f, weights=d, minlength=n)
-        done = a + s + d
         self.spans.append((f, a, done))
         # Idle gap: from the function's previous completion to this arrival (as the simulator logs it).
         prev_done = np.empty_like(done)
@@ -85,21 +98,33 @@ class LiveObserver:
         """Each function's start-up time: measured, or `DEFAULT_STARTUP_S` until it is."""
         return np.where(np.isnan(self.startup_s), DEFAULT_STARTUP_S, self.startup_s)
 
-    def observe(self, now: float, replicas: np.ndarray, ready: np.ndarray) -> Observation:
-        """Close the tick ending at `now` (policy seconds) given the platform's current replica counts."""
+    def observe(self, now: float, replicas: np.ndarray, ready: np.ndarray,
+                inflight: InFlight | None = None) -> Observation:
+        """Close the tick ending at `now` (policy seconds) given the platform's current replica counts and the
+        requests in flight (reported started, not ended): they count as busy, in flight, and in the peak."""
         n = len(self.memory_mb)
         dt = 0.0 if self.last_tick is None else max(now - self.last_tick, 0.0)
         self.last_tick = now
+        open_now = np.zeros(n, np.int64)
+        if inflight is not None and len(inflight):
+            run = np.flatnonzero(inflight.arrival < now)
+            f = inflight.func[run]
+            open_now = np.bincount(f, minlength=n)
+            self.busy_s += np.bincount(f, weights=np.maximum(now - np.maximum(inflight.counted[run],
+                                                                              inflight.arrival[run]), 0.0),
+                                       minlength=n)
+            inflight.counted[run] = now
+            self.spans.append((f, inflight.arrival[run], np.full(len(run), np.inf)))
         replicas = np.asarray(replicas, np.int64)
         ready = np.minimum(np.asarray(ready, np.int64), replicas)
         concurrency = self.busy_s / dt if dt > 0 else np.zeros(n)
-        busy = np.minimum(np.ceil(concurrency).astype(np.int64), ready)
+        busy = np.minimum(np.maximum(np.ceil(concurrency).astype(np.int64), open_now), ready)
         idle = ready - busy
         mem_gb = self.memory_mb / 1024.0
         obs = Observation(
             now=now, dt=dt, arrivals=self.arrivals, cold_starts=self.cold, completions=self.arrivals.copy(),
             timed_out=self.failed, alive=replicas, starting=replicas - ready, busy=busy, idle_warm=idle,
-            in_flight=busy.copy(), peak_in_flight=self._peak_in_flight(n), concurrency=concurrency,
+            in_flight=np.maximum(busy, open_now), peak_in_flight=self._peak_in_flight(n), concurrency=concurrency,
             wasted_gb_s=np.maximum(ready * dt - self.busy_s, 0) * mem_gb,
             busy_gb_s=self.busy_s * mem_gb, memory_mb=self.memory_mb.copy(),
             idle_time_func=np.concatenate(self.it_f) if self.it_f else np.zeros(0, np.int32),
@@ -111,9 +136,10 @@ class LiveObserver:
     def _peak_in_flight(self, n: int) -> np.ndarray:
         """Most invocations of each function in flight at once, among those reported this tick.
 
-        Events arrive when invocations end, so an invocation still running at the tick is counted in
-        the tick that reports it; the simulator counts it where it runs. Sweep: +1 at each arrival,
-        -1 at each end, sorted per function by time (ends first on ties), running sum per function."""
+        An invocation reported only when it ends (no `start`) is counted in the tick that reports it; the
+        simulator counts it where it runs. One reported as started is counted in every tick it runs in.
+        Sweep: +1 at each arrival, -1 at each end, sorted per function by time (ends first on ties), running
+        sum per function."""
         if not self.spans:
             return np.zeros(n, np.int64)
         f, arrival, done = (np.concatenate(col) for col in zip(*self.spans, strict=True))

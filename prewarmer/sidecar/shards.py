@@ -71,6 +71,11 @@ class OwnedShards(dict[int, ShardSlot]):
     def events(self) -> int:
         return sum(slot.agent.events for slot in self.values())
 
+    def next_tick(self) -> float:
+        """The earliest policy time at which a shard's policy is due to tick (inf: none is)."""
+        return min((slot.agent.next_tick for slot in self.values() if slot.agent.policy is not None),
+                   default=float("inf"))
+
 
 class ShardOwnership:
     def __init__(self, opts: SidecarOptions, make_policy: Callable[[], Policy], redis: aioredis.Redis,

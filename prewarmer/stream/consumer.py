@@ -42,7 +42,14 @@ from redis.exceptions import BusyLoadingError, DataError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from prewarmer.stream.events import DecodedBatch, EventError, decode_batch
+from prewarmer.stream.events import (
+    PHASE_START,
+    PHASES,
+    SCHEMA_VERSION,
+    DecodedBatch,
+    EventError,
+    decode_batch,
+)
 from prewarmer.stream.keys import DEFAULT_PREFIX, DEFAULT_SHARDS, dead_letter_key, stream_key
 
 #: Default for `max_ts_skew_s`: how far an event's `ts` may be ahead of the Redis clock. Five minutes, the
@@ -53,7 +60,7 @@ DEFAULT_MAX_TS_SKEW_S = 300.0
 DEAD_LETTER_MAX_FIELDS = 16
 DEFAULT_DEAD_LETTER_VALUE_BYTES = 256
 
-_COLUMNS = ("ids", "function", "namespace", "ts", "duration_ms", "startup_ms", "cold", "status", "instance",
+_COLUMNS = ("ids", "phase", "function", "namespace", "ts", "duration_ms", "startup_ms", "cold", "status", "instance",
             "rejected")
 
 
@@ -388,10 +395,14 @@ class RedisEventSource:
         otherwise. Returns how many; Redis errors propagate (the entries then stay pending, re-delivered)."""
         rejected = []
         for r, reason in zip(rows, reasons, strict=True):
-            fields = {b"function": batch.function[r].encode(), b"namespace": batch.namespace[r].encode(),
-                      b"ts": repr(batch.ts[r]).encode(), b"duration_ms": repr(batch.duration_ms[r]).encode(),
-                      b"startup_ms": repr(batch.startup_ms[r]).encode(), b"cold": b"1" if batch.cold[r] else b"0",
-                      b"status": str(batch.status[r]).encode(), b"instance": batch.instance[r].encode()}
+            fields = {b"v": SCHEMA_VERSION.encode(), b"phase": PHASES[batch.phase[r]].encode(),
+                      b"function": batch.function[r].encode(), b"namespace": batch.namespace[r].encode(),
+                      b"ts": repr(batch.ts[r]).encode()}
+            if batch.phase[r] != PHASE_START:
+                fields.update({b"duration_ms": repr(batch.duration_ms[r]).encode(),
+                               b"startup_ms": repr(batch.startup_ms[r]).encode(),
+                               b"cold": b"1" if batch.cold[r] else b"0", b"status": str(batch.status[r]).encode(),
+                               b"instance": batch.instance[r].encode()})
             rejected.append((batch.streams[r], batch.ids[r], fields, reason))
         if rejected:
             with unavailable_as_error():

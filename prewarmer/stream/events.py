@@ -1,10 +1,17 @@
-"""The invocation event: one Redis Stream entry per finished invocation, emitted by the gateway.
+"""The invocation event: Redis Stream entries that report invocations, emitted by the gateway.
+
+An invocation is reported either by one entry when it ends (`phase` `done`, the default, and all of schema
+version 1), or by two: `start` when it arrives at the gateway, so that consumers count it (and the instance it
+keeps busy) while it runs, and `end` with its outcome when it completes. The `end` entry carries every field a
+`done` entry does, and the same `ts` as its `start` (that is how the two are paired): a consumer that never
+saw the `start` (dead-lettered, or trimmed away) treats an `end` as a `done`.
 
 Entry fields (all strings, as Redis stores them):
 
 | field         | meaning                                                        | example          |
 |---------------|----------------------------------------------------------------|------------------|
-| `v`           | schema version, "1"                                            | `1`              |
+| `v`           | schema version, "2" (version "1" entries are read as `done`)   | `2`              |
+| `phase`       | `start`, `end` or `done` (default); version 2 only             | `start`          |
 | `function`    | function name (non-empty)                                      | `echo`           |
 | `namespace`   | platform namespace                                             | `openfaas-fn`    |
 | `ts`          | arrival time at the gateway, Unix seconds (float)              | `1732412345.120` |
@@ -13,6 +20,9 @@ Entry fields (all strings, as Redis stores them):
 | `cold`        | `1` when the request started a new instance, else `0`          | `0`              |
 | `status`      | HTTP status returned to the caller (100..599)                  | `200`            |
 | `instance`    | id of the instance (worker, pod) that served it                | `echo-3`         |
+
+A `start` entry has `v`, `phase`, `function`, `namespace` and `ts` only: its outcome is not known yet. The
+other fields are required in `end` and `done` entries (`namespace`, `startup_ms` and `instance` have defaults).
 
 `InvocationEvent` is the schema (pydantic); producers build events with it. The consumer decodes
 whole batches with `decode_batch`, a hand-written fast path that accepts exactly what the schema
@@ -28,36 +38,65 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+_VERSIONS = ("1", "2")  # read; version 1 is version 2 without `phase` (every entry `done`)
+PHASES = ("done", "start", "end")  # the codes of `DecodedBatch.phase` are the indices
+PHASE_DONE, PHASE_START, PHASE_END = range(3)
+_PHASE_CODE = {b"done": PHASE_DONE, b"start": PHASE_START, b"end": PHASE_END}
+_OUTCOME = ("duration_ms", "startup_ms", "cold", "status", "instance")  # absent from a `start` entry
 
 
 class InvocationEvent(BaseModel):
     model_config = {"frozen": True, "extra": "forbid"}
 
     v: str = SCHEMA_VERSION
+    phase: Literal["done", "start", "end"] = "done"
     function: str = Field(min_length=1, max_length=253)
     namespace: str = Field(default="default", max_length=253)
     ts: float = Field(gt=0, allow_inf_nan=False)
-    duration_ms: float = Field(ge=0, allow_inf_nan=False)
+    duration_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     startup_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    cold: bool
-    status: int = Field(ge=100, le=599)
+    cold: bool | None = None
+    status: int | None = Field(default=None, ge=100, le=599)
     instance: str = Field(default="", max_length=253)
 
     @field_validator("v")
     @classmethod
     def _known_version(cls, v: str) -> str:
-        if v != SCHEMA_VERSION:
-            raise ValueError(f"unknown schema version {v!r} (this build reads {SCHEMA_VERSION!r})")
+        if v not in _VERSIONS:
+            raise ValueError(f"unknown schema version {v!r} (this build reads {', '.join(map(repr, _VERSIONS))})")
         return v
+
+    @model_validator(mode="after")
+    def _fields_of_phase(self) -> InvocationEvent:
+        if "phase" in self.model_fields_set and self.v == "1":
+            raise EventError("phase", "not in schema version 1 (use v=2)")
+        if self.phase == "start":
+            extra = [k for k in _OUTCOME if k in self.model_fields_set]
+            if extra:
+                raise EventError(extra[0], "not allowed in a start entry (its outcome is reported by the end entry)")
+        else:
+            missing = [k for k in ("duration_ms", "cold", "status") if getattr(self, k) is None]
+            if missing:
+                raise EventError(missing[0], f"Field required (in a {self.phase} entry)")
+        return self
+
+    @classmethod
+    def start(cls, function: str, namespace: str, ts: float) -> InvocationEvent:
+        """The entry reporting an invocation as it arrives."""
+        return cls(phase="start", function=function, namespace=namespace, ts=ts)
 
     def to_fields(self) -> dict[str, str]:
         """The Redis Stream entry for this event."""
-        return {"v": self.v, "function": self.function, "namespace": self.namespace, "ts": repr(self.ts),
-                "duration_ms": repr(self.duration_ms), "startup_ms": repr(self.startup_ms),
+        head = {"v": self.v, "phase": self.phase} if self.v != "1" else {"v": self.v}
+        head.update(function=self.function, namespace=self.namespace, ts=repr(self.ts))
+        if self.phase == "start":
+            return head
+        return {**head, "duration_ms": repr(self.duration_ms), "startup_ms": repr(self.startup_ms),
                 "cold": "1" if self.cold else "0", "status": str(self.status), "instance": self.instance}
 
     @classmethod
@@ -71,8 +110,13 @@ class InvocationEvent(BaseModel):
             raise EventError("cold", f"must be 0 or 1, got {d['cold']!r}")
         try:
             return cls.model_validate(d)
+        except EventError:
+            raise
         except ValidationError as e:
             err = e.errors()[0]
+            inner = (err.get("ctx") or {}).get("error")
+            if isinstance(inner, EventError):  # raised by `_fields_of_phase`
+                raise EventError(inner.field, inner.reason) from None
             name = ".".join(str(p) for p in err["loc"]) or "(entry)"
             raise EventError(name, err["msg"]) from None
 
@@ -91,6 +135,7 @@ class DecodedBatch:
     """Columns of the well-formed entries of one batch, and the rejected ones with their errors."""
 
     ids: list[bytes] = field(default_factory=list)
+    phase: list[int] = field(default_factory=list)  # PHASE_DONE / PHASE_START / PHASE_END
     function: list[str] = field(default_factory=list)
     namespace: list[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
@@ -105,9 +150,9 @@ class DecodedBatch:
         return len(self.ids)
 
 
-_REQUIRED = (b"function", b"ts", b"duration_ms", b"cold", b"status")
-_KNOWN = frozenset((b"v", b"function", b"namespace", b"ts", b"duration_ms", b"startup_ms", b"cold", b"status",
-                    b"instance"))
+_KNOWN = frozenset((b"v", b"phase", b"function", b"namespace", b"ts", b"duration_ms", b"startup_ms", b"cold",
+                    b"status", b"instance"))
+_KNOWN_START = frozenset((b"v", b"phase", b"function", b"namespace", b"ts"))
 
 
 def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float | None = None,
@@ -122,19 +167,29 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float 
     limit = math.inf if max_ts is None else max_ts
     for entry_id, f in entries:
         try:
+            v = f.get(b"v", b"1")
+            phase = _PHASE_CODE[f[b"phase"]] if b"phase" in f and v == b"2" else PHASE_DONE
             fn = f[b"function"].decode()
             ts = float(f[b"ts"])
-            dur = float(f[b"duration_ms"])
-            st = float(f.get(b"startup_ms", b"0"))
-            c = f[b"cold"]
-            status = int(f[b"status"])
-            if (not fn or len(fn) > 253 or not ts > 0 or not dur >= 0 or not st >= 0 or math.isinf(ts)
-                    or math.isinf(dur) or math.isinf(st) or c not in (b"0", b"1") or not 100 <= status <= 599
-                    or f.get(b"v", b"1") != b"1" or not _KNOWN.issuperset(f)):
+            if phase == PHASE_START:
+                dur = st = 0.0
+                c, status, inst = b"0", 0, ""
+                if not _KNOWN_START.issuperset(f):
+                    raise ValueError
+            else:
+                dur = float(f[b"duration_ms"])
+                st = float(f.get(b"startup_ms", b"0"))
+                c = f[b"cold"]
+                status = int(f[b"status"])
+                inst = f.get(b"instance", b"").decode()
+                if (not dur >= 0 or not st >= 0 or math.isinf(dur) or math.isinf(st) or c not in (b"0", b"1")
+                        or not 100 <= status <= 599 or len(inst) > 253 or not _KNOWN.issuperset(f)):
+                    raise ValueError
+            if not fn or len(fn) > 253 or not ts > 0 or math.isinf(ts) or v not in (b"1", b"2") or \
+                    (v == b"1" and b"phase" in f):
                 raise ValueError
             ns = f.get(b"namespace", b"default").decode()
-            inst = f.get(b"instance", b"").decode()
-            if len(ns) > 253 or len(inst) > 253:
+            if len(ns) > 253:
                 raise ValueError
         except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
             try:
@@ -142,12 +197,15 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float 
             except EventError as e:
                 out.rejected.append((entry_id, f, e))
                 continue
-            fn, ns, ts, dur, st, c, status, inst = (ev.function, ev.namespace, ev.ts, ev.duration_ms, ev.startup_ms,
-                                                    b"1" if ev.cold else b"0", ev.status, ev.instance)
+            phase = PHASES.index(ev.phase)
+            fn, ns, ts, st, inst = ev.function, ev.namespace, ev.ts, ev.startup_ms, ev.instance
+            dur, status = ev.duration_ms or 0.0, ev.status or 0
+            c = b"1" if ev.cold else b"0"
         if ts > limit:
             out.rejected.append((entry_id, f, _future_error(ts, limit, now)))
             continue
         out.ids.append(entry_id)
+        out.phase.append(phase)
         out.function.append(fn)
         out.namespace.append(ns)
         out.ts.append(ts)
