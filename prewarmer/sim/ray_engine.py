@@ -18,6 +18,7 @@ starts it once.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 
@@ -68,7 +69,13 @@ def ensure_started(workers: int, address: str | None = None):
             ray.init(num_cpus=max(1, workers), object_store_memory=512 * 1024**2, **kwargs)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds (ConnectionError, RuntimeError, ...)
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise RayUnavailable(f"could not start or reach {where}: {e}") from e
+        hint = ""
+        if address and not os.environ.get("RAY_AUTH_MODE"):
+            # `ray start` clusters use token authentication by default since Ray 2.59; a client that does not say
+            # so sends no token and is refused with a bare connection error.
+            hint = (" (if the cluster uses token authentication, as `ray start` does by default, set"
+                    " RAY_AUTH_MODE=token; the token is read from RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+        raise RayUnavailable(f"could not start or reach {where}: {e}{hint}") from e
     _started_here = True
     return ray
 
