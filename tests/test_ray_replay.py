@@ -167,3 +167,18 @@ def test_the_sampled_busiest_functions_of_a_streamed_workload_are_its_busiest():
     weights = w.function_weights()
     top = pick_top(w, np.arange(40), 5)
     assert sorted(weights[top].tolist(), reverse=True) == sorted(weights.tolist(), reverse=True)[:5]
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
+    """Ray retries an unreachable cluster for minutes; `--address HOST:PORT` with nothing there fails in one line."""
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        ray_engine._check_reachable(f"127.0.0.1:{port}")  # something answers: no error
+        ray_engine._check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(ray_engine.RayUnavailable, match=f"nothing answers at 127.0.0.1:{port}"):
+        ray_engine._check_reachable(f"127.0.0.1:{port}")
+    ray_engine._check_reachable("auto")  # Ray resolves it itself

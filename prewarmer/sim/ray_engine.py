@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 from collections.abc import Callable
 
 import numpy as np
@@ -61,6 +62,8 @@ def ensure_started(workers: int, address: str | None = None):
     if ray.is_initialized():
         return ray
     kwargs = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -78,6 +81,18 @@ def ensure_started(workers: int, address: str | None = None):
         raise RayUnavailable(f"could not start or reach {where}: {e}{hint}") from e
     _started_here = True
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address where nothing listens now: Ray itself retries an unreachable GCS for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5.0).close()
+    except OSError as e:
+        raise RayUnavailable(f"could not reach the Ray cluster at {address}: nothing answers at {host}:{port} "
+                             f"({e})") from None
 
 
 def shutdown() -> None:
