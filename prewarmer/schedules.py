@@ -26,9 +26,11 @@ import calendar
 import fnmatch
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -248,6 +250,13 @@ def _where(loc: tuple) -> str:
     return out
 
 
+def field_problem(err: Mapping[str, Any]) -> str:
+    """One pydantic error as `field.path[0].name: problem` (`unknown field` for a key the schema forbids)."""
+    msg = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
+    where = _where(tuple(err["loc"]))
+    return f"{where}: {msg}" if where else msg
+
+
 def parse_rules(doc: object, source: str = "rules") -> RuleSet:
     """A RuleSet from decoded YAML/JSON; ScheduleError `source: field.path: problem` on bad input."""
     if doc is None:
@@ -257,10 +266,7 @@ def parse_rules(doc: object, source: str = "rules") -> RuleSet:
     try:
         return RuleSet.model_validate(doc)
     except ValidationError as e:
-        first = e.errors()[0]
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        where = _where(tuple(first["loc"]))
-        raise ScheduleError(f"{source}: {where}: {msg}" if where else f"{source}: {msg}") from None
+        raise ScheduleError(f"{source}: {field_problem(e.errors()[0])}") from None
 
 
 def load_rules(path: str | Path) -> RuleSet:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from prewarmer.schedules import FunctionRule, RuleSet
+from prewarmer.schedules import FunctionRule, RuleSet, field_problem
 
 GROUP, VERSION, PLURAL, KIND = "prewarmer.io", "v1alpha1", "prewarmpolicies", "PrewarmPolicy"
 MODES = ("Auto", "Preview")
@@ -86,14 +86,8 @@ class Resolution:
 
 
 def one_line(exc: ValidationError) -> str:
-    """A pydantic error as one line naming the field: `schedule.0.cron: ...; ...`."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        msg = "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg", ""))
-        msg = msg.removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+    """A pydantic error as one line naming the fields: `schedule[0].cron: ...; ...`."""
+    return "; ".join(field_problem(err) for err in exc.errors())
 
 
 def parse_policy(obj: Mapping[str, Any]) -> PolicySource:

@@ -137,7 +137,8 @@ class EventIntake:
         shard = np.fromiter((shard_of(f, self.opts.n_shards) for f in fn), np.int64, len(fn))
         arrival = np.asarray(batch.ts)
         dur = np.asarray(batch.duration_ms) / 1000.0 * self.opts.time_scale
-        st = np.asarray(batch.startup_ms) / 1000.0 * self.opts.time_scale
+        startup_s = np.asarray(batch.startup_ms) / 1000.0  # real seconds, as the platform measured them
+        st = startup_s * self.opts.time_scale
         cold = np.asarray(batch.cold, np.int64)
         status = np.asarray(batch.status, np.int64)
         phase = np.asarray(batch.phase, np.int64)
@@ -170,7 +171,7 @@ class EventIntake:
             if done.any():
                 kd = k[done]
                 self.metrics.faas.observe([n for n, d in zip(names, done.tolist(), strict=True) if d], status[kd],
-                                          cold[kd], init_s=np.asarray(batch.startup_ms)[kd] / 1000.0)
+                                          cold[kd], init_s=startup_s[kd])
 
     async def read_lag(self) -> None:
         """The consumer lag gauge: entries of the owned shards not yet delivered to this replica's group."""
