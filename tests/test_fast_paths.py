@@ -186,7 +186,7 @@ def test_warm_fleet_keeps_its_heap_small_and_its_batches_through_pickles():
             f = pickle.loads(pickle.dumps(f))
         f.desired(k * 60.0)
     # one entry per instance (its expiry) and request in flight, not one per request of the last keep-alive
-    assert f.state.gi[E.G_HSIZE] <= f.state.isi.shape[0]
+    assert f.state.gi[E.G_HSIZE] + f.state.gi[E.G_ESIZE] <= f.state.isi.shape[0]
     assert f.state.gi[E.G_ITN] == 0
 
 
@@ -250,8 +250,9 @@ def test_peak_inputs_match_the_numpy_code_they_replaced():
 
 
 def test_inference_passes_match_the_modules():
-    """`infer` / `infer_logits` (addmm and activations in place, no autograd) give the modules' results, in
-    blocks of any size of at least 1024 rows."""
+    """`infer` (addmm and activations in place, no autograd) gives the forecaster's result to the bit, in blocks of
+    any size of at least 1024 rows; `infer_logits` (tanh rewritten as sigmoid) the actor's within float rounding,
+    with the same choice in every row."""
     torch.set_num_threads(1)
     model, _ = checkpoint.load(checkpoint.DEFAULT_CHECKPOINT)
     rng = np.random.default_rng(9)
@@ -261,4 +262,23 @@ def test_inference_passes_match_the_modules():
             want_q, want_l = model.forecaster(x), model.logits(x)
             for rows in (1024, peak.ROW_BLOCK):
                 assert torch.equal(peak.in_row_blocks(model.forecaster.infer, x, rows), want_q)
-                assert torch.equal(peak.in_row_blocks(model.infer_logits, x, rows), want_l)
+                got_l = peak.in_row_blocks(model.infer_logits, x, rows)
+                assert torch.allclose(got_l, want_l, rtol=1e-5, atol=1e-4)
+                assert torch.equal(got_l.argmax(dim=1), want_l.argmax(dim=1))
+
+
+def test_sigmoid_form_is_the_tanh_network():
+    """`sigmoid_form` rewrites any Linear-Tanh stack (random weights, deeper than the actor) to the same function;
+    a stack with another activation is refused rather than computed wrongly."""
+    from torch import nn
+
+    from prewarmer.agents.network import sigmoid_form, sigmoid_mlp
+
+    torch.manual_seed(3)
+    body = nn.Sequential(nn.Linear(7, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 9), nn.Tanh(),
+                         nn.Linear(9, 4))
+    x = torch.randn(500, 7) * 3
+    with torch.no_grad():
+        assert torch.allclose(sigmoid_mlp(body, x), body(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError):
+        sigmoid_form(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)))

@@ -13,12 +13,42 @@ import torch
 from torch import nn
 
 from prewarmer.agents.features import N_FEATURES
-from prewarmer.forecast.peak import PeakQuantileNet, mlp_inference
+from prewarmer.forecast.peak import PeakQuantileNet
 
 
 def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                          nn.Linear(hidden, n_out))
+
+
+def sigmoid_form(body: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight transposed, bias) of each Linear of a Linear-Tanh-...-Linear stack, rewritten so that every Tanh
+    becomes a sigmoid: tanh(z) = 2 sigmoid(2z) - 1, with the 2z folded into the layer before and the 2s - 1 into
+    the layer after. torch's tanh is four times as slow as its sigmoid on the CPU (AVX2), and half the actor's
+    time at 10k rows was its two tanh; the logits differ from `logits` by float rounding only (~1e-6)."""
+    linears = list(body)[::2]
+    if not all(isinstance(m, nn.Linear) for m in linears) or not all(isinstance(m, nn.Tanh) for m in list(body)[1::2]):
+        raise TypeError("sigmoid_form takes Linear layers with a Tanh between each two")
+    out = []
+    for k, lin in enumerate(linears):
+        w, b = lin.weight, lin.bias
+        if k > 0:  # the input is s = sigmoid(2z) where the module has 2s - 1
+            w, b = 2.0 * w, b - w.sum(dim=1)
+        if k < len(linears) - 1:  # a Tanh follows: give the sigmoid 2z
+            w, b = 2.0 * w, 2.0 * b
+        out.append((w.t(), b))
+    return out
+
+
+def sigmoid_mlp(body: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`body(x)` for a Linear-Tanh-...-Linear stack through `sigmoid_form`, the sigmoids in place; under no_grad."""
+    layers = sigmoid_form(body)
+    h = x
+    for k, (w_t, b) in enumerate(layers):
+        h = torch.addmm(b, h, w_t)
+        if k < len(layers) - 1:
+            h = h.sigmoid_()
+    return h
 
 
 class ActorCritic(nn.Module):
@@ -36,8 +66,8 @@ class ActorCritic(nn.Module):
         return self.actor(local)
 
     def infer_logits(self, local: torch.Tensor) -> torch.Tensor:
-        """`logits` for acting (no autograd), the same result to the bit (see `mlp_inference`)."""
-        return mlp_inference(self.actor, local)
+        """`logits` for acting (no autograd; see `sigmoid_form`): equal to `logits` within float rounding."""
+        return sigmoid_mlp(self.actor, local)
 
     def value(self, local: torch.Tensor, global_summary: torch.Tensor) -> torch.Tensor:
         g = global_summary.expand(local.shape[0], -1) if global_summary.dim() == 2 and global_summary.shape[0] == 1 \

@@ -22,9 +22,10 @@ from prewarmer.sidecar.observer import LiveObserver
 from prewarmer.stream.events import PHASE_DONE, PHASE_END, PHASE_START
 from prewarmer.workloads.base import FunctionTable
 
-# v4: requests in flight (reported started, not ended) and the engine's warm floor column; v3 had only one of
-# them; v2: the warm fleet is the simulator's engine; v1: rules of its own. Older checkpoints cannot be read.
-CHECKPOINT_MAGIC = b"prewarmer-shard-v4\n"
+# v5: the engine's due expiry per instance and its second heap; v4: requests in flight (reported started, not
+# ended) and the engine's warm floor column; v3 had only one of them; v2: the warm fleet is the simulator's
+# engine; v1: rules of its own. Older checkpoints cannot be read.
+CHECKPOINT_MAGIC = b"prewarmer-shard-v5\n"
 DEFAULT_MEMORY_MB = 128.0
 
 
@@ -160,8 +161,9 @@ class ShardAgent:
     @classmethod
     def loads(cls, blob: bytes, make_policy: Callable[[], Policy]) -> ShardAgent:
         """Restore a checkpoint written by `dumps` (the policy object and all it learned included)."""
-        if blob.startswith((b"prewarmer-shard-v1\n", b"prewarmer-shard-v2\n", b"prewarmer-shard-v3\n")):
-            raise ValueError("a shard checkpoint of an older prewarmer (before v4): its warm fleet cannot be read")
+        if blob.startswith((b"prewarmer-shard-v1\n", b"prewarmer-shard-v2\n", b"prewarmer-shard-v3\n",
+                          b"prewarmer-shard-v4\n")):
+            raise ValueError("a shard checkpoint of an older prewarmer (before v5): its warm fleet cannot be read")
         if not blob.startswith(CHECKPOINT_MAGIC):
             raise ValueError("not a prewarmer shard checkpoint (bad header)")
         try:

@@ -226,11 +226,11 @@ def _finish_open(func, arrival, startup, duration, now, hk, hp, gi, isi, rqf, rq
     for k in range(len(func)):
         f, a, began = func[k], arrival[k], arrival[k] + startup[k]
         best, best_d, in_heap = -1, np.inf, True
-        for j in range(gi[E.G_HSIZE]):
-            p = hp[j]
-            if (p >> 60) != E.EV_DONE or hk[j] < 0.5 * OPEN_S or isi[p & 0xFFFFFFFF, E.I_FUNC] != f:
+        for j in range(gi[E.G_HSIZE]):  # the main heap: completions are there, expiries are not
+            p = hp[E.H_MAIN, j]
+            if (p >> 60) != E.EV_DONE or hk[E.H_MAIN, j] < 0.5 * OPEN_S or isi[p & 0xFFFFFFFF, E.I_FUNC] != f:
                 continue
-            d = abs(hk[j] - OPEN_S - began)
+            d = abs(hk[E.H_MAIN, j] - OPEN_S - began)
             if d < best_d:
                 best, best_d = j, d
         for r in range(rqi.shape[0]):
@@ -243,5 +243,5 @@ def _finish_open(func, arrival, startup, duration, now, hk, hp, gi, isi, rqf, rq
         if not in_heap:
             rqf[best, E.R_DUR] = duration[k]
             continue
-        t = max(hk[best] - OPEN_S + duration[k], now)
-        E._sift_up(hk, hp, isi, best, t, hp[best])
+        t = max(hk[E.H_MAIN, best] - OPEN_S + duration[k], now)
+        E._sift_up(hk, hp, isi, E.H_MAIN, best, t, hp[E.H_MAIN, best])

@@ -33,10 +33,12 @@ S_PW_AT = 13  # when the pending pre-warm of the function's window starts (its l
 NFS = 14
 # Instance columns.
 I_CREATED, I_READY, I_IDLE_SINCE = range(3)
-NIF = 3
+I_EXP_AT = 3  # when the instance's expiry is due (its entry in the heap may be earlier: see `_schedule_expire`)
+NIF = 4
 I_FUNC, I_STATE, I_INFLIGHT, I_CLAIMED, I_VER, I_PREV, I_NEXT, I_GPREV, I_GNEXT, I_LIST, I_BOUND = range(11)
 I_HPOS = 11  # heap slot of the instance's expiry entry (-1: none tracked; see `_schedule_expire`)
-NII = 12
+I_EXP_VER = 12  # the version the due expiry was scheduled with
+NII = 13
 # Instance states and per-function list kinds (an instance sits in at most one of these lists).
 ST_FREE, ST_STARTING, ST_READY = 0, 1, 2
 L_NONE, L_IDLE, L_PARTIAL, L_STARTAVAIL = -1, 0, 1, 2
@@ -51,11 +53,14 @@ RQ_FREE, RQ_BOUND, RQ_QUEUED = 0, 1, 2
 G_FREE, G_NFREE, G_RFREE, G_NRFREE, G_HSIZE, G_QHEAD, G_QTAIL, G_GHEAD, G_GTAIL = range(9)
 G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
 G_RLN = 12  # rows in the request log
-NGI = 13
+G_ESIZE = 13  # entries in the expiry heap (G_HSIZE: in the main heap)
+NGI = 14
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
 NGF = 4  # then (used GB, quota GB) per tenant
 # Event kinds.
 EV_DONE, EV_READY, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
+# The two heaps (rows of `hk` / `hp`): expiries, and every other event.
+H_MAIN, H_EXPIRE = 0, 1
 # Latency histogram: 1000 log bins per decade from 1 microsecond to 1e8 ms (0.23% resolution).
 LAT_BINS_PER_DECADE = 1000
 LAT_MIN_EXP = -3
@@ -84,52 +89,52 @@ VER_MASK = (1 << 28) - 1
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _hless(hk, hp, i, j):
-    if hk[i] != hk[j]:
-        return hk[i] < hk[j]
-    return hp[i] < hp[j]
+def _hless(hk, hp, h, i, j):
+    if hk[h, i] != hk[h, j]:
+        return hk[h, i] < hk[h, j]
+    return hp[h, i] < hp[h, j]
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _hmoved(isi, payload, src, dst):
-    """The entry `payload` moved from heap slot src to dst: follow it if it is a tracked expiry."""
-    if (payload >> 60) == EV_EXPIRE:
+def _hmoved(isi, h, payload, src, dst):
+    """The entry `payload` moved from slot src to dst of heap h: follow it if it is a tracked expiry."""
+    if h == H_EXPIRE:
         i = payload & _ID_MASK
         if isi[i, I_HPOS] == src:
             isi[i, I_HPOS] = dst
 
 
 @njit(cache=True, _nrt=False)
-def _sift_up(hk, hp, isi, n, t, payload):
-    """Put (t, payload) into the hole at n, moving it up; returns its slot."""
+def _sift_up(hk, hp, isi, h, n, t, payload):
+    """Put (t, payload) into the hole at n of heap h, moving it up; returns its slot."""
     while n > 0:
         p = (n - 1) >> 1
-        if hk[p] > t or (hk[p] == t and hp[p] > payload):
-            hk[n], hp[n] = hk[p], hp[p]
-            _hmoved(isi, hp[n], p, n)
+        if hk[h, p] > t or (hk[h, p] == t and hp[h, p] > payload):
+            hk[h, n], hp[h, n] = hk[h, p], hp[h, p]
+            _hmoved(isi, h, hp[h, n], p, n)
             n = p
         else:
             break
-    hk[n], hp[n] = t, payload
+    hk[h, n], hp[h, n] = t, payload
     return n
 
 
 @njit(cache=True, _nrt=False)
-def _sift_down(hk, hp, isi, size, i, t, payload):
-    """Put (t, payload) into the hole at i of a heap of `size` entries, moving it down; returns its slot."""
+def _sift_down(hk, hp, isi, h, size, i, t, payload):
+    """Put (t, payload) into the hole at i of heap h of `size` entries, moving it down; returns its slot."""
     while True:
         c = 2 * i + 1
         if c >= size:
             break
-        if c + 1 < size and _hless(hk, hp, c + 1, c):
+        if c + 1 < size and _hless(hk, hp, h, c + 1, c):
             c += 1
-        if hk[c] < t or (hk[c] == t and hp[c] < payload):
-            hk[i], hp[i] = hk[c], hp[c]
-            _hmoved(isi, hp[i], c, i)
+        if hk[h, c] < t or (hk[h, c] == t and hp[h, c] < payload):
+            hk[h, i], hp[h, i] = hk[h, c], hp[h, c]
+            _hmoved(isi, h, hp[h, i], c, i)
             i = c
         else:
             break
-    hk[i], hp[i] = t, payload
+    hk[h, i], hp[h, i] = t, payload
     return i
 
 
@@ -140,40 +145,75 @@ def _payload(kind, ident, ver):
 
 @njit(cache=True, _nrt=False)
 def heap_push(hk, hp, gi, isi, t, kind, ident, ver):
-    n = gi[G_HSIZE]
-    gi[G_HSIZE] = n + 1
-    return _sift_up(hk, hp, isi, n, t, _payload(kind, ident, ver))
+    h, size = (H_EXPIRE, G_ESIZE) if kind == EV_EXPIRE else (H_MAIN, G_HSIZE)
+    n = gi[size]
+    gi[size] = n + 1
+    return _sift_up(hk, hp, isi, h, n, t, _payload(kind, ident, ver))
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def next_time(hk, hp, gi):
+    """Time of the next entry of the two heaps (inf when both are empty)."""
+    if gi[G_ESIZE] == 0:
+        return hk[H_MAIN, 0] if gi[G_HSIZE] > 0 else np.inf
+    if gi[G_HSIZE] == 0:
+        return hk[H_EXPIRE, 0]
+    return min(hk[H_MAIN, 0], hk[H_EXPIRE, 0])
 
 
 @njit(cache=True, _nrt=False)
 def heap_pop(hk, hp, gi, isi):
-    t, payload = hk[0], hp[0]
+    """The next entry of the two heaps, in the total order of (time, payload): the one heap would give."""
+    h, size = H_MAIN, G_HSIZE
+    if gi[G_ESIZE] > 0 and (gi[G_HSIZE] == 0 or hk[H_EXPIRE, 0] < hk[H_MAIN, 0]
+                            or (hk[H_EXPIRE, 0] == hk[H_MAIN, 0] and hp[H_EXPIRE, 0] < hp[H_MAIN, 0])):
+        h, size = H_EXPIRE, G_ESIZE
+    t, payload = hk[h, 0], hp[h, 0]
     kind, ident = payload >> 60, payload & _ID_MASK
-    if kind == EV_EXPIRE and isi[ident, I_HPOS] == 0:
+    if h == H_EXPIRE and isi[ident, I_HPOS] == 0:
         isi[ident, I_HPOS] = -1
-    n = gi[G_HSIZE] - 1
-    gi[G_HSIZE] = n
+    n = gi[size] - 1
+    gi[size] = n
     if n > 0:
-        lk, lp = hk[n], hp[n]
-        i = _sift_down(hk, hp, isi, n, 0, lk, lp)
-        _hmoved(isi, lp, n, i)
+        lk, lp = hk[h, n], hp[h, n]
+        i = _sift_down(hk, hp, isi, h, n, 0, lk, lp)
+        _hmoved(isi, h, lp, n, i)
     return t, kind, ident, (payload >> 32) & VER_MASK
 
 
 @njit(cache=True, _nrt=False)
-def _schedule_expire(hk, hp, gi, isi, t, i, ver):
-    """Instance i expires at t (version ver), replacing its earlier expiry entry if one is tracked (that one
-    would be a no-op: its version is out of date)."""
+def _schedule_expire(hk, hp, gi, isi, isf, t, i, ver):
+    """Instance i expires at t (version ver). Its tracked expiry entry, if any, is moved up when t is earlier
+    and otherwise left where it is: when it pops early, `_expire_due` puts it back at (t, ver). An instance
+    parks after every request, so moving the entry down each time (to the far end of the heap: the keep-alive
+    is the longest wait in it) cost a third of the heap's work; the entry now moves about once a keep-alive."""
+    isf[i, I_EXP_AT] = t
+    isi[i, I_EXP_VER] = ver
     pos = isi[i, I_HPOS]
     payload = _payload(EV_EXPIRE, i, ver)
-    if pos < 0 or pos >= gi[G_HSIZE] or hp[pos] >> 60 != EV_EXPIRE or hp[pos] & _ID_MASK != i:
+    if pos < 0 or pos >= gi[G_ESIZE] or hp[H_EXPIRE, pos] & _ID_MASK != i:
         isi[i, I_HPOS] = heap_push(hk, hp, gi, isi, t, EV_EXPIRE, i, ver)
         return
+    if hk[H_EXPIRE, pos] < t or (hk[H_EXPIRE, pos] == t and hp[H_EXPIRE, pos] <= payload):
+        return  # pops first, then goes to (t, ver)
     isi[i, I_HPOS] = -2  # the entry is placed below; untracked while its neighbours move
-    if pos > 0 and (hk[(pos - 1) >> 1] > t or (hk[(pos - 1) >> 1] == t and hp[(pos - 1) >> 1] > payload)):
-        isi[i, I_HPOS] = _sift_up(hk, hp, isi, pos, t, payload)
-    else:
-        isi[i, I_HPOS] = _sift_down(hk, hp, isi, gi[G_HSIZE], pos, t, payload)
+    isi[i, I_HPOS] = _sift_up(hk, hp, isi, H_EXPIRE, pos, t, payload)
+
+
+@njit(cache=True, _nrt=False)
+def _expire_due(hk, hp, gi, isi, isf, t, i, ver):
+    """An expiry entry of instance i popped at (t, ver): True if it is the one due, to act on. An entry that
+    popped before the due one is put back at the due time; one of an instance that has since been released,
+    restarted or put to work is dropped (the due expiry would find it so and do nothing: a busy instance
+    parks again, with a new version, before it can expire)."""
+    if isi[i, I_STATE] != ST_READY or isi[i, I_INFLIGHT] != 0 or (isi[i, I_VER] & VER_MASK) != \
+            (isi[i, I_EXP_VER] & VER_MASK):
+        return False
+    due, due_ver = isf[i, I_EXP_AT], isi[i, I_EXP_VER] & VER_MASK
+    if t < due or (t == due and ver != due_ver):
+        isi[i, I_HPOS] = heap_push(hk, hp, gi, isi, due, EV_EXPIRE, i, due_ver)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- intrusive doubly linked lists
@@ -458,7 +498,7 @@ def _park_idle(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, i, t):
     _list_add(isi, lh, lt, i, L_IDLE)
     _gidle_add(isi, gi, i)
     if limit < np.inf:
-        _schedule_expire(hk, hp, gi, isi, t + limit, i, isi[i, I_VER])
+        _schedule_expire(hk, hp, gi, isi, isf, t + limit, i, isi[i, I_VER])
 
 
 # ---------------------------------------------------------------- waiting requests
@@ -624,14 +664,14 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
                 _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
     elif kind == EV_EXPIRE:
         i = ident
-        if (isi[i, I_VER] & VER_MASK) == ver and isi[i, I_STATE] == ST_READY and isi[i, I_INFLIGHT] == 0:
+        if _expire_due(hk, hp, gi, isi, isf, t, i, ver):
             f = isi[i, I_FUNC]
             if fi[f, F_ALIVE] <= fi[f, F_MININST]:  # the warm floor holds it (`_refloor` re-times it when lowered)
                 return
             until = isf[i, I_IDLE_SINCE] + fs[f, S_KA]
             if fi[f, F_ALIVE] == 1 and until > t + 1e-9:  # it became the last one: full keep-alive
                 if until < np.inf:
-                    _schedule_expire(hk, hp, gi, isi, until, i, ver)
+                    _schedule_expire(hk, hp, gi, isi, isf, until, i, ver)
                 return
             _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             if capped:
@@ -680,11 +720,12 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
     """
     n = arr_t.shape[0]
     while True:
-        if gi[G_NFREE] < min_free or gi[G_NRFREE] < min_free or gi[G_HSIZE] + 4 * min_free > hk.shape[0] \
-                or gi[G_ITN] >= it_f.shape[0] or (rlog.shape[0] > 0 and gi[G_RLN] + min_free > rlog.shape[0]):
+        if gi[G_NFREE] < min_free or gi[G_NRFREE] < min_free \
+                or max(gi[G_HSIZE], gi[G_ESIZE]) + 4 * min_free > hk.shape[1] or gi[G_ITN] >= it_f.shape[0] \
+                or (rlog.shape[0] > 0 and gi[G_RLN] + min_free > rlog.shape[0]):
             return pos, STATUS_GROW, 0.0
         ta = arr_t[pos] if pos < n else np.inf
-        th = hk[0] if gi[G_HSIZE] > 0 else np.inf
+        th = next_time(hk, hp, gi)
         if drain and gi[G_REQ_TOTAL] == 0:
             return pos, STATUS_DONE, -1.0
         if th <= ta:
@@ -777,7 +818,7 @@ def _refloor(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
             if until <= t:
                 _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             else:
-                _schedule_expire(hk, hp, gi, isi, until, i, isi[i, I_VER])
+                _schedule_expire(hk, hp, gi, isi, isf, until, i, isi[i, I_VER])
         i = nxt
 
 

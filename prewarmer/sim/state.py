@@ -41,8 +41,8 @@ class SimState:
         self.isi = np.zeros((0, E.NII), np.int64)
         self.rqf = np.zeros((0, E.NRF))
         self.rqi = np.zeros((0, E.NRI), np.int64)
-        self.hk = np.zeros(0)
-        self.hp = np.zeros(0, np.int64)
+        self.hk = np.zeros((2, 0))  # the main heap and the expiry heap (`engine.H_MAIN`, `engine.H_EXPIRE`)
+        self.hp = np.zeros((2, 0), np.int64)
         self.it_f = np.zeros(4096, np.int32)
         self.it_v = np.zeros(4096)
         # One row per request that starts executing (function, arrival, start, duration),
@@ -105,8 +105,8 @@ class SimState:
 
     def _grow_heap(self, new: int) -> None:
         def g(a):
-            b = np.zeros(new, a.dtype)
-            b[: len(a)] = a
+            b = np.zeros((2, new), a.dtype)
+            b[:, : a.shape[1]] = a
             return b
         self.hk, self.hp = g(self.hk), g(self.hp)
 
@@ -118,8 +118,9 @@ class SimState:
             self._grow_instances(max(2 * self.isi.shape[0], self.isi.shape[0] + need))
         if self.gi[E.G_NRFREE] < need:
             self._grow_requests(max(2 * self.rqi.shape[0], self.rqi.shape[0] + need))
-        if self.gi[E.G_HSIZE] + 4 * need > len(self.hk):
-            self._grow_heap(max(2 * len(self.hk), self.gi[E.G_HSIZE] + 8 * need))
+        size = max(self.gi[E.G_HSIZE], self.gi[E.G_ESIZE])
+        if size + 4 * need > self.hk.shape[1]:
+            self._grow_heap(max(2 * self.hk.shape[1], size + 8 * need))
         if self.gi[E.G_ITN] >= len(self.it_f) - 1:
             self.it_f = np.concatenate([self.it_f, np.zeros_like(self.it_f)])
             self.it_v = np.concatenate([self.it_v, np.zeros_like(self.it_v)])
