@@ -119,19 +119,27 @@ def bar_score(res: dict[str, dict[str, float]], name: str) -> float:
     return max(ratio(res[name][k], res[base][k]) for base in ("fixed", "hybrid") for k in METRICS)
 
 
+def margin_key(results: list[dict[str, dict[str, float]]], name: str) -> tuple[float, ...]:
+    """What candidates are ranked by: the bar scores of `name` on `results`, worst first. The widest worst-fold
+    margin wins; a tie there (e.g. a p75 that equals hybrid's on one fold whatever the setting) goes to the
+    better next-worst fold, and so on, not to the order the candidates were given in."""
+    return tuple(sorted((bar_score(r, name) for r in results), reverse=True))
+
+
 def nested_selection(results: list[dict[str, dict[str, float]]], which: list[int], learned: list[str]) -> str:
-    """For each fold, the candidate with the widest worst-fold margin on the *other* folds, and its figures
-    on this one: no fold's figure is selected on that fold. Last, the choice over all folds (what ships)."""
+    """For each fold, the candidate with the widest worst-fold margin on the *other* folds (`margin_key`), and
+    its figures on this one: no fold's figure is selected on that fold. Last, the choice over all folds (what
+    ships)."""
     lines = ["| fold | chosen on the other folds | worst bar score elsewhere | cold x fixed / x hybrid | "
              "p75 x fixed / x hybrid | waste x fixed / x hybrid |", "|---|---|---:|---:|---:|---:|"]
     for pos, fold in enumerate(which):
         others = [r for p, r in enumerate(results) if p != pos]
-        best = min(learned, key=lambda name: max(bar_score(r, name) for r in others))
+        best = min(learned, key=lambda name: margin_key(others, name))
         res = results[pos]
         cells = [" / ".join(f"{ratio(res[best][k], res[base][k]):.3f}" for base in ("fixed", "hybrid"))
                  for k in METRICS]
         lines.append(f"| {fold} | {best} | {max(bar_score(r, best) for r in others):.3f} | " + " | ".join(cells) + " |")
-    overall = min(learned, key=lambda name: max(bar_score(r, name) for r in results))
+    overall = min(learned, key=lambda name: margin_key(results, name))
     lines.append(f"\nOver all folds: {overall} (worst bar score "
                  f"{max(bar_score(r, overall) for r in results):.3f})")
     return "\n".join(lines)
