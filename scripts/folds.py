@@ -81,12 +81,12 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else (1.0 if a == 0 else float("inf"))
 
 
-def table(results: list[dict[str, dict[str, float]]], capped: bool) -> str:
+def table(results: list[dict[str, dict[str, float]]], capped: bool, which: list[int] | None = None) -> str:
     names = list(results[0])
     metrics = CAPPED_METRICS if capped else METRICS
     lines = ["| fold | policy | " + " | ".join(metrics) + " | x fixed (" + " / ".join(SHORT.get(m, m) for m in METRICS)
              + ") | x hybrid |", "|---|---|" + "---:|" * (len(metrics) + 2)]
-    for i, res in enumerate(results):
+    for i, res in zip(which or range(len(results)), results, strict=True):
         for name in names:
             m = res[name]
             cells = [f"{100 * m[k]:.3f}%" if k == "cold_start_rate" else f"{m[k]:,.2f}" if "p75" in k
@@ -105,10 +105,12 @@ def table(results: list[dict[str, dict[str, float]]], capped: bool) -> str:
     return "\n".join(lines)
 
 
-def bar(results: list[dict[str, dict[str, float]]], name: str) -> str:
-    """Where `name` fails the bar (lower cold, p75 and waste than fixed and hybrid on every fold)."""
+def bar(results: list[dict[str, dict[str, float]]], name: str, which: list[int] | None = None) -> str:
+    """Where `name` fails the bar (lower cold, p75 and waste than fixed and hybrid on every fold); `which`
+    numbers the folds of `results` (default 0, 1, ...)."""
+    which = which or list(range(len(results)))
     misses = [f"fold {i}: {SHORT[k]} x{base} {ratio(res[name][k], res[base][k]):.3f}"
-              for i, res in enumerate(results) for base in ("fixed", "hybrid") for k in METRICS
+              for i, res in zip(which, results, strict=True) for base in ("fixed", "hybrid") for k in METRICS
               if res[name][k] >= res[base][k]]
     return f"{name}: meets the bar on every fold" if not misses else f"{name}: misses " + "; ".join(misses)
 
@@ -169,9 +171,9 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     which = [int(x) for x in args.only.split(",")] if args.only else list(range(args.folds))
     results = [run_fold(args, i) for i in which]
-    text = table(results, args.cap is not None)
+    text = table(results, args.cap is not None, which)
     learned = [label(x) for x in args.policy if x not in base]
-    text += "\n\n" + "\n".join(bar(results, name) for name in learned) + "\n"
+    text += "\n\n" + "\n".join(bar(results, name, which) for name in learned) + "\n"
     if len(learned) > 1 and len(results) > 1 and args.cap is None:
         text += "\n" + nested_selection(results, which, learned) + "\n"
     if which != list(range(args.folds)):
