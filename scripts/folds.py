@@ -3,7 +3,7 @@
 other folds' functions, replay the held-out fold, and tabulate every policy against fixed and hybrid.
 
     .venv/bin/python scripts/folds.py --trace ../shared/traces/azure2019-d01-sample1000 --out build/folds
-    .venv/bin/python scripts/folds.py ... --policy 'marl:{model}' --policy 'marl:{model},guard=off'
+    .venv/bin/python scripts/folds.py ... --policy 'marl:{model}' --policy 'marl:{model},waste_target=0.9'
     .venv/bin/python scripts/folds.py ... --cap 0.5          # under a memory cap of half fixed's peak
 
 Training (`prewarmer train --folds K --holdout I --minutes TRAIN`) writes OUT/fold{I}.pt unless it is

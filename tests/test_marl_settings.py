@@ -161,3 +161,28 @@ def test_waste_target_parses_and_defaults_off() -> None:
     assert policy_factory("marl:waste_target=off")().waste_target is None
     with pytest.raises(ValueError, match="positive"):
         policy_factory("marl:waste_target=0")
+
+
+def _busy_functions() -> MinuteCountWorkload:
+    """Three 2-GB functions with bursty minutes (0-40 calls of ~20 s each): forecast-provisioned, so what
+    they hold idle depends on the idle price."""
+    n, minutes = 3, 360
+    rng = np.random.default_rng(3)
+    counts = (rng.poisson(8.0, size=(n, minutes)) * rng.integers(0, 2, size=(n, minutes)) * 2).astype(np.int32)
+    table = FunctionTable(names=[f"b{f}" for f in range(n)], apps=np.arange(n, dtype=np.int32),
+                          app_names=[f"b{f}" for f in range(n)], memory_mb=np.full(n, 2048.0),
+                          cold_start_s=np.full(n, np.nan))
+    return MinuteCountWorkload(table, counts, np.tile(np.array([5e3, 1e4, 15e3, 2e4, 25e3, 3e4, 4e4]), (n, 1)))
+
+
+def test_a_waste_target_below_what_the_fleet_idles_raises_the_price_and_cuts_the_waste() -> None:
+    w = _busy_functions()
+    cfg = ReplayConfig(seed=0)
+    runs = {}
+    for spec in ("marl:cold_target=off", "marl:cold_target=off,waste_target=0.2"):
+        policy = policy_factory(spec)()
+        runs[spec] = (replay(w, lambda p=policy: p, cfg).metrics(), policy.price)
+    (plain, plain_price), (targeted, price) = runs.values()
+    assert plain_price == pytest.approx(0.07) and price > 2 * plain_price
+    assert targeted["wasted_gb_s"] < 0.95 * plain["wasted_gb_s"]
+    assert targeted["cold_starts"] >= plain["cold_starts"]
