@@ -95,11 +95,13 @@ def _cap(text: str) -> float | str | None:
 
 
 _MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration),
-         "cold_target": ("cold_target", _target), "cap_gaps": ("cap_gaps", int)}
+         "cold_target": ("cold_target", _target), "waste_target": ("waste_target", _target),
+         "cap_gaps": ("cap_gaps", int)}
 
 
 def _marl(rest: str, online: bool) -> Maker:
-    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off][,cap_gaps=N]`:
+    """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off]
+    [,waste_target=W|off][,cap_gaps=N]`:
     the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 

@@ -41,7 +41,7 @@ def test_marl_spec_settings_parse_and_reach_the_policy() -> None:
     p = policy_factory("marl:price=0.2,cap=priced,hold=1m")()
     assert (p.idle_gb_tick_cost, p.keep_alive_cap_s, p.hold_s) == (0.2, "priced", 60.0)
     p = policy_factory("marl")()  # the defaults chosen on the folds
-    assert (p.keep_alive_cap_s, p.cold_target) == (None, 0.95)
+    assert (p.keep_alive_cap_s, p.cold_target, p.waste_target) == (None, 1.05, None)
     p = policy_factory("marl:cap=off,cold_target=off")()
     assert (p.keep_alive_cap_s, p.cold_target) == (None, None)
     p = policy_factory("marl:cap=2h")()
@@ -111,3 +111,78 @@ def test_the_price_adapts_towards_the_cold_start_target(cold: int, direction: in
         p.adapt_price(_obs(cold, 4))
         assert p.tracker.idle_cost == p.price
     assert np.sign(p.price - start) == direction
+
+
+def _two_functions() -> FunctionTable:
+    return FunctionTable(names=["a", "b"], apps=np.arange(2, dtype=np.int32), app_names=["a", "b"],
+                         memory_mb=np.full(2, 1024.0), cold_start_s=np.full(2, np.nan))
+
+
+def test_shadow_hybrid_idle_counts_the_last_instance_and_the_scale_out() -> None:
+    from prewarmer.agents.marl import shadow_hybrid_idle
+
+    obs = _obs(0, 0)
+    obs.memory_mb = np.array([1024.0, 2048.0])
+    # Function 0: two gaps ended, 100 s and 900 s, under a 600 s keep-alive: idle 100 + 600 s. Function 1:
+    # a 900 s gap, prewarmed at 300 s and kept 120 s: idle 120 s (2 GB); and a peak of 5 in flight at 2 on
+    # average: 3 instances idle for the 60 s tick.
+    obs.idle_time_func, obs.idle_time_s = np.array([0, 0, 1], np.int32), np.array([100.0, 900.0, 900.0])
+    obs.peak_in_flight, obs.concurrency = np.array([0, 5]), np.array([0.0, 2.0])
+    hybrid = Actions(keep_alive_s=np.array([600.0, 120.0]), surplus_keep_alive_s=np.array([600.0, 120.0]),
+                     prewarm_delay_s=np.array([0.0, 300.0]))
+    assert shadow_hybrid_idle(obs, hybrid).tolist() == pytest.approx([700.0, 2 * 120.0 + 3 * 60.0 * 2])
+
+
+@pytest.mark.parametrize(("cold", "waste", "direction"), [
+    (1, 1e5, 1),    # cold starts under their target, waste above its own: the price rises
+    (3, 1e5, -1),   # cold starts above their target: the price falls, whatever the waste (cold wins)
+    (1, 10.0, -1),  # both under target: the price falls, spending the waste headroom on cold starts
+])
+def test_the_waste_target_moves_the_price_within_the_cold_target(cold: int, waste: float, direction: int) -> None:
+    p = MARLPolicy(cold_target=1.0, waste_target=1.0)
+    p.reset(_two_functions(), 0.0)
+    start = p.price
+    p.tracker.pools = np.full((2, p.tracker.short.shape[1]), 2.0)  # the keep-alive: 2 short per function
+    p.tracker.scored = 100
+    hybrid = Actions(keep_alive_s=np.full(2, 600.0), surplus_keep_alive_s=np.full(2, 600.0),
+                     prewarm_delay_s=np.zeros(2))
+    obs = _obs(cold, 4)
+    obs.concurrency = np.full(2, 3.0)  # the shadow hybrid idles (4 - 3) x 60 s x 1 GB per function a tick
+    obs.wasted_gb_s = np.full(2, waste / 2)
+    for _ in range(20):
+        p.adapt_price(obs, hybrid)
+    assert np.sign(p.price - start) == direction and p.tracker.idle_cost == p.price
+    assert p.hybrid_waste_sum > 0
+
+
+def test_waste_target_parses_and_defaults_off() -> None:
+    p = policy_factory("marl:waste_target=0.9,cold_target=1.05")()
+    assert (p.waste_target, p.cold_target) == (0.9, 1.05)
+    assert policy_factory("marl:waste_target=off")().waste_target is None
+    with pytest.raises(ValueError, match="positive"):
+        policy_factory("marl:waste_target=0")
+
+
+def _busy_functions() -> MinuteCountWorkload:
+    """Three 2-GB functions with bursty minutes (0-40 calls of ~20 s each): forecast-provisioned, so what
+    they hold idle depends on the idle price."""
+    n, minutes = 3, 360
+    rng = np.random.default_rng(3)
+    counts = (rng.poisson(8.0, size=(n, minutes)) * rng.integers(0, 2, size=(n, minutes)) * 2).astype(np.int32)
+    table = FunctionTable(names=[f"b{f}" for f in range(n)], apps=np.arange(n, dtype=np.int32),
+                          app_names=[f"b{f}" for f in range(n)], memory_mb=np.full(n, 2048.0),
+                          cold_start_s=np.full(n, np.nan))
+    return MinuteCountWorkload(table, counts, np.tile(np.array([5e3, 1e4, 15e3, 2e4, 25e3, 3e4, 4e4]), (n, 1)))
+
+
+def test_a_waste_target_below_what_the_fleet_idles_raises_the_price_and_cuts_the_waste() -> None:
+    w = _busy_functions()
+    cfg = ReplayConfig(seed=0)
+    runs = {}
+    for spec in ("marl:cold_target=off", "marl:cold_target=off,waste_target=0.2"):
+        policy = policy_factory(spec)()
+        runs[spec] = (replay(w, lambda p=policy: p, cfg).metrics(), policy.price)
+    (plain, plain_price), (targeted, price) = runs.values()
+    assert plain_price == pytest.approx(0.07) and price > 2 * plain_price
+    assert targeted["wasted_gb_s"] < 0.95 * plain["wasted_gb_s"]
+    assert targeted["cold_starts"] >= plain["cold_starts"]
