@@ -127,6 +127,8 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
                           password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}",
                           record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule))
             clock_start = sidecar_clock_start(redis_url, prefix)
+            if clock_start is None:  # ready means started: its policy clock is in Redis
+                raise LoadTestError("the sidecar said it was ready before its policy clock was set")
             say(f"sidecar ready: policy {policy}, time scale {setup.compress:g}")
         before = scrape(gateway)
         if before is None:

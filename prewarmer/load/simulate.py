@@ -75,6 +75,9 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
 
     started = results.get("started_unix")
     offset = (started - clock_start_unix) * compress if started and clock_start_unix else 0.0
+    # A schedule that began before the sidecar's clock met a platform with no prewarmer for that long: replay (the
+    # policy acting from the first request) cannot model that run, so it is not held to agree with it.
+    late_s = max(-offset, 0.0) / compress
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
     cfg = ReplayConfig(startup=StartupModel(kind="per-function"))
@@ -92,9 +95,13 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
                     for i, name in enumerate(schedule.names)}
     total_p = sum(f["predicted"] for f in per_function.values())
     total_m = sum(f["measured"] for f in per_function.values())
-    return {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
-            "predicted_cold_starts": total_p,
-            "measured_cold_starts": total_m, "agree": agree(total_p, total_m), "per_function": per_function}
+    doc = {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
+           "predicted_cold_starts": total_p,
+           "measured_cold_starts": total_m, "agree": agree(total_p, total_m) and not late_s > 0,
+           "per_function": per_function}
+    if late_s > 0:
+        doc["sidecar_late_s"] = round(late_s, 3)
+    return doc
 
 
 def agree(predicted: int, measured: int) -> bool:
