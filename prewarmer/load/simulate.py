@@ -63,11 +63,12 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
 
 
 def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s: float, compress: float,
-            clock_start_unix: float | None = None) -> dict:
+            clock_start_unix: float | None = None, max_workers: int | None = None) -> dict:
     """Predicted and measured cold starts per function for one run (`policy` None: the gateway alone).
 
     `clock_start_unix` is when the sidecar's policy clock started: the schedule began that much later in
-    policy time, so replay's ticks fall where the sidecar's did."""
+    policy time, so replay's ticks fall where the sidecar's did. `max_workers`: the gateway's most workers per
+    function (replay's `max_instances`; None: no bound)."""
     from prewarmer.registry import policy_factory
     from prewarmer.sim import engine as E
     from prewarmer.sim.replay import ReplayConfig, run_shard
@@ -80,7 +81,7 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     late_s = max(-offset, 0.0) / compress
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function"))
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=max_workers)
     predicted = run_shard(workload, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
     warmup = float(schedule.meta.get("warmup_s") or 0.0)
     if warmup > 0:
