@@ -82,13 +82,15 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
     cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=max_workers)
-    predicted = run_shard(workload, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
+    full = run_shard(workload, policy_factory(spec)(), cfg)
+    predicted, idle_gb_s = full.fi[:, E.F_COLD], float(full.fs[:, E.S_WASTE].sum())
     warmup = float(schedule.meta.get("warmup_s") or 0.0)
     if warmup > 0:
         # Cold starts of the metered window: all of them less those of the warm-up alone (replay is causal: the
-        # same requests up to the end of the warm-up give the same cold starts there).
-        lead = _before(workload, max(offset, 0.0) + warmup * compress)
-        predicted = predicted - run_shard(lead, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
+        # same requests up to the end of the warm-up give the same cold starts there); idle GB-s likewise.
+        lead = run_shard(_before(workload, max(offset, 0.0) + warmup * compress), policy_factory(spec)(), cfg)
+        predicted = predicted - lead.fi[:, E.F_COLD]
+        idle_gb_s -= float(lead.fs[:, E.S_WASTE].sum())
     measured = results["per_function"]
     per_function = {name: {"predicted": int(predicted[i]),
                            "measured": int(measured.get(name, {}).get("cold_starts", 0)),
@@ -98,6 +100,8 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     total_m = sum(f["measured"] for f in per_function.values())
     doc = {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
            "predicted_cold_starts": total_p,
+           # idle GB-s per real second, as the gateway's wasted_gb_s (replay's are in policy seconds)
+           "predicted_wasted_gb_s": round(idle_gb_s / compress, 3),
            "measured_cold_starts": total_m, "agree": agree(total_p, total_m) and not late_s > 0,
            "per_function": per_function}
     if late_s > 0:
