@@ -20,8 +20,8 @@ from prewarmer.workloads.base import FunctionTable
 class KeepAliveFloor(Policy):
     def __init__(self, inner: Policy, window_s: float = 600.0) -> None:
         self.inner = inner
-        self.tick_s = inner.tick_s
-        self.window = max(1, int(round(window_s / (inner.tick_s or 60.0))))
+        self.tick_s = inner.tick_s or 60.0  # a policy that acts only at reset (fixed) is floored every minute
+        self.window = max(1, int(round(window_s / self.tick_s)))
         self.spec = f"floor:{getattr(inner, 'spec', '')}"
         self.peaks = np.zeros((self.window, 0), np.int64)
         self.k = 0
