@@ -31,7 +31,8 @@ def _cold(spec_or_policy) -> int:
 def test_the_floor_keeps_what_was_used_in_the_window_whatever_the_inner_policy_releases():
     assert _cold("fixed:1m") == 3 * 12  # a 1-minute keep-alive loses the pool between bursts: all cold
     assert _cold(KeepAliveFloor(policy_factory("fixed:1m")())) == 3  # the floor holds the 3: only the first burst
-    assert _cold(KeepAliveFloor(policy_factory("fixed:1m")(), window_s=120.0)) == 3 * 12  # 2 ticks: shorter than the gap
+    # a window of 2 ticks is shorter than the gap between bursts
+    assert _cold(KeepAliveFloor(policy_factory("fixed:1m")(), window_s=120.0)) == 3 * 12
 
 
 def test_floor_specs_are_known_once_registered():
