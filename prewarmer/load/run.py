@@ -128,7 +128,8 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         if policy:
             start_sidecar(procs, gateway, redis_url, prefix, policy, time_scale=setup.compress,
                           password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}",
-                          record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule))
+                          record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule),
+                          max_replicas=setup.max_workers)
             clock_start = sidecar_clock_start(redis_url, prefix)
             if clock_start is None:  # ready means started: its policy clock is in Redis
                 raise LoadTestError("the sidecar said it was ready before its policy clock was set")

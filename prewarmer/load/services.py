@@ -135,7 +135,8 @@ def start_gateway(procs: Processes, redis_url: str, prefix: str, *, functions_di
 
 
 def start_sidecar(procs: Processes, gateway: str, redis_url: str, prefix: str, policy: str, *, time_scale: float,
-                  password_file: Path, replica_id: str, record: Path, clock_epoch_s: float) -> None:
+                  password_file: Path, replica_id: str, record: Path, clock_epoch_s: float,
+                  max_replicas: int = DEFAULT_MAX_WORKERS) -> None:
     """The sidecar for one run; its decisions and scale requests go to `record` (JSON lines) for the report."""
     proc = procs.start("sidecar", [sys.executable, "-m", "prewarmer", "run", "--gateway", gateway, "--kind", "openfaas",
                                    "--redis", redis_url, "--policy", policy, "--time-scale", f"{time_scale:g}",
@@ -143,6 +144,7 @@ def start_sidecar(procs: Processes, gateway: str, redis_url: str, prefix: str, p
                                    "--basic-auth-user", USER, "--basic-auth-password-file", str(password_file),
                                    "--checkpoint-interval", "2s", "--prefix", prefix,
                                    "--replica-id", replica_id, "--record", str(record),
-                                   "--clock-epoch", f"{clock_epoch_s:g}"], patterns=(SIDECAR_PORT_RE,))
+                                   "--clock-epoch", f"{clock_epoch_s:g}", "--max-replicas", str(max_replicas)],
+                         patterns=(SIDECAR_PORT_RE,))
     port = proc.wait_for(SIDECAR_PORT_RE, 90, "did not start its metrics server").group(1)
     poll_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, proc, "never became ready")

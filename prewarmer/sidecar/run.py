@@ -72,6 +72,7 @@ class SidecarOptions:
     clock_epoch_s: float | None = None
     namespace: str | None = None  # only functions of this namespace (None: all)
     policy_spec: str = ""
+    max_replicas: int | None = None  # the platform's most replicas per function, modelled by the fleet
     record: Path | None = None
     budget_gb: float | None = None  # shared memory budget of `+bid` policies, awarded through Redis
     tenant_quota_gb: dict[str, float] | None = None  # per namespace (tenant)
