@@ -91,6 +91,7 @@ class Invocation:
     duration_ms: float  # execution time inside the worker
     worker: str = ""
     error: str | None = None
+    wait_ms: float = 0.0  # arrival to the start of execution: the start-up waited for, or the queue at max_workers
 
 
 class _Failure(Exception):
@@ -265,6 +266,7 @@ class WorkerPool:
             waited = (self.clock() - arrival) * 1000
             return Invocation(name, e.status, f"{e}\n".encode(), {}, e.status == 502, waited, 0.0, error=str(e))
         startup_ms = (w.ready_at - arrival) * 1000 if cold else 0.0
+        wait_ms = (self.clock() - arrival) * 1000
         try:
             async with asyncio.timeout(self.exec_timeout_s):
                 out, data = await w.call(meta, body)
@@ -272,12 +274,13 @@ class WorkerPool:
             self._discard(f, w, "exec_timeout")
             msg = f"function {name} did not answer within {self.exec_timeout_s:g} s (worker {w.id} killed)"
             return Invocation(name, 504, f"{msg}\n".encode(), {}, cold, startup_ms, self.exec_timeout_s * 1000,
-                              w.id, error=msg)
+                              w.id, error=msg, wait_ms=wait_ms)
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError, ValueError) as e:
             self._discard(f, w, "crashed")
             tail = w.stderr_tail[-1] if w.stderr_tail else type(e).__name__
             msg = f"worker {w.id} of {name} died during the request: {tail}"
-            return Invocation(name, 502, f"{msg}\n".encode(), {}, cold, startup_ms, 0.0, w.id, error=msg)
+            return Invocation(name, 502, f"{msg}\n".encode(), {}, cold, startup_ms, 0.0, w.id, error=msg,
+                              wait_ms=wait_ms)
         except asyncio.CancelledError:
             # The exchange was cut in the middle: the pipe's state is unknown, so the worker goes.
             self._discard(f, w, "request_cancelled")
@@ -285,7 +288,7 @@ class WorkerPool:
         w.served += 1
         self._release(f, w)
         return Invocation(name, int(out.get("status", 500)), data, dict(out.get("headers") or {}), cold, startup_ms,
-                          float(out.get("duration_ms", 0.0)), w.id, error=out.get("error"))
+                          float(out.get("duration_ms", 0.0)), w.id, error=out.get("error"), wait_ms=wait_ms)
 
     async def _acquire(self, f: _Function, arrival: float) -> tuple[Worker, bool]:
         """A worker for a request that arrived at `arrival`, and whether the request waited for its start-up (cold)."""

@@ -3,10 +3,11 @@ the gateway measured, per function.
 
 The prediction replays, in policy time (real seconds x the schedule's compression, as the sidecar sees
 them): every answered request at its intended send time, for its execution time as the gateway reported
-it (`X-Duration-Seconds` less `X-Prewarmer-Startup-Ms`), each function's start-up time measured from the
-gateway's cold starts (median `X-Prewarmer-Startup-Ms`; the median of all functions for one that had
-none). The gateway alone is replayed as fixed keep-alive for the gateway's own keep-alive; a run with the
-sidecar as its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one of them);
+it (`X-Duration-Seconds` less `X-Prewarmer-Wait-Ms`: the start-up or the queue at the worker bound), each
+function's start-up time measured from the gateway's cold starts (median `X-Prewarmer-Startup-Ms`; the
+median of all functions for one that had none), and the gateway's worker bound (`max_instances`). The
+gateway alone is replayed as fixed keep-alive for the gateway's own keep-alive; a run with the sidecar as
+its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one of them);
 `agree` is the check the CI test holds them to.
 """
 
@@ -47,8 +48,10 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
     req = results["requests"]
     status = np.asarray(req["status"])
     answered = (status > 0) & (status < 400)
-    gateway_s, startup_s = _seconds(req, "gateway_ms"), _seconds(req, "startup_ms")
-    execution = np.maximum(gateway_s - np.nan_to_num(startup_s), 0.0)
+    gateway_s, startup_s, wait_s = _seconds(req, "gateway_ms"), _seconds(req, "startup_ms"), _seconds(req, "wait_ms")
+    # The instance was busy from the start of execution: less the wait, start-up or queue at the gateway's worker
+    # bound (replay queues the request itself); results without the wait: less the start-up.
+    execution = np.maximum(gateway_s - np.where(np.isnan(wait_s), np.nan_to_num(startup_s), wait_s), 0.0)
     keep = answered & ~np.isnan(execution)
     n = len(schedule.functions)
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
