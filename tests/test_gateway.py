@@ -178,6 +178,9 @@ async def test_requests_beyond_max_workers_queue_fifo_for_the_first_free_worker(
         assert [r.status for r in results] == [200, 200, 200]
         assert done == [0, 1, 2]
         assert len({r.worker for r in results}) == 1
+        # Only the first waited for a start-up; the others waited for the one busy worker (capacity), even if they
+        # arrived while it was still starting: warm, as replay counts requests queued at an instance limit.
+        assert [r.cold for r in results] == [True, False, False]
         assert (await g.status("io"))["replicas"] == 1
 
 

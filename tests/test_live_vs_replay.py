@@ -12,7 +12,7 @@ from test_loadtest import parse
 
 from prewarmer.load import schedule as S
 from prewarmer.load.cli import cmd_loadtest
-from prewarmer.load.simulate import agree, predict
+from prewarmer.load.simulate import agree, predict, workload_of_run
 
 KEEP_ALIVE_S = 2.0
 
@@ -53,3 +53,30 @@ def test_replay_of_a_load_test_predicts_its_cold_starts_and_fails_on_the_wrong_k
     results = json.loads((tmp_path / "work" / "baseline" / "results.json").read_text())
     wrong = predict(sched, results, None, 10 * KEEP_ALIVE_S, 1.0)
     assert not wrong["agree"] and not agree(wrong["predicted_cold_starts"], measured)
+
+
+
+def test_a_burst_beyond_the_gateways_workers_is_predicted_as_the_gateway_serves_it(tmp_path, capsys):
+    """More requests at once than the gateway's 20 workers per function: 20 wait for the start-up of a worker each
+    (cold); the 2 others of the burst and 6 sent 2.5 s later wait for a busy worker (capacity, not a start-up: warm).
+    Replay is given the gateway's bound and queues them the same way. Before: replay had no bound and started a new
+    instance for each (28 predicted), and the gateway counted the 2 as cold (22 measured) (issue 13)."""
+    t = np.concatenate([np.linspace(0.5, 0.52, 22), np.linspace(3.0, 3.02, 6)])
+    sched = S.Schedule(t=t, func=np.zeros(len(t), int), kind=np.zeros(len(t), int),
+                       functions=[S.Deployment("io", "io", 128)], kinds=["io:4000"], duration_s=8.0,
+                       meta={"source": "test", "compress": 1.0})
+    path = sched.save(tmp_path / "schedule.json")
+    out = tmp_path / "report.json"
+    args = parse(["--schedule", str(path), "--gateway-keep-alive", "60s", "--simulate", "--json", str(out),
+                  "--workdir", str(tmp_path / "work")])
+    assert cmd_loadtest(args) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    workers = doc["config"]["max_workers"]
+    assert workers == 20 < len(t)
+    f = doc["simulated"]["baseline"]["per_function"]["io"]
+    assert f["measured"] == f["predicted"] == workers, f
+    # The 8 that queued waited seconds for a busy worker; replay runs them for their execution only (its own queue
+    # gives them the wait), not for the wait as well.
+    results = json.loads((tmp_path / "work" / "baseline" / "results.json").read_text())
+    assert sum(1 for x in results["requests"]["wait_ms"] if x and x > 1000.0) >= len(t) - workers
+    assert workload_of_run(sched, results, 1.0).duration.max() < 4.0 + 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from prewarmer.registry import policy_factory
 from prewarmer.sidecar.run import Sidecar, SidecarOptions
 from prewarmer.sim import engine as E
 from prewarmer.stream.events import InvocationEvent
-from prewarmer.stream.keys import dead_letter_key, shard_of, stream_key
+from prewarmer.stream.keys import clock_key, dead_letter_key, shard_of, stream_key
 from prewarmer.stream.producer import RedisEventProducer
 
 N_SHARDS = 4
@@ -267,3 +268,26 @@ async def test_the_loop_wakes_when_a_policy_tick_is_due_not_up_to_an_interval_la
     assert agent.next_tick == 120.0  # it ticked, 0.03 policy seconds after the tick time
     await sc.shutdown()
     await r.aclose()
+
+
+async def test_not_ready_until_the_policy_is_warmed_up_on_its_clock(redis_server):
+    """/readyz says 200 only once the sidecar acts: policy warmed up (seconds for marl), policy clock adopted and
+    shards owned. A load test starts its requests on that 200; before, it measured the gateway alone for the
+    warm-up's seconds while its replay counted the policy in from the first request (issue 13)."""
+    r = aioredis.Redis.from_url(redis_server.url)
+    sc = sidecar(r, policy="marl")
+    stop = asyncio.Event()
+    task = asyncio.create_task(sc.run(stop))
+    polls = 0
+    try:
+        while not sc.ready()[0]:
+            assert not task.done(), task
+            polls += 1
+            await asyncio.sleep(0.01)  # a poll interval, as a prober's: the warm-up runs in a worker thread
+        assert polls > 0  # it was not ready while it warmed the policy up
+        assert await r.get(clock_key(sc.opts.prefix, sc.opts.group)) is not None
+        assert len(sc.slots) == N_SHARDS  # and it owns its shards
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await r.aclose()

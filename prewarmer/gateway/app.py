@@ -2,7 +2,8 @@
 
 - `ANY /function/{name}[/{path}]` invokes a function on a worker (404 if unknown). The response is the
   handler's status, headers and body plus `X-Cold-Start: 1|0`, `X-Duration-Seconds` (time at the
-  gateway, as OpenFaaS reports it), `X-Prewarmer-Worker` and `X-Prewarmer-Startup-Ms`.
+  gateway, as OpenFaaS reports it), `X-Prewarmer-Worker`, `X-Prewarmer-Startup-Ms` and `X-Prewarmer-Wait-Ms`
+  (arrival to the start of execution: the start-up waited for, or the queue at max_workers).
   `{name}` may carry the namespace, `echo.openfaas-fn`, as with OpenFaaS.
 - `POST /system/scale-function/{name}` `{"serviceName", "namespace", "replicas"}` sets the replica
   target (see `workers` for what a target means); 202 when accepted, 400 naming the bad field.
@@ -190,7 +191,8 @@ class Gateway:
             log_event("invocation", logging.DEBUG, function=name, status=inv.status, cold=int(inv.cold),
                       worker=inv.worker, startup_ms=inv.startup_ms, duration_ms=inv.duration_ms, seconds=elapsed)
         headers.update({"X-Cold-Start": "1" if inv.cold else "0", "X-Duration-Seconds": f"{elapsed:.6f}",
-                        "X-Prewarmer-Worker": inv.worker, "X-Prewarmer-Startup-Ms": f"{inv.startup_ms:.3f}"})
+                        "X-Prewarmer-Worker": inv.worker, "X-Prewarmer-Startup-Ms": f"{inv.startup_ms:.3f}",
+                        "X-Prewarmer-Wait-Ms": f"{inv.wait_ms:.3f}"})
         return web.Response(status=inv.status, body=body, headers=headers)
 
     async def _emit_end(self, inv: Invocation, ts: float) -> None:

@@ -12,8 +12,10 @@ Dispatch (`WorkerPool.invoke`):
   `max_workers` workers. A request waits for the worker it claimed (one new worker per waiting
   request, no stealing), so it is cold: `X-Cold-Start: 1`, and `startup_ms` is how long it waited.
 - At `max_workers`, requests queue FIFO and take the first worker that becomes free.
-- Cold means "the worker became ready after the request arrived": a queued request served by a
-  worker that was ready when it arrived is warm (it waited for capacity, not for a start-up).
+- Cold means "waited for the start-up of the worker it claimed" (BENCHMARKS.md: an invocation that
+  waited for an instance to start), as in the simulator: a request queued at `max_workers` and
+  served by a worker another request freed waited for capacity, not for a start-up, and is warm (its
+  wait is in its latency), even when that worker became ready after it arrived.
 
 Scaling: each function has a replica target, None until `/system/scale-function` sets one.
 - `scale(name, replicas)` sets the target, starts workers until the function has `replicas` workers
@@ -89,6 +91,7 @@ class Invocation:
     duration_ms: float  # execution time inside the worker
     worker: str = ""
     error: str | None = None
+    wait_ms: float = 0.0  # arrival to the start of execution: the start-up waited for, or the queue at max_workers
 
 
 class _Failure(Exception):
@@ -102,6 +105,7 @@ class _Waiter:
     arrival: float
     future: asyncio.Future
     claimed: Worker | None = None
+    started_for: bool = False  # handed the worker it claimed as that worker became ready: it waited for a start-up
 
 
 @dataclass(eq=False)
@@ -256,13 +260,13 @@ class WorkerPool:
             return Invocation(name, 503, b"gateway is shutting down\n", {}, False, 0.0, 0.0,
                               error="gateway is shutting down")
         try:
-            w = await self._acquire(f, arrival)
+            w, cold = await self._acquire(f, arrival)
         except _Failure as e:
             # A failed cold start still counts as cold: the caller waited for a start-up that failed.
             waited = (self.clock() - arrival) * 1000
             return Invocation(name, e.status, f"{e}\n".encode(), {}, e.status == 502, waited, 0.0, error=str(e))
-        cold = w.ready_at > arrival
         startup_ms = (w.ready_at - arrival) * 1000 if cold else 0.0
+        wait_ms = (self.clock() - arrival) * 1000
         try:
             async with asyncio.timeout(self.exec_timeout_s):
                 out, data = await w.call(meta, body)
@@ -270,12 +274,13 @@ class WorkerPool:
             self._discard(f, w, "exec_timeout")
             msg = f"function {name} did not answer within {self.exec_timeout_s:g} s (worker {w.id} killed)"
             return Invocation(name, 504, f"{msg}\n".encode(), {}, cold, startup_ms, self.exec_timeout_s * 1000,
-                              w.id, error=msg)
+                              w.id, error=msg, wait_ms=wait_ms)
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError, ValueError) as e:
             self._discard(f, w, "crashed")
             tail = w.stderr_tail[-1] if w.stderr_tail else type(e).__name__
             msg = f"worker {w.id} of {name} died during the request: {tail}"
-            return Invocation(name, 502, f"{msg}\n".encode(), {}, cold, startup_ms, 0.0, w.id, error=msg)
+            return Invocation(name, 502, f"{msg}\n".encode(), {}, cold, startup_ms, 0.0, w.id, error=msg,
+                              wait_ms=wait_ms)
         except asyncio.CancelledError:
             # The exchange was cut in the middle: the pipe's state is unknown, so the worker goes.
             self._discard(f, w, "request_cancelled")
@@ -283,19 +288,21 @@ class WorkerPool:
         w.served += 1
         self._release(f, w)
         return Invocation(name, int(out.get("status", 500)), data, dict(out.get("headers") or {}), cold, startup_ms,
-                          float(out.get("duration_ms", 0.0)), w.id, error=out.get("error"))
+                          float(out.get("duration_ms", 0.0)), w.id, error=out.get("error"), wait_ms=wait_ms)
 
-    async def _acquire(self, f: _Function, arrival: float) -> Worker:
+    async def _acquire(self, f: _Function, arrival: float) -> tuple[Worker, bool]:
+        """A worker for a request that arrived at `arrival`, and whether the request waited for its start-up (cold)."""
         if not f.queue:
             w = self._take_idle(f)
             if w is not None:
                 self._set_state(f, w, State.BUSY)
-                return w
+                return w, False
         waiter = _Waiter(arrival, asyncio.get_running_loop().create_future())
         f.queue.append(waiter)
         self._pump(f)
         try:
-            return await waiter.future
+            w = await waiter.future
+            return w, waiter.started_for and w.ready_at > arrival
         except asyncio.CancelledError:
             self._abandon(f, waiter)
             raise
@@ -484,6 +491,7 @@ class WorkerPool:
             return
         waiter, w.claimed_by = w.claimed_by, None
         if waiter is not None and not waiter.future.done():
+            waiter.started_for = True
             self._hand_over(f, waiter, w)
         else:
             self._set_state(f, w, State.IDLE)

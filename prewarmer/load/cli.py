@@ -12,6 +12,7 @@ from prewarmer.load import schedule as sched_mod
 from prewarmer.load.errors import LoadTestError, UsageError
 from prewarmer.load.loadtest import loadtest
 from prewarmer.load.processes import terminate_as_interrupt
+from prewarmer.load.services import DEFAULT_MAX_WORKERS
 from prewarmer.workloads.base import TraceError
 
 
@@ -52,6 +53,9 @@ def add_loadtest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     r.add_argument("--gateway-keep-alive", metavar="S",
                    help="the gateway's idle keep-alive (default: 10 minutes of trace time, 600s / FACTOR, the "
                         "BENCHMARKS.md baseline)")
+    r.add_argument("--gateway-max-workers", metavar="N", type=int, default=DEFAULT_MAX_WORKERS,
+                   help=f"the gateway's most workers per function ({DEFAULT_MAX_WORKERS}); replay is given the same "
+                        "bound (further requests queue for a busy worker)")
     r.add_argument("--redis", metavar="URL", help="use this Redis instead of starting redis-server per run")
     r.add_argument("--samples", metavar="DIR", help="sample functions directory (default: the repository's functions/)")
     r.add_argument("--workdir", metavar="DIR", help="keep logs, schedule and results here (default: a temp dir, "

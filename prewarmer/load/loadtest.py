@@ -28,6 +28,7 @@ from prewarmer.load.errors import LoadTestError, UsageError
 from prewarmer.load.report import print_simulated, print_table, ratios, series, write_plot
 from prewarmer.load.run import RunSetup, run_once
 from prewarmer.load.schedule_options import build_schedule
+from prewarmer.load.services import DEFAULT_MAX_WORKERS
 from prewarmer.units import parse_duration
 
 LAG_WARNING_MS = 100.0
@@ -59,10 +60,13 @@ def loadtest(args: argparse.Namespace) -> dict:
         raise UsageError("the schedule is empty: widen --minutes / --duration or choose other functions")
     compress = float(schedule.meta.get("compress") or 1.0)
     keep_alive = parse_duration(args.gateway_keep_alive) if args.gateway_keep_alive else 600.0 / compress
+    max_workers = getattr(args, "gateway_max_workers", None) or DEFAULT_MAX_WORKERS
+    if max_workers < 1:
+        raise UsageError(f"--gateway-max-workers must be >= 1, got {max_workers}")
     if args.save_schedule:
         schedule.save(args.save_schedule)
     if getattr(args, "simulate_only", False):
-        return _simulate_only(args, schedule, policy, keep_alive, compress)
+        return _simulate_only(args, schedule, policy, keep_alive, compress, max_workers)
     _check_tools()
     run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
     owned_tmp = None
@@ -79,7 +83,7 @@ def loadtest(args: argparse.Namespace) -> dict:
         password_file.chmod(0o600)
         schedule_path = schedule.save(workdir / "schedule.json")
         setup = RunSetup(run_id, workdir, functions_dir, password_file, schedule, schedule_path, keep_alive,
-                         compress, args.redis, args.quiet)
+                         compress, args.redis, args.quiet, max_workers)
         if not args.quiet:
             d = schedule.describe()
             print(f"schedule: {d['requests']} requests over {d['duration_s']:.1f} s ({d['mean_rps']:.2f} req/s) to "
@@ -93,6 +97,7 @@ def loadtest(args: argparse.Namespace) -> dict:
             owned_tmp.cleanup()
     doc: dict = {"schedule": schedule.describe(),
                  "config": {"run_id": run_id, "keep_alive_s": keep_alive, "compress": compress, "policy": policy,
+                            "max_workers": max_workers,
                             "redis": "external" if args.redis else "per run", "seed": args.seed,
                             "warmup_s": float(schedule.meta.get("warmup_s") or 0.0),
                             "latency": "from the intended send time (open loop)",
@@ -109,7 +114,7 @@ def loadtest(args: argparse.Namespace) -> dict:
         from prewarmer.load.simulate import predict
 
         doc["simulated"] = {r.label: predict(schedule, r.results, r.policy, keep_alive, compress,
-                                             r.policy_clock_start_unix) for r in runs}
+                                             r.policy_clock_start_unix, max_workers) for r in runs}
     if not args.quiet:
         print_table(runs, ratio)
         if "simulated" in doc:
@@ -127,7 +132,7 @@ def loadtest(args: argparse.Namespace) -> dict:
 
 
 def _simulate_only(args: argparse.Namespace, schedule: sched_mod.Schedule, policy: str | None, keep_alive: float,
-                   compress: float) -> dict:
+                   compress: float, max_workers: int = DEFAULT_MAX_WORKERS) -> dict:
     """`--simulate-only`: the predictions for the schedule as planned, the gateway alone and the policy; no run."""
     from prewarmer.load.simulate import predict, results_as_planned
 
@@ -135,7 +140,7 @@ def _simulate_only(args: argparse.Namespace, schedule: sched_mod.Schedule, polic
     doc: dict = {"schedule": schedule.describe(),
                  "config": {"keep_alive_s": keep_alive, "compress": compress, "policy": policy,
                             "warmup_s": float(schedule.meta.get("warmup_s") or 0.0), "simulate_only": True},
-                 "simulated": {label: predict(schedule, planned, pol, keep_alive, compress)
+                 "simulated": {label: predict(schedule, planned, pol, keep_alive, compress, max_workers=max_workers)
                                for label, pol in [("baseline", None)] + ([("prewarmer", policy)] if policy else [])}}
     if not args.quiet:
         print_simulated(doc["simulated"], measured=False)

@@ -152,7 +152,7 @@ class OpenLoopUser(FastHttpUser):
         path, name, body = run.requests[i]
         run.recorder.sent(i, due, time.perf_counter())
         status, cold, error = 0, -1, None
-        gateway_ms = startup_ms = math.nan
+        gateway_ms = startup_ms = wait_ms = math.nan
         try:
             with self.client.request("POST", path, name=name, data=body, catch_response=True) as resp:
                 done = time.perf_counter()
@@ -160,6 +160,7 @@ class OpenLoopUser(FastHttpUser):
                 cold = parse_cold(resp.headers.get("X-Cold-Start") if resp.headers else None)
                 gateway_ms = parse_ms(resp.headers.get("X-Duration-Seconds") if resp.headers else None, 1000.0)
                 startup_ms = parse_ms(resp.headers.get("X-Prewarmer-Startup-Ms") if resp.headers else None)
+                wait_ms = parse_ms(resp.headers.get("X-Prewarmer-Wait-Ms") if resp.headers else None)
                 if status == 0 or status >= 400:
                     error = f"HTTP {status}" if status else str(resp.request_meta.get("exception") or "no response")
                 # Locust measured from the actual send; charge the time from the intended one instead.
@@ -169,4 +170,4 @@ class OpenLoopUser(FastHttpUser):
         except Exception as e:  # noqa: BLE001 - one failed request must not end the replay
             done = time.perf_counter()
             error = f"{type(e).__name__}: {e}"
-        run.recorder.done(i, due, done, status, cold, error, gateway_ms, startup_ms)
+        run.recorder.done(i, due, done, status, cold, error, gateway_ms, startup_ms, wait_ms)

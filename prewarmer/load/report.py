@@ -70,6 +70,8 @@ def print_simulated(simulated: dict, measured: bool = True) -> None:
             table.add_row(label, sim["policy"], name, f"{f['startup_s']:.3f}",
                           *((str(f["measured"]),) if measured else ()), str(f["predicted"]))
         verdict = (" (agree)" if sim["agree"] else " (DISAGREE)") if measured else ""
+        if sim.get("sidecar_late_s"):
+            verdict = f" (sidecar started {sim['sidecar_late_s']:g} s after the first request: not comparable)"
         table.add_row(label, sim["policy"], f"all{verdict}", "", *((str(sim["measured_cold_starts"]),) if measured
                                                                     else ()),
                       str(sim["predicted_cold_starts"]), end_section=True)

@@ -71,6 +71,7 @@ class Recorder:
         # What the gateway said of each request: its time at the gateway and the start-up it waited for (ms).
         self.gateway_ms = np.full(n, np.nan)
         self.startup_ms = np.full(n, np.nan)
+        self.wait_ms = np.full(n, np.nan)  # arrival to the start of execution (start-up or queue), as the gateway says
         self.errors: dict[int, str] = {}
         self.started_unix: float | None = None
         self.finished = False  # every request was sent and answered (or failed)
@@ -79,12 +80,13 @@ class Recorder:
         self.lag_ms[i] = send_lag_ms(intended_s, sent_s)
 
     def done(self, i: int, intended_s: float, done_s: float, status: int, cold: int, error: str | None = None,
-             gateway_ms: float = math.nan, startup_ms: float = math.nan) -> None:
+             gateway_ms: float = math.nan, startup_ms: float = math.nan, wait_ms: float = math.nan) -> None:
         self.latency_ms[i] = latency_ms(intended_s, done_s)
         self.status[i] = status
         self.cold[i] = cold
         self.gateway_ms[i] = gateway_ms
         self.startup_ms[i] = startup_ms
+        self.wait_ms[i] = wait_ms
         if error:
             self.errors[i] = error
 
@@ -144,6 +146,7 @@ class Recorder:
                 "cold": self.cold.tolist(),
                 "gateway_ms": [_clean(x) for x in self.gateway_ms],
                 "startup_ms": [_clean(x) for x in self.startup_ms],
+                "wait_ms": [_clean(x) for x in self.wait_ms],
             }
         return doc
 

@@ -20,6 +20,7 @@ from prewarmer.load.errors import LoadTestError
 from prewarmer.load.gateway_metrics import Sampler, scrape
 from prewarmer.load.processes import Processes
 from prewarmer.load.services import (
+    DEFAULT_MAX_WORKERS,
     check_redis,
     forget_streams,
     format_duration,
@@ -46,6 +47,7 @@ class RunSetup:
     compress: float
     redis_url: str | None
     quiet: bool
+    max_workers: int = DEFAULT_MAX_WORKERS
 
 
 @dataclass
@@ -120,13 +122,17 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
             check_redis(setup.redis_url)
         redis_url = setup.redis_url or start_redis(procs, logdir)
         gateway = start_gateway(procs, redis_url, prefix, functions_dir=setup.functions_dir,
-                                keep_alive_s=setup.keep_alive_s, password_file=setup.password_file)
+                                keep_alive_s=setup.keep_alive_s, password_file=setup.password_file,
+                                max_workers=setup.max_workers)
         say(f"gateway {gateway} (keep-alive {format_duration(setup.keep_alive_s)}), redis {redis_url}")
         if policy:
             start_sidecar(procs, gateway, redis_url, prefix, policy, time_scale=setup.compress,
                           password_file=setup.password_file, replica_id=f"loadtest-{setup.run_id}",
-                          record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule))
+                          record=logdir / "decisions.jsonl", clock_epoch_s=trace_epoch_s(setup.schedule),
+                          max_replicas=setup.max_workers)
             clock_start = sidecar_clock_start(redis_url, prefix)
+            if clock_start is None:  # ready means started: its policy clock is in Redis
+                raise LoadTestError("the sidecar said it was ready before its policy clock was set")
             say(f"sidecar ready: policy {policy}, time scale {setup.compress:g}")
         before = scrape(gateway)
         if before is None:

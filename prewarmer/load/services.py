@@ -113,11 +113,19 @@ def format_duration(s: float) -> str:
     return "inf" if math.isinf(s) else f"{s:g}s"
 
 
+#: The load test's gateway: most workers per function (the gateway's own default), given to replay as its
+#: `max_instances` so that the replay queues requests beyond it as the gateway does. Without that bound replay
+#: started a new instance for every request of a 123-request burst that found none free, where the gateway queued
+#: them behind its 20 workers: 35 / 73 predicted against 22 / 32 measured on the default warm-up run (issue 13).
+#: Unbounded, the gateway itself starts 250 worker processes at once for that burst on a 2-core machine.
+DEFAULT_MAX_WORKERS = 20
+
+
 def start_gateway(procs: Processes, redis_url: str, prefix: str, *, functions_dir: Path, keep_alive_s: float,
-                  password_file: Path) -> str:
+                  password_file: Path, max_workers: int = DEFAULT_MAX_WORKERS) -> str:
     proc = procs.start("gateway", [sys.executable, "-m", "prewarmer.gateway", "--host", "127.0.0.1", "--port", "0",
                                    "--redis", redis_url, "--functions", str(functions_dir),
-                                   "--keep-alive", format_duration(keep_alive_s),
+                                   "--keep-alive", format_duration(keep_alive_s), "--max-workers", str(max_workers),
                                    "--basic-auth-user", USER, "--basic-auth-password-file", str(password_file),
                                    "--stream-prefix", prefix], patterns=(LISTEN_RE,))
     address = proc.wait_for(LISTEN_RE, 60, "did not start listening").group(1)
@@ -127,7 +135,8 @@ def start_gateway(procs: Processes, redis_url: str, prefix: str, *, functions_di
 
 
 def start_sidecar(procs: Processes, gateway: str, redis_url: str, prefix: str, policy: str, *, time_scale: float,
-                  password_file: Path, replica_id: str, record: Path, clock_epoch_s: float) -> None:
+                  password_file: Path, replica_id: str, record: Path, clock_epoch_s: float,
+                  max_replicas: int = DEFAULT_MAX_WORKERS) -> None:
     """The sidecar for one run; its decisions and scale requests go to `record` (JSON lines) for the report."""
     proc = procs.start("sidecar", [sys.executable, "-m", "prewarmer", "run", "--gateway", gateway, "--kind", "openfaas",
                                    "--redis", redis_url, "--policy", policy, "--time-scale", f"{time_scale:g}",
@@ -135,6 +144,7 @@ def start_sidecar(procs: Processes, gateway: str, redis_url: str, prefix: str, p
                                    "--basic-auth-user", USER, "--basic-auth-password-file", str(password_file),
                                    "--checkpoint-interval", "2s", "--prefix", prefix,
                                    "--replica-id", replica_id, "--record", str(record),
-                                   "--clock-epoch", f"{clock_epoch_s:g}"], patterns=(SIDECAR_PORT_RE,))
+                                   "--clock-epoch", f"{clock_epoch_s:g}", "--max-replicas", str(max_replicas)],
+                         patterns=(SIDECAR_PORT_RE,))
     port = proc.wait_for(SIDECAR_PORT_RE, 90, "did not start its metrics server").group(1)
     poll_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, proc, "never became ready")

@@ -3,10 +3,11 @@ the gateway measured, per function.
 
 The prediction replays, in policy time (real seconds x the schedule's compression, as the sidecar sees
 them): every answered request at its intended send time, for its execution time as the gateway reported
-it (`X-Duration-Seconds` less `X-Prewarmer-Startup-Ms`), each function's start-up time measured from the
-gateway's cold starts (median `X-Prewarmer-Startup-Ms`; the median of all functions for one that had
-none). The gateway alone is replayed as fixed keep-alive for the gateway's own keep-alive; a run with the
-sidecar as its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one of them);
+it (`X-Duration-Seconds` less `X-Prewarmer-Wait-Ms`: the start-up or the queue at the worker bound), each
+function's start-up time measured from the gateway's cold starts (median `X-Prewarmer-Startup-Ms`; the
+median of all functions for one that had none), and the gateway's worker bound (`max_instances`). The
+gateway alone is replayed as fixed keep-alive for the gateway's own keep-alive; a run with the sidecar as
+its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one of them);
 `agree` is the check the CI test holds them to.
 """
 
@@ -47,8 +48,10 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
     req = results["requests"]
     status = np.asarray(req["status"])
     answered = (status > 0) & (status < 400)
-    gateway_s, startup_s = _seconds(req, "gateway_ms"), _seconds(req, "startup_ms")
-    execution = np.maximum(gateway_s - np.nan_to_num(startup_s), 0.0)
+    gateway_s, startup_s, wait_s = _seconds(req, "gateway_ms"), _seconds(req, "startup_ms"), _seconds(req, "wait_ms")
+    # The instance was busy from the start of execution: less the wait, start-up or queue at the gateway's worker
+    # bound (replay queues the request itself); results without the wait: less the start-up.
+    execution = np.maximum(gateway_s - np.where(np.isnan(wait_s), np.nan_to_num(startup_s), wait_s), 0.0)
     keep = answered & ~np.isnan(execution)
     n = len(schedule.functions)
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
@@ -63,11 +66,12 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
 
 
 def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s: float, compress: float,
-            clock_start_unix: float | None = None) -> dict:
+            clock_start_unix: float | None = None, max_workers: int | None = None) -> dict:
     """Predicted and measured cold starts per function for one run (`policy` None: the gateway alone).
 
     `clock_start_unix` is when the sidecar's policy clock started: the schedule began that much later in
-    policy time, so replay's ticks fall where the sidecar's did."""
+    policy time, so replay's ticks fall where the sidecar's did. `max_workers`: the gateway's most workers per
+    function (replay's `max_instances`; None: no bound)."""
     from prewarmer.registry import policy_factory
     from prewarmer.sim import engine as E
     from prewarmer.sim.replay import ReplayConfig, run_shard
@@ -75,16 +79,21 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
 
     started = results.get("started_unix")
     offset = (started - clock_start_unix) * compress if started and clock_start_unix else 0.0
+    # A schedule that began before the sidecar's clock met a platform with no prewarmer for that long: replay (the
+    # policy acting from the first request) cannot model that run, so it is not held to agree with it.
+    late_s = max(-offset, 0.0) / compress
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function"))
-    predicted = run_shard(workload, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=max_workers)
+    full = run_shard(workload, policy_factory(spec)(), cfg)
+    predicted, idle_gb_s = full.fi[:, E.F_COLD], float(full.fs[:, E.S_WASTE].sum())
     warmup = float(schedule.meta.get("warmup_s") or 0.0)
     if warmup > 0:
         # Cold starts of the metered window: all of them less those of the warm-up alone (replay is causal: the
-        # same requests up to the end of the warm-up give the same cold starts there).
-        lead = _before(workload, max(offset, 0.0) + warmup * compress)
-        predicted = predicted - run_shard(lead, policy_factory(spec)(), cfg).fi[:, E.F_COLD]
+        # same requests up to the end of the warm-up give the same cold starts there); idle GB-s likewise.
+        lead = run_shard(_before(workload, max(offset, 0.0) + warmup * compress), policy_factory(spec)(), cfg)
+        predicted = predicted - lead.fi[:, E.F_COLD]
+        idle_gb_s -= float(lead.fs[:, E.S_WASTE].sum())
     measured = results["per_function"]
     per_function = {name: {"predicted": int(predicted[i]),
                            "measured": int(measured.get(name, {}).get("cold_starts", 0)),
@@ -92,9 +101,15 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
                     for i, name in enumerate(schedule.names)}
     total_p = sum(f["predicted"] for f in per_function.values())
     total_m = sum(f["measured"] for f in per_function.values())
-    return {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
-            "predicted_cold_starts": total_p,
-            "measured_cold_starts": total_m, "agree": agree(total_p, total_m), "per_function": per_function}
+    doc = {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
+           "predicted_cold_starts": total_p,
+           # idle GB-s per real second, as the gateway's wasted_gb_s (replay's are in policy seconds)
+           "predicted_wasted_gb_s": round(idle_gb_s / compress, 3),
+           "measured_cold_starts": total_m, "agree": agree(total_p, total_m) and not late_s > 0,
+           "per_function": per_function}
+    if late_s > 0:
+        doc["sidecar_late_s"] = round(late_s, 3)
+    return doc
 
 
 def agree(predicted: int, measured: int) -> bool:

@@ -46,7 +46,8 @@ class LivePlatform:
 
 
 class ShardAgent:
-    def __init__(self, shard: int, make_policy: Callable[[], Policy], epoch_s: float) -> None:
+    def __init__(self, shard: int, make_policy: Callable[[], Policy], epoch_s: float,
+                 max_replicas: int | None = None) -> None:
         self.shard = shard
         self.make_policy = make_policy
         self.epoch_s = epoch_s
@@ -57,7 +58,7 @@ class ShardAgent:
         self.memory_mb = np.zeros(0)
         self.policy: Policy | None = None
         self.observer = LiveObserver(self.memory_mb, epoch_s)
-        self.fleet = WarmFleet(0)
+        self.fleet = WarmFleet(0, max_instances=max_replicas)
         self.next_tick = -np.inf
         self.events = 0  # events folded into this state (what a checkpoint vouches for)
         self.function_events = np.zeros(0, np.int64)  # the same, by function

@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lease_ttl_ms=int(parse_duration(args.lease_ttl) * 1000), time_scale=args.time_scale,
         clock_epoch_s=args.clock_epoch,
         namespace=args.namespace if args.kind != "openfaas" or args.namespace else None,
-        policy_spec=args.policy, record=Path(args.record) if args.record else None,
+        policy_spec=args.policy, record=Path(args.record) if args.record else None, max_replicas=args.max_replicas,
         budget_gb=args.budget_gb,
         tenant_quota_gb=_quotas(args.tenant_quota) or None,
         unlisted_functions=args.unlisted_functions, max_functions=args.max_functions,

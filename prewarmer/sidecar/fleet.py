@@ -36,9 +36,12 @@ OPEN_S = 1e12
 
 
 class WarmFleet:
-    def __init__(self, n: int = 0, memory_mb: np.ndarray | None = None) -> None:
+    def __init__(self, n: int = 0, memory_mb: np.ndarray | None = None, max_instances: int | None = None) -> None:
         mem = np.full(n, 128.0) if memory_mb is None else np.asarray(memory_mb, np.float64)
-        self.state = SimState(mem, np.full(len(mem), DEFAULT_STARTUP_S), np.zeros(len(mem)))
+        # `max_instances`: the platform's most replicas per function (replay's `max_instances`): beyond it requests
+        # wait for a busy instance, in the model as on the platform.
+        self.state = SimState(mem, np.full(len(mem), DEFAULT_STARTUP_S), np.zeros(len(mem)),
+                              max_instances=max_instances)
         self.now = -np.inf  # where the model stands (its clock starts at the first call)
         self._behind_until = np.full(len(mem), -np.inf)  # see `behind`
         # Reported requests not yet replayed (arrival, function, execution time).

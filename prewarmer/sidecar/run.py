@@ -72,6 +72,7 @@ class SidecarOptions:
     clock_epoch_s: float | None = None
     namespace: str | None = None  # only functions of this namespace (None: all)
     policy_spec: str = ""
+    max_replicas: int | None = None  # the platform's most replicas per function, modelled by the fleet
     record: Path | None = None
     budget_gb: float | None = None  # shared memory budget of `+bid` policies, awarded through Redis
     tenant_quota_gb: dict[str, float] | None = None  # per namespace (tenant)
@@ -114,6 +115,9 @@ class Sidecar:
                                      self.recorder, clock)
         self.last_checkpoint = -np.inf
         self.last_loop = clock()
+        # Ready (`/readyz`) once the policy is warmed up, the shared policy clock adopted and one iteration done:
+        # requests sent before would meet a platform with no prewarmer yet (see `ready`).
+        self.started = False
         self.policies = policies  # PrewarmPolicies and annotations (`--watch-policies`), prewarmer.kube
         self.rules_file = rules_file  # `--schedule-file` without `--watch-policies` (prewarmer.sidecar.rules)
 
@@ -151,6 +155,7 @@ class Sidecar:
             while not stop.is_set():
                 t0 = time.perf_counter()
                 await self.iterate()
+                self.started = True
                 self.metrics.tick_seconds.observe(time.perf_counter() - t0)
                 self.last_loop = self.clock()
                 if self.fatal:
@@ -235,6 +240,11 @@ class Sidecar:
         return (stale < limit, f"last loop {stale:.1f}s ago")
 
     def ready(self) -> tuple[bool, str]:
+        """Ready once running: until the policy is warmed up (seconds for `marl`), its clock adopted and its first
+        iteration done, the sidecar acts on nothing, so a load test that started on an earlier 200 measured the
+        platform alone for those seconds while its replay counted the policy in from the first request."""
+        if not self.started:
+            return False, "starting (warming the policy up)"
         if not self.reachability.redis_ok:
             return False, "redis unavailable"
         return True, f"{len(self.slots)} shards"

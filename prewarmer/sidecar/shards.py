@@ -149,7 +149,7 @@ class ShardOwnership:
             except ValueError as e:
                 log(logger, "unreadable checkpoint, starting fresh", logging.WARNING, shard=shard, error=str(e))
         log(logger, "shard acquired", shard=shard)
-        return ShardAgent(shard, self.make_policy, epoch_s)
+        return ShardAgent(shard, self.make_policy, epoch_s, self.opts.max_replicas)
 
     async def checkpoint(self) -> None:
         """Store every shard's state and acknowledge its events in one transaction per shard."""
