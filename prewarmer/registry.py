@@ -121,12 +121,24 @@ def _marl(rest: str, online: bool) -> Maker:
     return lambda: MARLPolicy(path=path, **kw)
 
 
+def _floor(rest: str, online: bool) -> Maker:
+    """`floor:SPEC`: the policy SPEC under a keep-alive floor (each function keeps the instances it used in the
+    last 10 minutes: `prewarmer.agents.floored`)."""
+    if not rest:
+        raise ValueError("floor needs the policy it floors, e.g. floor:marl")
+    from prewarmer.agents.floored import KeepAliveFloor
+
+    inner = policy_factory(rest, online)
+    return lambda: KeepAliveFloor(inner())
+
+
 SPECS = {s.name: s for s in (
     PolicySpec("fixed", _fixed, "fixed[:KEEP_ALIVE] (default 10m)"),
     PolicySpec("hybrid", _hybrid, f"hybrid[:{'|'.join(_HYBRID)}=...]"),
     PolicySpec("kpa", _kpa, f"kpa[:{'|'.join(_KPA)}=...]"),
     PolicySpec("always-warm", _always_warm, "always-warm"),
     PolicySpec("marl", _marl, f"marl[:CHECKPOINT][,{'|'.join(_MARL)}=...]"),
+    PolicySpec("floor", _floor, "floor:SPEC (SPEC under a 10-minute keep-alive floor)"),
 )}
 #: The static and reactive baselines (no checkpoint needed).
 BASELINES = ("fixed", "hybrid", "kpa", "always-warm")

@@ -1,11 +1,12 @@
-"""The keep-alive floor prototype (prewarmer/agents/floored.py) through the simulator: the inner policy decides,
-and the function keeps the instances it used in the last 10 ticks."""
+"""The keep-alive floor (prewarmer/agents/floored.py, spec `floor:SPEC`) through the simulator: the inner policy
+decides, and the function keeps the instances it used in the last 10 ticks."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from prewarmer.agents.floored import KeepAliveFloor, register
+from prewarmer.agents.floored import KeepAliveFloor
 from prewarmer.registry import policy_factory
 from prewarmer.sim import engine as E
 from prewarmer.sim.replay import ReplayConfig, run_shard
@@ -35,6 +36,7 @@ def test_the_floor_keeps_what_was_used_in_the_window_whatever_the_inner_policy_r
     assert _cold(KeepAliveFloor(policy_factory("fixed:1m")(), window_s=120.0)) == 3 * 12
 
 
-def test_floor_specs_are_known_once_registered():
-    register()
+def test_floor_specs_are_policy_specs():
     assert _cold("floor:fixed:1m") == 3
+    with pytest.raises(ValueError, match="floor needs the policy"):
+        policy_factory("floor")
