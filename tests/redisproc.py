@@ -17,6 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM a child still running and wait for it; SIGKILL it if it has not exited within `timeout_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class RedisServer:
     """`persistent=True` writes an fsync-always append-only file, so a restart keeps acknowledged writes."""
 
@@ -78,13 +90,7 @@ class RedisServer:
         threading.Thread(target=run, daemon=True).start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from redisproc import free_port
+from redisproc import free_port, stop_process
 
 from prewarmer.backtest import counters, presets
 from prewarmer.backtest.report import rank
@@ -85,13 +84,7 @@ class Gateway:
         return http(f"{self.url}/function/{fn}" + (f"?{query}" if query else ""), data=b"backtest")[0]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s=20)
         self.proc = None
 
 
@@ -133,13 +126,7 @@ class Prometheus:
         return not up or self.query('up{job="gateway"}')[0]["value"][1] == "1"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s=20)
 
 
 @pytest.fixture

@@ -16,6 +16,13 @@ import numpy as np
 CANDIDATES_MIN = np.array([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 240.0])
 
 
+def window_idle_s(gap_s: np.ndarray, prewarm_s: np.ndarray, keep_alive_s: np.ndarray) -> np.ndarray:
+    """Seconds an instance idles over each idle gap under windows (prewarm p, keep-alive k): from p to
+    min(gap, p + k), or to min(gap, k) without prewarm."""
+    return np.where(prewarm_s > 0, np.where(gap_s >= prewarm_s, np.minimum(gap_s, prewarm_s + keep_alive_s) - prewarm_s,
+                                            0.0), np.minimum(gap_s, keep_alive_s))
+
+
 def priced_keep_alive(gap_hist: np.ndarray, memory_gb: np.ndarray, price: float, prewarm_s: np.ndarray | None = None,
                       min_gaps: int = 3) -> np.ndarray:
     """(F,) seconds: each function's least-cost keep-alive window, or +inf (no opinion) with fewer than

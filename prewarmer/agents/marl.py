@@ -22,7 +22,7 @@ from prewarmer.agents import checkpoint
 from prewarmer.agents.action_space import FORECAST_HOLD_S, N_CHOICES, teacher_choice, to_actions
 from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
-from prewarmer.agents.keep_alive import priced_keep_alive
+from prewarmer.agents.keep_alive import priced_keep_alive, window_idle_s
 from prewarmer.agents.network import ActorCritic
 from prewarmer.forecast.peak import N_PEAKS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
@@ -230,7 +230,7 @@ def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:
     gb = np.asarray(obs.memory_mb, np.float64) / 1024.0
     f, g = obs.idle_time_func, np.asarray(obs.idle_time_s, np.float64)
     pw, ka = hybrid.prewarm_delay_s[f], hybrid.keep_alive_s[f]
-    gap_idle = np.where(pw > 0, np.where(g >= pw, np.minimum(g, pw + ka) - pw, 0.0), np.minimum(g, ka))
+    gap_idle = window_idle_s(g, pw, ka)
     last = np.bincount(f, weights=gap_idle * gb[f], minlength=len(gb))
     scale_out = np.maximum(obs.peak_in_flight - obs.concurrency, 0.0) * obs.dt * gb
     return last + scale_out

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from prewarmer.actions import Actions
+from prewarmer.agents.keep_alive import window_idle_s
 from prewarmer.agents.marl import MARLPolicy
 from prewarmer.agents.network import ActorCritic
 from prewarmer.agents.train import TrainConfig, advantages, ppo_update, reward
@@ -95,7 +96,7 @@ class OnlineMARLPolicy(MARLPolicy):
         pw = self.shadow_actions.prewarm_delay_s[f]
         ka = self.shadow_actions.keep_alive_s[f]
         cold = np.where(pw > 0, (g < pw) | (g > pw + ka), g > ka)
-        idle_s = np.where(pw > 0, np.where(g >= pw, np.minimum(g, pw + ka) - pw, 0.0), np.minimum(g, ka))
+        idle_s = window_idle_s(g, pw, ka)
         startup = obs.startup_s[f] if obs.startup_s is not None else 1.0
         idle_s = idle_s + np.where((pw > 0) & (g >= pw), startup, 0.0)
         n = len(self.gaps)

@@ -60,7 +60,7 @@ def loadtest(args: argparse.Namespace) -> dict:
         raise UsageError("the schedule is empty: widen --minutes / --duration or choose other functions")
     compress = float(schedule.meta.get("compress") or 1.0)
     keep_alive = parse_duration(args.gateway_keep_alive) if args.gateway_keep_alive else 600.0 / compress
-    max_workers = getattr(args, "gateway_max_workers", None) or DEFAULT_MAX_WORKERS
+    max_workers = args.gateway_max_workers
     if max_workers < 1:
         raise UsageError(f"--gateway-max-workers must be >= 1, got {max_workers}")
     if args.save_schedule:

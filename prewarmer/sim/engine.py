@@ -79,11 +79,12 @@ NRL = 4
 # ---------------------------------------------------------------- heap of (time, payload)
 # The payload packs kind (3 bits), version (28 bits) and id (32 bits) into one int64, so the heap is two
 # arrays and ties at the same instant resolve by kind: completions first, timeouts last.
-# Pops follow the total order of (time, payload), whatever the heap's layout, so an entry that would pop as
-# a no-op can be dropped without changing anything else: an instance's expiry is rescheduled in place
-# (`_schedule_expire`) instead of leaving the superseded one in the heap (it would be a no-op: parking an
-# instance bumps its version). The heap then holds about one entry per instance and request in flight, not
-# one per request of the last keep-alive. `I_HPOS` tracks where each instance's expiry entry sits.
+# Pops follow the total order of (time, payload), whatever the heaps' layout, so an entry that would pop as
+# a no-op can be dropped or moved without changing anything else. Expiries live in a heap of their own (one
+# entry per idle instance, `I_HPOS` tracks its slot), every other event in the main one (about one entry per
+# request in flight); `next_heap` picks the top of the two. An expiry entry stays where it is when its
+# instance parks again with a later expiry, and goes back at the due time when it pops early
+# (`_schedule_expire`, `_expire_due`).
 _ID_MASK = (1 << 32) - 1
 VER_MASK = (1 << 28) - 1
 
@@ -152,22 +153,21 @@ def heap_push(hk, hp, gi, isi, t, kind, ident, ver):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def next_time(hk, hp, gi):
-    """Time of the next entry of the two heaps (inf when both are empty)."""
+def next_heap(hk, hp, gi):
+    """The heap whose top comes next in the total order of (time, payload), the one heap would give (-1 when
+    both are empty)."""
     if gi[G_ESIZE] == 0:
-        return hk[H_MAIN, 0] if gi[G_HSIZE] > 0 else np.inf
-    if gi[G_HSIZE] == 0:
-        return hk[H_EXPIRE, 0]
-    return min(hk[H_MAIN, 0], hk[H_EXPIRE, 0])
+        return H_MAIN if gi[G_HSIZE] > 0 else -1
+    if gi[G_HSIZE] == 0 or hk[H_EXPIRE, 0] < hk[H_MAIN, 0] \
+            or (hk[H_EXPIRE, 0] == hk[H_MAIN, 0] and hp[H_EXPIRE, 0] < hp[H_MAIN, 0]):
+        return H_EXPIRE
+    return H_MAIN
 
 
 @njit(cache=True, _nrt=False)
-def heap_pop(hk, hp, gi, isi):
-    """The next entry of the two heaps, in the total order of (time, payload): the one heap would give."""
-    h, size = H_MAIN, G_HSIZE
-    if gi[G_ESIZE] > 0 and (gi[G_HSIZE] == 0 or hk[H_EXPIRE, 0] < hk[H_MAIN, 0]
-                            or (hk[H_EXPIRE, 0] == hk[H_MAIN, 0] and hp[H_EXPIRE, 0] < hp[H_MAIN, 0])):
-        h, size = H_EXPIRE, G_ESIZE
+def heap_pop(hk, hp, gi, isi, h):
+    """Pop the top of heap h (`next_heap`'s)."""
+    size = G_ESIZE if h == H_EXPIRE else G_HSIZE
     t, payload = hk[h, 0], hp[h, 0]
     kind, ident = payload >> 60, payload & _ID_MASK
     if h == H_EXPIRE and isi[ident, I_HPOS] == 0:
@@ -725,13 +725,14 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
                 or (rlog.shape[0] > 0 and gi[G_RLN] + min_free > rlog.shape[0]):
             return pos, STATUS_GROW, 0.0
         ta = arr_t[pos] if pos < n else np.inf
-        th = next_time(hk, hp, gi)
+        h = next_heap(hk, hp, gi)
+        th = hk[h, 0] if h >= 0 else np.inf
         if drain and gi[G_REQ_TOTAL] == 0:
             return pos, STATUS_DONE, -1.0
         if th <= ta:
             if th >= t_end:
                 return pos, STATUS_DONE, t_end
-            t, kind, ident, ver = heap_pop(hk, hp, gi, isi)
+            t, kind, ident, ver = heap_pop(hk, hp, gi, isi, h)
             _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist, rlog,
                    t, kind, ident, ver)
             if drain and gi[G_REQ_TOTAL] == 0:
