@@ -6,9 +6,14 @@ the first field where the two policies' inputs part. It reads a load test kept w
 `--simulate` does (`prewarmer.load.simulate`) with the policy wrapped to record each observation, and reads the
 live observations from the sidecar's decision records (`DIR/prewarmer/decisions.jsonl`, the `obs` field).
 
-    python scripts/live_vs_replay_ticks.py DIR REPORT [--function NAME] [--all]
+    python scripts/live_vs_replay_ticks.py DIR REPORT [--function NAME] [--all] [--shards N]
+                                                      [--substitute FIELD,...]
 
-Prints, per function, the ticks where any compared field differs (all ticks with `--all`), as `live / replay`.
+Prints how many function-ticks' `scale_to` differ, then per function the ticks where any compared field differs
+(all ticks with `--all`), as `live / replay`, and which of a learned policy's features differ on how many ticks.
+`--substitute` gives replay's policy the live values of the listed fields (`idle_times`: the live idle gaps):
+leaving one field out of a full substitution shows how much of the disagreement that field makes (docs/live-vs-
+replay.md, fix 8: `peak_in_flight`).
 """
 
 from __future__ import annotations
@@ -166,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("report", type=Path)
     p.add_argument("--function", help="only this function (a prefix)")
     p.add_argument("--all", action="store_true", help="every tick, not only those that differ")
-    p.add_argument("--shards", type=int, default=0, help="replay one policy per sidecar shard (the sidecar's "
-                   "--shards, 16 by default); 0: one policy for all functions")
+    p.add_argument("--shards", type=int, default=16, help="replay one policy per sidecar shard, as `--simulate` "
+                   "does (the load test's sidecar runs 16); 0: one policy for all functions")
     p.add_argument("--substitute", default="", metavar="FIELD,...",
                    help="give replay's policy the live values of these Observation fields (e.g. startup_s,busy,"
                         "idle_warm) and count the ticks whose decisions still differ")

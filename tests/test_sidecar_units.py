@@ -257,3 +257,21 @@ def test_budget_awards_cap_what_the_fleet_asks_for():
     assert f.desired(8.0).tolist() == [2, 1]
     f.apply(8, Actions(max_instances=np.array([1 << 40, -1]), max_hold=np.array([np.inf, np.inf])))
     assert f.desired(9.0).tolist() == [4, 1]  # the model kept function 0's four, as the simulator does
+
+
+def test_the_warm_up_tick_compiles_the_start_and_end_path_too():
+    """The sidecar's warm-up (`shards._tick_once`) runs before it takes leases so that no live tick waits for
+    compiled code. The gateway reports requests as they start and as they end; the end of a request the model runs
+    goes through `fleet._finish_open`, which the warm-up left out: it compiled at a load test's first burst, 6 s on
+    a loaded box, and the tick that read it came late (issue 13). In a fresh process, after the warm-up alone,
+    every compiled function of the fleet and the observer has its signature."""
+    import subprocess
+    import sys
+
+    code = ("from prewarmer.registry import policy_factory\n"
+            "from prewarmer.sidecar import fleet, observer\n"
+            "from prewarmer.sidecar.shards import _tick_once\n"
+            "_tick_once(policy_factory('fixed'))\n"
+            "print(len(fleet._finish_open.signatures), len(observer._sweep_peaks.signatures))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr
