@@ -275,3 +275,19 @@ def test_the_warm_up_tick_compiles_the_start_and_end_path_too():
             "print(len(fleet._finish_open.signatures), len(observer._sweep_peaks.signatures))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr
+
+
+def test_a_checkpoint_of_before_the_wait_is_read_and_goes_on():
+    """Checkpoints keep their version (v5): an observer pickled before it counted the time requests spend in the
+    system (`system_s`, issue 13) is read by this one, counts its tick from the busy time, and goes on."""
+    agent = ShardAgent(0, policy_factory("fixed"), 0.0)
+    agent.add_functions(0.0, ["a"], ["ns"], [128.0])
+    agent.ingest(np.array([0]), np.array([10.0]), np.array([5.0]), np.zeros(1), np.zeros(1, np.int64),
+                 np.full(1, 200))
+    del agent.observer.system_s  # as an observer of before the field was pickled
+    back = ShardAgent.loads(agent.dumps(), policy_factory("fixed"))
+    assert back.observer.system_s.tolist() == [5.0]
+    back.ingest(np.array([0]), np.array([20.0]), np.array([5.0]), np.zeros(1), np.zeros(1, np.int64),
+                np.full(1, 200), wait=np.array([3.0]))
+    obs = back.observer.observe(60.0, np.ones(1, np.int64), np.ones(1, np.int64))
+    assert obs.arrivals.tolist() == [2]

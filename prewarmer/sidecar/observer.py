@@ -40,6 +40,13 @@ class LiveObserver:
         self.it_v: list[np.ndarray] = []
         self.spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (function, arrival, done) per batch
 
+    def __setstate__(self, state: dict) -> None:
+        # A checkpoint of before `system_s` (same checkpoint version): the tick it was taken in counts the time in
+        # the system from the busy time, as it then did; the next tick counts it in full.
+        if "system_s" not in state:
+            state["system_s"] = np.array(state["busy_s"], copy=True)
+        self.__dict__.update(state)
+
     def grow(self, memory_mb: np.ndarray) -> None:
         add = len(memory_mb) - len(self.memory_mb)
         if add <= 0:
