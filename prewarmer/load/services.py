@@ -27,11 +27,10 @@ USER = "admin"
 LISTEN_RE = re.compile(r"event=gateway_listening address=(\S+)")
 SIDECAR_PORT_RE = re.compile(r'"event": "metrics listening".*"port": (\d+)')
 REDIS_READY_RE = re.compile(r"Ready to accept connections")
-
-
 #: The sidecar's shards in a load test (given explicitly, not left to PREWARMER_SHARDS). Each shard runs a policy of
 #: its own over its functions, so `--simulate` replays the functions in the same groups (`simulate.predict`).
 SIDECAR_SHARDS = 16
+
 
 def check_redis(url: str) -> None:
     import redis
