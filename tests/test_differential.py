@@ -176,3 +176,78 @@ def test_reported_only_when_they_end_long_requests_make_the_fleet_differ():
     policy = make("fixed")
     differ, compared, _ = replay_and_mirror(policy, long_workload(), quiet_only=False)
     assert differ > 0.01 * compared
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the policy sees: the live observer against the simulator's observation, a burst queued at the worker bound.
+
+MAX_WORKERS = 20
+STARTUP_S = 1.0  # the replay's default start-up
+
+
+def queued_bursts() -> ListWorkload:
+    """Every 5 minutes a burst of 50 requests of 20 s over 40 s: faster than the 20 instances a function may run
+    serve them, so requests queue for a busy instance, as at the gateway's `--max-workers`; and a light function."""
+    bursts = [(b * 300.0 + 5.0 + i * 0.8, 0, 20.0) for b in range(12) for i in range(50)]
+    light = [(t, 1, 2.0) for t in np.arange(7.0, 3600.0, 41.0)]
+    return ListWorkload([("bursty", 256.0), ("light", 128.0)], bursts + light, 3600.0)
+
+
+def observe_as_the_sidecar(policy: Policy, w: ListWorkload, with_wait: bool = True):
+    """Replay `w` with the gateway's worker bound and report each request to a `ShardAgent` as the gateway does: a
+    `start` when it arrives and an `end` when it completes, with its start-up (0 when it got a warm instance,
+    queued or not) and, `with_wait`, its wait from arrival to the start of execution (the event's `wait_ms`).
+    Yields (replay's observation, the live observer's) at every tick."""
+    from prewarmer.sidecar.agent import ShardAgent
+    from prewarmer.stream.events import PHASE_END, PHASE_START
+
+    env = ReplayEnv(w, ReplayConfig(max_instances=MAX_WORKERS), tick_s=policy.tick_s or 60.0, record_requests=True)
+    env.reset()
+    begin(policy, env, env.functions, 0.0)
+    agent = ShardAgent(0, lambda: policy_factory("fixed")(), 0.0)
+    agent.add_functions(0.0, list(env.functions.names), ["ns"] * env.n_functions, list(env.functions.memory_mb))
+    zero = np.zeros(env.n_functions, np.int64)
+    agent.observer.observe(0.0, zero, zero, agent.fleet.inflight)  # the sidecar ticks as it meets the functions
+    running = np.zeros((0, E.NRL))
+    prev = -np.inf
+    for now in env.tick_times():
+        decision = tick(policy, env, now)
+        arrived = (w.t >= prev) & (w.t < now)
+        m = int(arrived.sum())
+        agent.ingest(w.func[arrived].astype(np.int64), w.t[arrived], np.zeros(m), np.zeros(m), np.zeros(m, np.int64),
+                     np.zeros(m, np.int64), np.full(m, PHASE_START))
+        prev = now
+        running = np.concatenate([running, env.state.take_requests()])
+        done = running[:, E.RL_START] + running[:, E.RL_DUR] <= now
+        r, running = running[done], running[~done]
+        n = len(r)
+        wait = r[:, E.RL_START] - r[:, E.RL_ARR]
+        cold = wait <= STARTUP_S + 1e-9  # waited for a start-up (this workload never queues for less than one)
+        agent.ingest(r[:, E.RL_FUNC].astype(np.int64), r[:, E.RL_ARR], r[:, E.RL_DUR], np.where(cold, wait, 0.0),
+                     cold.astype(np.int64), np.full(n, 200), np.full(n, PHASE_END), wait=wait if with_wait else None)
+        obs = decision.obs
+        live = agent.observer.observe(now, obs.alive, obs.alive - obs.starting, agent.fleet.inflight)
+        yield obs, live
+
+
+def test_the_live_observer_sees_the_peak_replay_sees_when_a_burst_queues_at_the_worker_bound():
+    """The policy's input that `marl`'s decisions depend on most (docs/live-vs-replay.md, fix 8): the most requests
+    in flight at once in the tick. A request queued at the gateway's bound is in flight for its queue wait too; the
+    observer ends it at arrival + wait + execution, as the engine does, and sees the engine's peak and time-averaged
+    concurrency at every tick."""
+    ticks = list(observe_as_the_sidecar(make("fixed"), queued_bursts()))
+    queued = [obs for obs, _ in ticks if obs.peak_in_flight[0] > MAX_WORKERS]
+    assert len(queued) >= 12  # every burst queued
+    for obs, live in ticks:
+        assert (live.arrivals == obs.arrivals).all(), obs.now
+        assert (live.peak_in_flight == obs.peak_in_flight).all(), (obs.now, live.peak_in_flight, obs.peak_in_flight)
+        np.testing.assert_allclose(live.concurrency, obs.concurrency, rtol=1e-9, atol=1e-9, err_msg=str(obs.now))
+
+
+def test_without_the_wait_the_observer_undercounts_the_queued_burst():
+    """Shown to fail: the same requests reported without their wait (an `end` with no `wait_ms`, as before) end
+    their queue wait early: the observer's peak and concurrency fall below the engine's on the burst ticks."""
+    low = [(obs.now, int(live.peak_in_flight[0]), int(obs.peak_in_flight[0]))
+           for obs, live in observe_as_the_sidecar(make("fixed"), queued_bursts(), with_wait=False)
+           if live.peak_in_flight[0] < obs.peak_in_flight[0]]
+    assert len(low) >= 12, low

@@ -460,6 +460,33 @@ async def test_every_invocation_is_an_event_in_its_shard_stream(tmp_path, redis_
     assert both[0].duration_ms is None and both[0].status is None
 
 
+async def test_an_end_event_carries_the_wait_of_a_request_queued_at_max_workers(tmp_path, redis_server):
+    """One worker, three requests of 300 ms at once: the second and third queue for it. Their `end` events say so
+    (`wait_ms`, arrival to the start of execution: about 300 and 600 ms, though warm, `startup_ms` 0), and their
+    execution is how long the worker was held (at least the handler's 300 ms), so that a consumer ends each one
+    where it ended, at `ts + wait_ms + duration_ms`, and counts it in flight while it queued (issue 13, fix 8)."""
+    async with running(tmp_path, redis_url=redis_server.url, stream_prefix="gwwait", stream_shards=4,
+                       max_workers=1) as g:
+        pool = g.gw.pool
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.ensure_future(g.call("io", query="ms=300")))
+            await eventually(lambda n=i + 1: _true(pool.status("io")["invocationCount"] == n), f"request {i}")
+        results = await asyncio.gather(*tasks)
+        events = sorted(await _stream_events(redis_server.url, "gwwait", "io", 3), key=lambda e: e.ts)
+    assert [r.cold for r in results] == [True, False, False]
+    first, second, third = events
+    assert first.cold and first.wait_ms == pytest.approx(first.startup_ms, abs=5.0)
+    for ev, queued_behind in ((second, 1), (third, 2)):
+        assert not ev.cold and ev.startup_ms == 0
+        assert ev.wait_ms >= 300 * queued_behind - 50, ev  # queued behind one or two 300-ms requests
+        assert ev.duration_ms >= 300
+    # Replayed from the events alone, the three run one after another on the one worker.
+    ends = [e.ts + (e.wait_ms + e.duration_ms) / 1000 for e in events]
+    assert ends[0] <= events[1].ts + events[1].wait_ms / 1000 + 0.05
+    assert ends[1] <= events[2].ts + events[2].wait_ms / 1000 + 0.05
+
+
 async def test_events_wait_in_the_buffer_while_redis_is_down(tmp_path, redis_server):
     async with running(tmp_path, redis_url=redis_server.url, stream_prefix="gwdown", stream_shards=4) as g:
         await g.call("echo", b"warm-up")

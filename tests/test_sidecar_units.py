@@ -257,3 +257,37 @@ def test_budget_awards_cap_what_the_fleet_asks_for():
     assert f.desired(8.0).tolist() == [2, 1]
     f.apply(8, Actions(max_instances=np.array([1 << 40, -1]), max_hold=np.array([np.inf, np.inf])))
     assert f.desired(9.0).tolist() == [4, 1]  # the model kept function 0's four, as the simulator does
+
+
+def test_the_warm_up_tick_compiles_the_start_and_end_path_too():
+    """The sidecar's warm-up (`shards._tick_once`) runs before it takes leases so that no live tick waits for
+    compiled code. The gateway reports requests as they start and as they end; the end of a request the model runs
+    goes through `fleet._finish_open`, which the warm-up left out: it compiled at a load test's first burst, 6 s on
+    a loaded box, and the tick that read it came late (issue 13). In a fresh process, after the warm-up alone,
+    every compiled function of the fleet and the observer has its signature."""
+    import subprocess
+    import sys
+
+    code = ("from prewarmer.registry import policy_factory\n"
+            "from prewarmer.sidecar import fleet, observer\n"
+            "from prewarmer.sidecar.shards import _tick_once\n"
+            "_tick_once(policy_factory('fixed'))\n"
+            "print(len(fleet._finish_open.signatures), len(observer._sweep_peaks.signatures))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert out.stdout.split() == ["1", "1"], out.stdout + out.stderr
+
+
+def test_a_checkpoint_of_before_the_wait_is_read_and_goes_on():
+    """Checkpoints keep their version (v5): an observer pickled before it counted the time requests spend in the
+    system (`system_s`, issue 13) is read by this one, counts its tick from the busy time, and goes on."""
+    agent = ShardAgent(0, policy_factory("fixed"), 0.0)
+    agent.add_functions(0.0, ["a"], ["ns"], [128.0])
+    agent.ingest(np.array([0]), np.array([10.0]), np.array([5.0]), np.zeros(1), np.zeros(1, np.int64),
+                 np.full(1, 200))
+    del agent.observer.system_s  # as an observer of before the field was pickled
+    back = ShardAgent.loads(agent.dumps(), policy_factory("fixed"))
+    assert back.observer.system_s.tolist() == [5.0]
+    back.ingest(np.array([0]), np.array([20.0]), np.array([5.0]), np.zeros(1), np.zeros(1, np.int64),
+                np.full(1, 200), wait=np.array([3.0]))
+    obs = back.observer.observe(60.0, np.ones(1, np.int64), np.ones(1, np.int64))
+    assert obs.arrivals.tolist() == [2]

@@ -392,3 +392,35 @@ async def test_shard_handover_redelivers_a_dead_owners_unacked_batch(redis_serve
     await b_src.close()
     await b_leases.close()
     await prod.close()
+
+
+async def test_wait_ms_is_read_defaults_to_the_start_up_and_bad_values_are_dead_lettered(redis_server, r):
+    """`wait_ms` (arrival to the start of execution) tells a request queued at the platform's instance bound apart
+    from one that waited for a start-up only. Entries without it (producers of before the field) read as having
+    waited for their start-up; a malformed value, one below `startup_ms`, or one in a start entry is refused."""
+    prod, src = producer(redis_server), source(redis_server)
+    queued = {**event(1, function="good", phase="end", ts=1.7e9).to_fields(), "startup_ms": "0.0",
+              "wait_ms": "4012.5"}
+    cold = {**event(2, function="good").to_fields(), "startup_ms": "850.0", "wait_ms": "850.0"}
+    older = {k: v for k, v in {**event(3, function="good").to_fields(), "startup_ms": "300.0"}.items()
+             if k != "wait_ms"}
+    built = InvocationEvent(phase="end", function="good", ts=1.7e9, duration_ms=5.0, startup_ms=10.0, wait_ms=25.0,
+                            cold=True, status=200).to_fields()
+    not_a_number = {**queued, "wait_ms": "soon"}
+    negative = {**queued, "wait_ms": "-1"}
+    infinite = {**queued, "wait_ms": "inf"}
+    below_start_up = {**cold, "wait_ms": "100.0"}
+    in_a_start = {**InvocationEvent.start("good", "ns", 1.7e9).to_fields(), "wait_ms": "5"}
+    entries = [queued, cold, older, built, not_a_number, negative, infinite, below_start_up, in_a_start]
+    ids = await prod.emit_fields_batch(entries, shard=0)
+    batches = await drain(src, 4)
+    got = {i: w for b in batches for i, w in zip(b.ids, b.wait_ms, strict=True)}
+    assert got == {ids[0]: 4012.5, ids[1]: 850.0, ids[2]: 300.0, ids[3]: 25.0}
+    dead = {f[b"source_id"]: f[b"error"].decode() for _, f in await r.xrange(dead_letter_key(PREFIX))}
+    assert set(dead) == set(ids[4:])
+    assert all("'wait_ms'" in dead[i] for i in ids[4:]), dead
+    assert "less than startup_ms" in dead[ids[7]]
+    assert "not allowed in a start entry" in dead[ids[8]]
+    assert await src.pending_count(ALL) == 0
+    await prod.close()
+    await src.close()

@@ -197,9 +197,15 @@ class Gateway:
 
     async def _emit_end(self, inv: Invocation, ts: float) -> None:
         try:
+            # The event's execution is how long the worker was held (what replay runs a request for, and what keeps
+            # an instance busy), and its wait includes a queue at max_workers: consumers end the request where it
+            # ended, ts + wait + execution, not earlier by its queue or the exchange with the worker.
+            startup = max(inv.startup_ms, 0.0)
+            execution = inv.duration_ms if inv.held_ms is None else max(inv.held_ms, inv.duration_ms)
             event = InvocationEvent(phase="end", function=inv.function, namespace=self.cfg.namespace, ts=ts,
-                                    duration_ms=max(inv.duration_ms, 0.0), startup_ms=max(inv.startup_ms, 0.0),
-                                    cold=inv.cold, status=inv.status, instance=inv.worker)
+                                    duration_ms=max(execution, 0.0), startup_ms=startup,
+                                    wait_ms=max(inv.wait_ms, startup), cold=inv.cold, status=inv.status,
+                                    instance=inv.worker)
         except (ValidationError, ValueError) as e:
             self._dropped(inv.function, e)
             return

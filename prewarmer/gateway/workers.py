@@ -92,6 +92,9 @@ class Invocation:
     worker: str = ""
     error: str | None = None
     wait_ms: float = 0.0  # arrival to the start of execution: the start-up waited for, or the queue at max_workers
+    # Start of execution to the reply, on the pool's clock: how long the worker was held for the request (the handler's
+    # `duration_ms` plus the exchange with the worker, which on a loaded machine is not small); None if not run.
+    held_ms: float | None = None
 
 
 class _Failure(Exception):
@@ -286,9 +289,11 @@ class WorkerPool:
             self._discard(f, w, "request_cancelled")
             raise
         w.served += 1
+        held_ms = (self.clock() - arrival) * 1000 - wait_ms
         self._release(f, w)
         return Invocation(name, int(out.get("status", 500)), data, dict(out.get("headers") or {}), cold, startup_ms,
-                          float(out.get("duration_ms", 0.0)), w.id, error=out.get("error"), wait_ms=wait_ms)
+                          float(out.get("duration_ms", 0.0)), w.id, error=out.get("error"), wait_ms=wait_ms,
+                          held_ms=held_ms)
 
     async def _acquire(self, f: _Function, arrival: float) -> tuple[Worker, bool]:
         """A worker for a request that arrived at `arrival`, and whether the request waited for its start-up (cold)."""

@@ -28,7 +28,7 @@ from prewarmer.load.errors import LoadTestError, UsageError
 from prewarmer.load.report import print_simulated, print_table, ratios, series, write_plot
 from prewarmer.load.run import RunSetup, run_once
 from prewarmer.load.schedule_options import build_schedule
-from prewarmer.load.services import DEFAULT_MAX_WORKERS
+from prewarmer.load.services import DEFAULT_MAX_WORKERS, SIDECAR_SHARDS
 from prewarmer.units import parse_duration
 
 LAG_WARNING_MS = 100.0
@@ -114,7 +114,7 @@ def loadtest(args: argparse.Namespace) -> dict:
         from prewarmer.load.simulate import predict
 
         doc["simulated"] = {r.label: predict(schedule, r.results, r.policy, keep_alive, compress,
-                                             r.policy_clock_start_unix, max_workers) for r in runs}
+                                             r.policy_clock_start_unix, max_workers, SIDECAR_SHARDS) for r in runs}
     if not args.quiet:
         print_table(runs, ratio)
         if "simulated" in doc:
@@ -140,7 +140,8 @@ def _simulate_only(args: argparse.Namespace, schedule: sched_mod.Schedule, polic
     doc: dict = {"schedule": schedule.describe(),
                  "config": {"keep_alive_s": keep_alive, "compress": compress, "policy": policy,
                             "warmup_s": float(schedule.meta.get("warmup_s") or 0.0), "simulate_only": True},
-                 "simulated": {label: predict(schedule, planned, pol, keep_alive, compress, max_workers=max_workers)
+                 "simulated": {label: predict(schedule, planned, pol, keep_alive, compress, max_workers=max_workers,
+                                              shards=SIDECAR_SHARDS)
                                for label, pol in [("baseline", None)] + ([("prewarmer", policy)] if policy else [])}}
     if not args.quiet:
         print_simulated(doc["simulated"], measured=False)

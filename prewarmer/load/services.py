@@ -27,6 +27,9 @@ USER = "admin"
 LISTEN_RE = re.compile(r"event=gateway_listening address=(\S+)")
 SIDECAR_PORT_RE = re.compile(r'"event": "metrics listening".*"port": (\d+)')
 REDIS_READY_RE = re.compile(r"Ready to accept connections")
+#: The sidecar's shards in a load test (given explicitly, not left to PREWARMER_SHARDS). Each shard runs a policy of
+#: its own over its functions, so `--simulate` replays the functions in the same groups (`simulate.predict`).
+SIDECAR_SHARDS = 16
 
 
 def check_redis(url: str) -> None:
@@ -144,7 +147,8 @@ def start_sidecar(procs: Processes, gateway: str, redis_url: str, prefix: str, p
                                    "--basic-auth-user", USER, "--basic-auth-password-file", str(password_file),
                                    "--checkpoint-interval", "2s", "--prefix", prefix,
                                    "--replica-id", replica_id, "--record", str(record),
-                                   "--clock-epoch", f"{clock_epoch_s:g}", "--max-replicas", str(max_replicas)],
+                                   "--clock-epoch", f"{clock_epoch_s:g}", "--max-replicas", str(max_replicas),
+                                   "--shards", str(SIDECAR_SHARDS)],
                          patterns=(SIDECAR_PORT_RE,))
     port = proc.wait_for(SIDECAR_PORT_RE, 90, "did not start its metrics server").group(1)
     poll_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, proc, "never became ready")

@@ -65,16 +65,43 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
                              description={"source": "load-test run"})
 
 
+def shard_groups(names: list[str], shards: int | None) -> list[np.ndarray]:
+    """The functions each of the sidecar's `shards` shards holds (indices into `names`), as the sidecar splits
+    them (`prewarmer.stream.keys.shard_of`); None: one group of all."""
+    if not shards:
+        return [np.arange(len(names))]
+    from prewarmer.stream.keys import shard_of
+
+    of = np.array([shard_of(n, shards) for n in names], np.int64)
+    return [np.flatnonzero(of == s) for s in np.unique(of)]
+
+
+def _replay(workload, spec: str, cfg, groups: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Cold starts per function and idle GB-s of a replay under `spec`, one policy per group of functions."""
+    from prewarmer.registry import policy_factory
+    from prewarmer.sim import engine as E
+    from prewarmer.sim.replay import run_shard
+
+    cold = np.zeros(len(workload.functions), np.int64)
+    idle = 0.0
+    for idx in groups:
+        res = run_shard(workload, policy_factory(spec)(), cfg, idx=idx if len(groups) > 1 else None)
+        cold[idx] = res.fi[:, E.F_COLD]
+        idle += float(res.fs[:, E.S_WASTE].sum())
+    return cold, idle
+
+
 def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s: float, compress: float,
-            clock_start_unix: float | None = None, max_workers: int | None = None) -> dict:
+            clock_start_unix: float | None = None, max_workers: int | None = None,
+            shards: int | None = None) -> dict:
     """Predicted and measured cold starts per function for one run (`policy` None: the gateway alone).
 
     `clock_start_unix` is when the sidecar's policy clock started: the schedule began that much later in
     policy time, so replay's ticks fall where the sidecar's did. `max_workers`: the gateway's most workers per
-    function (replay's `max_instances`; None: no bound)."""
-    from prewarmer.registry import policy_factory
-    from prewarmer.sim import engine as E
-    from prewarmer.sim.replay import ReplayConfig, run_shard
+    function (replay's `max_instances`; None: no bound). `shards`: the sidecar's shards; each runs a policy of
+    its own over its functions (its features and prices see only them), and replay does the same (None: one
+    policy for all)."""
+    from prewarmer.sim.replay import ReplayConfig
     from prewarmer.sim.startup import StartupModel
 
     started = results.get("started_unix")
@@ -85,15 +112,15 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
     cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=max_workers)
-    full = run_shard(workload, policy_factory(spec)(), cfg)
-    predicted, idle_gb_s = full.fi[:, E.F_COLD], float(full.fs[:, E.S_WASTE].sum())
+    groups = shard_groups(list(schedule.names), shards if policy else None)
+    predicted, idle_gb_s = _replay(workload, spec, cfg, groups)
     warmup = float(schedule.meta.get("warmup_s") or 0.0)
     if warmup > 0:
         # Cold starts of the metered window: all of them less those of the warm-up alone (replay is causal: the
         # same requests up to the end of the warm-up give the same cold starts there); idle GB-s likewise.
-        lead = run_shard(_before(workload, max(offset, 0.0) + warmup * compress), policy_factory(spec)(), cfg)
-        predicted = predicted - lead.fi[:, E.F_COLD]
-        idle_gb_s -= float(lead.fs[:, E.S_WASTE].sum())
+        lead_cold, lead_idle = _replay(_before(workload, max(offset, 0.0) + warmup * compress), spec, cfg, groups)
+        predicted = predicted - lead_cold
+        idle_gb_s -= lead_idle
     measured = results["per_function"]
     per_function = {name: {"predicted": int(predicted[i]),
                            "measured": int(measured.get(name, {}).get("cold_starts", 0)),

@@ -97,16 +97,22 @@ class ShardAgent:
 
     # ---------------------------------------------------------------- data path
     def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
-               cold: np.ndarray, status: np.ndarray, phase: np.ndarray | None = None) -> None:
+               cold: np.ndarray, status: np.ndarray, phase: np.ndarray | None = None,
+               wait: np.ndarray | None = None) -> None:
         """Events (function indices into this shard, policy seconds) into the observer and the fleet.
+
+        `wait`: arrival to the start of execution (the event's `wait_ms`; default `startup`, the start-up only).
+        A request queued at the platform's instance bound waited longer than its start-up: it ends at arrival +
+        wait + duration, and was in the system, in flight, all that time.
 
         `phase` (`prewarmer.stream.events.PHASE_*`, default all `done`): a `start` counts the request as it
         arrives, in the observer and in the fleet's model; its `end` brings the outcome. An `end` whose `start`
         was never seen is taken as a `done` (the whole request, reported when it completed)."""
         self.events += len(func)
+        wait = startup if wait is None else np.maximum(wait, startup)
         self.function_events += np.bincount(func, minlength=len(self.function_events))
         if phase is None or not (phase != PHASE_DONE).any():
-            self.observer.ingest(func, arrival, duration, startup, cold, status)
+            self.observer.ingest(func, arrival, duration, startup, cold, status, wait=wait)
             self.fleet.reported(func, arrival, duration)
             return
         start = phase == PHASE_START
@@ -118,14 +124,14 @@ class ShardAgent:
         paired = end[found]
         if len(paired):
             self.observer.ingest(func[paired], arrival[paired], duration[paired], startup[paired], cold[paired],
-                                 status[paired], counted=counted[found])
-            self.fleet.ended(func[paired], arrival[paired], startup[paired], duration[paired], fed[found])
+                                 status[paired], counted=counted[found], wait=wait[paired])
+            self.fleet.ended(func[paired], arrival[paired], wait[paired], duration[paired], fed[found])
         whole = np.flatnonzero(phase == PHASE_DONE)
         if (~found).any():
             whole = np.sort(np.concatenate([whole, end[~found]]))
         if len(whole):
             self.observer.ingest(func[whole], arrival[whole], duration[whole], startup[whole], cold[whole],
-                                 status[whole])
+                                 status[whole], wait=wait[whole])
             self.fleet.reported(func[whole], arrival[whole], duration[whole])
 
     def tick(self, now: float, replicas: np.ndarray, ready: np.ndarray,

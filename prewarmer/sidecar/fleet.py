@@ -103,7 +103,9 @@ class WarmFleet:
     def ended(self, func: np.ndarray, arrival: np.ndarray, startup: np.ndarray, duration: np.ndarray,
               fed: np.ndarray) -> None:
         """Requests reported as started have ended after `duration` of execution (the model gives the start-up
-        wait its own way). `fed`: the model runs it already (`InFlight.take` says), else it is not replayed yet.
+        wait its own way). `startup`: the request's wait from arrival to the start of execution (the start-up, or
+        a queue at the instance bound), which says which of the model's open requests it is.
+        `fed`: the model runs it already (`InFlight.take` says), else it is not replayed yet.
         A request the model runs ends at its start in the model + `duration`, or now if that has passed."""
         fed = np.asarray(fed, bool)
         if (~fed).any():

@@ -139,6 +139,7 @@ class EventIntake:
         dur = np.asarray(batch.duration_ms) / 1000.0 * self.opts.time_scale
         startup_s = np.asarray(batch.startup_ms) / 1000.0  # real seconds, as the platform measured them
         st = startup_s * self.opts.time_scale
+        wait = np.asarray(batch.wait_ms) / 1000.0 * self.opts.time_scale
         cold = np.asarray(batch.cold, np.int64)
         status = np.asarray(batch.status, np.int64)
         phase = np.asarray(batch.phase, np.int64)
@@ -163,7 +164,7 @@ class EventIntake:
                                     [self.platform.memory_mb(n) for n in unknown])
             k = np.asarray(keep)
             idx = np.fromiter((agent.index[n] for n in names), np.int64, len(names))
-            agent.ingest(idx, ts.policy(arrival[k]), dur[k], st[k], cold[k], status[k], phase[k])
+            agent.ingest(idx, ts.policy(arrival[k]), dur[k], st[k], cold[k], status[k], phase[k], wait=wait[k])
             self.metrics.events.inc(len(keep))
             # The OTel view of the finished requests (a `start` has no outcome yet); the wait of a cold one in real
             # seconds, as the platform measured it.

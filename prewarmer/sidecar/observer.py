@@ -33,9 +33,19 @@ class LiveObserver:
         self.cold = np.zeros(n, np.int64)
         self.failed = np.zeros(n, np.int64)
         self.busy_s = np.zeros(n)
+        # Time requests spent in the system (waiting or executing), the engine's concurrency; `busy_s` leaves out
+        # the wait of a request that ended within the tick.
+        self.system_s = np.zeros(n)
         self.it_f: list[np.ndarray] = []
         self.it_v: list[np.ndarray] = []
         self.spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (function, arrival, done) per batch
+
+    def __setstate__(self, state: dict) -> None:
+        # A checkpoint of before `system_s` (same checkpoint version): the tick it was taken in counts the time in
+        # the system from the busy time, as it then did; the next tick counts it in full.
+        if "system_s" not in state:
+            state["system_s"] = np.array(state["busy_s"], copy=True)
+        self.__dict__.update(state)
 
     def grow(self, memory_mb: np.ndarray) -> None:
         add = len(memory_mb) - len(self.memory_mb)
@@ -44,7 +54,7 @@ class LiveObserver:
         self.memory_mb = np.asarray(memory_mb, np.float64).copy()
         for name, fill, dt in (("last_done", -np.inf, np.float64), ("startup_s", np.nan, np.float64),
                                ("arrivals", 0, np.int64), ("cold", 0, np.int64), ("failed", 0, np.int64),
-                               ("busy_s", 0.0, np.float64)):
+                               ("busy_s", 0.0, np.float64), ("system_s", 0.0, np.float64)):
             setattr(self, name, np.concatenate([getattr(self, name), np.full(add, fill, dt)]))
 
     def arrived(self, func: np.ndarray) -> None:
@@ -53,24 +63,31 @@ class LiveObserver:
         self.arrivals += np.bincount(func, minlength=len(self.memory_mb))
 
     def ingest(self, func: np.ndarray, arrival: np.ndarray, duration: np.ndarray, startup: np.ndarray,
-               cold: np.ndarray, status: np.ndarray, counted: np.ndarray | None = None) -> None:
+               cold: np.ndarray, status: np.ndarray, counted: np.ndarray | None = None,
+               wait: np.ndarray | None = None) -> None:
         """Events of one batch as arrays (policy seconds); any order. With `counted`, the requests were already
         counted as arrivals when they started (`arrived`), and their busy time up to `counted` (by `observe`,
-        while they ran): only the rest is added."""
+        while they ran): only the rest is added. `wait`: arrival to the start of execution (default `startup`);
+        a request queued at the platform's instance bound is in the system for its wait too, as in the
+        simulator, and ends at arrival + wait + duration."""
         if len(func) == 0:
             return
         n = len(self.memory_mb)
         order = np.lexsort((arrival, func))
         f, a, d, s = func[order], arrival[order], duration[order], startup[order]
+        w = s if wait is None else np.maximum(np.asarray(wait, np.float64)[order], s)
         c = cold[order]
-        done = a + s + d
+        done = a + w + d
         if counted is None:
             self.arrivals += np.bincount(f, minlength=n)
             self.busy_s += np.bincount(f, weights=d, minlength=n)
+            self.system_s += np.bincount(f, weights=done - a, minlength=n)
         else:
             # In flight at a tick, a request counted as busy from its arrival (its start-up wait included).
-            left = np.where(np.isfinite(counted[order]), done - np.maximum(counted[order], a), d)
+            since = np.maximum(counted[order], a)
+            left = np.where(np.isfinite(counted[order]), done - since, d)
             self.busy_s += np.bincount(f, weights=np.maximum(left, 0.0), minlength=n)
+            self.system_s += np.bincount(f, weights=np.maximum(done - since, 0.0), minlength=n)
         self.cold += np.bincount(f, weights=c, minlength=n).astype(np.int64)
         self.failed += np.bincount(f, weights=(status[order] >= 500), minlength=n).astype(np.int64)
         self.spans.append((f, a, done))
@@ -110,14 +127,15 @@ class LiveObserver:
             run = np.flatnonzero(inflight.arrival < now)
             f = inflight.func[run]
             open_now = np.bincount(f, minlength=n)
-            self.busy_s += np.bincount(f, weights=np.maximum(now - np.maximum(inflight.counted[run],
-                                                                              inflight.arrival[run]), 0.0),
-                                       minlength=n)
+            open_s = np.bincount(f, weights=np.maximum(now - np.maximum(inflight.counted[run], inflight.arrival[run]),
+                                                       0.0), minlength=n)
+            self.busy_s += open_s
+            self.system_s += open_s
             inflight.counted[run] = now
             self.spans.append((f, inflight.arrival[run], np.full(len(run), np.inf)))
         replicas = np.asarray(replicas, np.int64)
         ready = np.minimum(np.asarray(ready, np.int64), replicas)
-        concurrency = self.busy_s / dt if dt > 0 else np.zeros(n)
+        concurrency = self.system_s / dt if dt > 0 else np.zeros(n)
         busy = np.minimum(np.maximum(np.ceil(concurrency).astype(np.int64), open_now), ready)
         idle = ready - busy
         mem_gb = self.memory_mb / 1024.0

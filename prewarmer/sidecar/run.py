@@ -197,6 +197,10 @@ class Sidecar:
                 return
             self.policies.sync(self.platform.functions, self.platform.listed_at, self.slots)
             self.scaler.preview = self.policies.preview
+        # The tick observes what happened up to its `now`, as replay's does: taken after the events were read, so
+        # that a slow read (a backlog, a loaded machine) does not fold requests that arrived or ended after it into
+        # a tick dated before them.
+        now = max(now, self.ts.policy(self.clock()))
         await self.decider.decide(now, self.ts.seconds(self.opts.interval_s))
         await self.scaler.apply()
         if self.policies is not None:

@@ -60,8 +60,8 @@ DEFAULT_MAX_TS_SKEW_S = 300.0
 DEAD_LETTER_MAX_FIELDS = 16
 DEFAULT_DEAD_LETTER_VALUE_BYTES = 256
 
-_COLUMNS = ("ids", "phase", "function", "namespace", "ts", "duration_ms", "startup_ms", "cold", "status", "instance",
-            "rejected")
+_COLUMNS = ("ids", "phase", "function", "namespace", "ts", "duration_ms", "startup_ms", "wait_ms", "cold", "status",
+            "instance", "rejected")
 
 
 class StreamUnavailable(Exception):
@@ -401,6 +401,7 @@ class RedisEventSource:
             if batch.phase[r] != PHASE_START:
                 fields.update({b"duration_ms": repr(batch.duration_ms[r]).encode(),
                                b"startup_ms": repr(batch.startup_ms[r]).encode(),
+                               b"wait_ms": repr(batch.wait_ms[r]).encode(),
                                b"cold": b"1" if batch.cold[r] else b"0", b"status": str(batch.status[r]).encode(),
                                b"instance": batch.instance[r].encode()})
             rejected.append((batch.streams[r], batch.ids[r], fields, reason))

@@ -17,12 +17,19 @@ Entry fields (all strings, as Redis stores them):
 | `ts`          | arrival time at the gateway, Unix seconds (float)              | `1732412345.120` |
 | `duration_ms` | execution time in the instance, excluding start-up (>= 0)      | `12.5`           |
 | `startup_ms`  | time the request waited for a new instance (0 when warm, >= 0) | `850.0`          |
+| `wait_ms`     | arrival to the start of execution (>= `startup_ms`; optional)  | `4012.0`         |
 | `cold`        | `1` when the request started a new instance, else `0`          | `0`              |
 | `status`      | HTTP status returned to the caller (100..599)                  | `200`            |
 | `instance`    | id of the instance (worker, pod) that served it                | `echo-3`         |
 
 A `start` entry has `v`, `phase`, `function`, `namespace` and `ts` only: its outcome is not known yet. The
-other fields are required in `end` and `done` entries (`namespace`, `startup_ms` and `instance` have defaults).
+other fields are required in `end` and `done` entries (`namespace`, `startup_ms`, `wait_ms` and `instance` have
+defaults).
+
+`wait_ms` is how a request queued at the platform's bound on instances (the gateway's `--max-workers`) is told
+apart: warm (`startup_ms` 0), yet in the system for its wait as well as its execution. Consumers end it at
+`ts + wait_ms + duration_ms`, as the simulator does; without it (producers of before the field) they assume it
+waited for its start-up only, which undercounts the requests in flight at once during a queued burst.
 
 `InvocationEvent` is the schema (pydantic); producers build events with it. The consumer decodes
 whole batches with `decode_batch`, a hand-written fast path that accepts exactly what the schema
@@ -47,7 +54,7 @@ _VERSIONS = ("1", "2")  # read; version 1 is version 2 without `phase` (every en
 PHASES = ("done", "start", "end")  # the codes of `DecodedBatch.phase` are the indices
 PHASE_DONE, PHASE_START, PHASE_END = range(3)
 _PHASE_CODE = {b"done": PHASE_DONE, b"start": PHASE_START, b"end": PHASE_END}
-_OUTCOME = ("duration_ms", "startup_ms", "cold", "status", "instance")  # absent from a `start` entry
+_OUTCOME = ("duration_ms", "startup_ms", "wait_ms", "cold", "status", "instance")  # absent from a `start` entry
 
 
 class InvocationEvent(BaseModel):
@@ -60,6 +67,7 @@ class InvocationEvent(BaseModel):
     ts: float = Field(gt=0, allow_inf_nan=False)
     duration_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     startup_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    wait_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # None: startup_ms (see the table)
     cold: bool | None = None
     status: int | None = Field(default=None, ge=100, le=599)
     instance: str = Field(default="", max_length=253)
@@ -83,6 +91,9 @@ class InvocationEvent(BaseModel):
             missing = [k for k in ("duration_ms", "cold", "status") if getattr(self, k) is None]
             if missing:
                 raise EventError(missing[0], f"Field required (in a {self.phase} entry)")
+            if self.wait_ms is not None and self.wait_ms < self.startup_ms:
+                raise EventError("wait_ms", f"{self.wait_ms!r} is less than startup_ms {self.startup_ms!r} (the "
+                                            "start-up is part of the wait)")
         return self
 
     @classmethod
@@ -96,8 +107,11 @@ class InvocationEvent(BaseModel):
         head.update(function=self.function, namespace=self.namespace, ts=repr(self.ts))
         if self.phase == "start":
             return head
-        return {**head, "duration_ms": repr(self.duration_ms), "startup_ms": repr(self.startup_ms),
-                "cold": "1" if self.cold else "0", "status": str(self.status), "instance": self.instance}
+        out = {**head, "duration_ms": repr(self.duration_ms), "startup_ms": repr(self.startup_ms),
+               "cold": "1" if self.cold else "0", "status": str(self.status), "instance": self.instance}
+        if self.wait_ms is not None:
+            out["wait_ms"] = repr(self.wait_ms)
+        return out
 
     @classmethod
     def from_fields(cls, fields: dict) -> InvocationEvent:
@@ -141,6 +155,7 @@ class DecodedBatch:
     ts: list[float] = field(default_factory=list)
     duration_ms: list[float] = field(default_factory=list)
     startup_ms: list[float] = field(default_factory=list)
+    wait_ms: list[float] = field(default_factory=list)  # startup_ms where the entry has none
     cold: list[bool] = field(default_factory=list)
     status: list[int] = field(default_factory=list)
     instance: list[str] = field(default_factory=list)
@@ -150,8 +165,8 @@ class DecodedBatch:
         return len(self.ids)
 
 
-_KNOWN = frozenset((b"v", b"phase", b"function", b"namespace", b"ts", b"duration_ms", b"startup_ms", b"cold",
-                    b"status", b"instance"))
+_KNOWN = frozenset((b"v", b"phase", b"function", b"namespace", b"ts", b"duration_ms", b"startup_ms", b"wait_ms",
+                    b"cold", b"status", b"instance"))
 _KNOWN_START = frozenset((b"v", b"phase", b"function", b"namespace", b"ts"))
 
 
@@ -172,17 +187,19 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float 
             fn = f[b"function"].decode()
             ts = float(f[b"ts"])
             if phase == PHASE_START:
-                dur = st = 0.0
+                dur = st = wait = 0.0
                 c, status, inst = b"0", 0, ""
                 if not _KNOWN_START.issuperset(f):
                     raise ValueError
             else:
                 dur = float(f[b"duration_ms"])
                 st = float(f.get(b"startup_ms", b"0"))
+                wait = float(f[b"wait_ms"]) if b"wait_ms" in f else st
                 c = f[b"cold"]
                 status = int(f[b"status"])
                 inst = f.get(b"instance", b"").decode()
-                if (not dur >= 0 or not st >= 0 or math.isinf(dur) or math.isinf(st) or c not in (b"0", b"1")
+                if (not dur >= 0 or not st >= 0 or math.isinf(dur) or math.isinf(st) or not wait >= st
+                        or math.isinf(wait) or c not in (b"0", b"1")
                         or not 100 <= status <= 599 or len(inst) > 253 or not _KNOWN.issuperset(f)):
                     raise ValueError
             if not fn or len(fn) > 253 or not ts > 0 or math.isinf(ts) or v not in (b"1", b"2") or \
@@ -199,6 +216,7 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float 
                 continue
             phase = PHASES.index(ev.phase)
             fn, ns, ts, st, inst = ev.function, ev.namespace, ev.ts, ev.startup_ms, ev.instance
+            wait = st if ev.wait_ms is None else ev.wait_ms
             dur, status = ev.duration_ms or 0.0, ev.status or 0
             c = b"1" if ev.cold else b"0"
         if ts > limit:
@@ -211,6 +229,7 @@ def decode_batch(entries: list[tuple[bytes, dict[bytes, bytes]]], max_ts: float 
         out.ts.append(ts)
         out.duration_ms.append(dur)
         out.startup_ms.append(st)
+        out.wait_ms.append(wait)
         out.cold.append(c == b"1")
         out.status.append(status)
         out.instance.append(inst)
