@@ -261,3 +261,29 @@ def test_requests_waiting_at_their_own_limit_are_not_contention():
     obs.in_flight[1] = 2  # function 1, under no limit, has a request waiting for memory
     pol.bids(obs)
     assert pol.since_contention == 0
+
+
+def test_a_coordinator_pickled_before_the_trial_of_limits_is_read_and_goes_on():
+    """Shard checkpoints keep their version (v5): a coordinator pickled before the trial of limits (issue 14
+    item 3) is read by this one, goes on holding what it held, and decides."""
+    import pickle
+    from types import SimpleNamespace
+
+    from prewarmer.coord.policy import UNLIMITED, CoordinatedPolicy
+
+    pol = CoordinatedPolicy(KeepAlivePolicy(600.0))
+    pol.reset(_long_and_short().functions, 0.0)
+    n = 9
+    pol.held = np.array([3] + [0] * (n - 1), np.int64)
+    pol.limits = np.array([3] + [UNLIMITED] * (n - 1), np.int64)
+    for name in ("trial_limits", "loss", "limited_now", "trialed_now", "limiting", "holding"):
+        del pol.__dict__[name]  # as a coordinator of before these fields was pickled
+    back = pickle.loads(pickle.dumps(pol))
+    assert back.holding.tolist() == [3] + [0] * (n - 1) and back.limiting and back.loss == {True: 0.0, False: 0.0}
+    zeros = np.zeros(n, np.int64)
+    obs = SimpleNamespace(in_flight=zeros, busy=zeros, starting=zeros, alive=np.full(n, 2), timed_out=zeros,
+                          memory_cap_gb=100.0, dt=60.0, arrivals=zeros, completions=zeros, busy_gb_s=np.zeros(n),
+                          concurrency=np.zeros(n), startup_s=None)
+    back.bids(obs)
+    scaled = back.bound_scaling(Actions(scale_to=np.ones(n, np.int64)), obs)
+    assert scaled.scale_to.tolist() == [-1] + [1] * (n - 1)  # the held award is not scaled down; the others are

@@ -90,6 +90,20 @@ class CoordinatedPolicy(Policy):
         self.limits: np.ndarray | None = None
         self.limiting = False  # some function is limited by the awards in force
 
+    def __setstate__(self, state: dict) -> None:
+        # A shard checkpoint of before the trial of limits (same checkpoint version): it held every award and
+        # limited whenever the budget bound, so it goes on as a coordinator whose limits are in force, holding what
+        # it held; the trial then starts from no losses on either side.
+        state.setdefault("trial_limits", True)
+        state.setdefault("loss", {True: 0.0, False: 0.0})
+        state.setdefault("limited_now", False)
+        state.setdefault("trialed_now", False)
+        limits = state.get("limits")
+        state.setdefault("limiting", limits is not None and bool((np.asarray(limits) < UNLIMITED).any()))
+        if "held" in state:
+            state.setdefault("holding", np.array(state["held"], copy=True))
+        self.__dict__.update(state)
+
     @property
     def events(self) -> list[str]:
         return getattr(self.inner, "events", [])
