@@ -132,15 +132,16 @@ class SimState:
                 pos: int, drain: bool = False) -> tuple[int, float]:
         while True:
             self._ensure()
+            # Times go in as floats: an int would compile the whole engine a second time (~45 s).
             pos, status, reached = E.advance(
-                t_end, arr_t, arr_f, arr_d, pos, self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
+                float(t_end), arr_t, arr_f, arr_d, pos, self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
                 self.lh, self.lt, self.hk, self.hp, self.rqf, self.rqi, self.qh,
                 self.qt, self.lat_hist, self.rlog, self.it_f, self.it_v, self.min_free, drain)
             if status == E.STATUS_DONE:
                 return pos, reached
 
     def touch_all(self, t: float) -> None:
-        E.touch_all(self.fs, self.fi, t)
+        E.touch_all(self.fs, self.fi, float(t))
 
     def apply(self, now: float, actions: Actions) -> None:
         actions.validate(self.n)
@@ -162,7 +163,7 @@ class SimState:
         def i64(a):
             return i0 if a is None else np.ascontiguousarray(a, np.int64)
 
-        E.apply_actions(now, f64(actions.keep_alive_s), f64(actions.surplus_keep_alive_s),
+        E.apply_actions(float(now), f64(actions.keep_alive_s), f64(actions.surplus_keep_alive_s),
                         f64(actions.prewarm_delay_s), i64(actions.prewarm), i64(actions.scale_to),
                         i64(actions.release_idle), f64(actions.max_hold), i64(actions.max_instances),
                         i64(actions.min_instances), self.fs, self.fi, self.isf, self.isi, self.gi, self.gf,
