@@ -111,7 +111,7 @@ def replay_rows(workdir: Path, report: dict, label: str = "prewarmer", live: dic
     """Replay's rows; `shards` > 0: one policy per group of functions that the sidecar's `shards` shards put
     together (each live shard runs a policy of its own), else one policy for all (as `--simulate` did)."""
     from prewarmer.load.schedule import Schedule
-    from prewarmer.load.simulate import workload_of_run
+    from prewarmer.load.simulate import shard_groups, workload_of_run
     from prewarmer.registry import policy_factory
     from prewarmer.sim.replay import ReplayConfig, run_shard
     from prewarmer.sim.startup import StartupModel
@@ -123,15 +123,8 @@ def replay_rows(workdir: Path, report: dict, label: str = "prewarmer", live: dic
     workload = workload_of_run(schedule, results, compress, float(sim["offset_s"]))
     cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=report["config"].get("max_workers"))
     names = list(schedule.names)
-    if shards <= 0:
-        groups = [np.arange(len(names))]
-    else:
-        from prewarmer.stream.keys import shard_of
-
-        of = np.array([shard_of(n, shards) for n in names])
-        groups = [np.flatnonzero(of == s) for s in np.unique(of)]
     rows: dict[tuple[str, int], dict] = {}
-    for idx in groups:
+    for idx in shard_groups(names, shards if shards > 0 else None):
         rec = Recording(policy_factory(sim["policy"])(), [names[i] for i in idx], live, substitute)
         run_shard(workload, rec, cfg, idx=np.asarray(idx, np.int64))
         rows.update(rec.rows)

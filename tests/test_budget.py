@@ -276,7 +276,7 @@ def test_a_coordinator_pickled_before_the_trial_of_limits_is_read_and_goes_on():
     n = 9
     pol.held = np.array([3] + [0] * (n - 1), np.int64)
     pol.limits = np.array([3] + [UNLIMITED] * (n - 1), np.int64)
-    for name in ("trial_limits", "loss", "limited_now", "trialed_now", "limiting", "holding"):
+    for name in ("trial_limits", "loss", "limited_now", "trialed_now", "holding"):
         del pol.__dict__[name]  # as a coordinator of before these fields was pickled
     back = pickle.loads(pickle.dumps(pol))
     assert back.holding.tolist() == [3] + [0] * (n - 1) and back.limiting and back.loss == {True: 0.0, False: 0.0}

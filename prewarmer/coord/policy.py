@@ -88,7 +88,6 @@ class CoordinatedPolicy(Policy):
         self.price = 0.0
         self.last_bids: Bids | None = None
         self.limits: np.ndarray | None = None
-        self.limiting = False  # some function is limited by the awards in force
 
     def __setstate__(self, state: dict) -> None:
         # A shard checkpoint of before the trial of limits (same checkpoint version): it held every award and
@@ -98,8 +97,6 @@ class CoordinatedPolicy(Policy):
         state.setdefault("loss", {True: 0.0, False: 0.0})
         state.setdefault("limited_now", False)
         state.setdefault("trialed_now", False)
-        limits = state.get("limits")
-        state.setdefault("limiting", limits is not None and bool((np.asarray(limits) < UNLIMITED).any()))
         if "held" in state:
             state.setdefault("holding", np.array(state["held"], copy=True))
         self.__dict__.update(state)
@@ -124,7 +121,6 @@ class CoordinatedPolicy(Policy):
         self.since_contention = 1 << 30
         self._last = {}
         self.limits = None
-        self.limiting = False
         self.compensation = np.zeros(n)  # decommitment compensation accrued this tick (for rewards)
         return self.inner.reset(functions, now)
 
@@ -139,7 +135,7 @@ class CoordinatedPolicy(Policy):
         self._last = {name: pad(self._last[name], n, default) for name, default in _SETTINGS if name in self._last}
         self.compensation = pad(self.compensation, n, 0.0)
         if self.limits is not None:  # a new function has no award yet: one instance, as every limited function
-            self.limits = pad(self.limits, n, 1 if (self.limits < UNLIMITED).any() else UNLIMITED)
+            self.limits = pad(self.limits, n, 1 if self.limiting else UNLIMITED)
         return self.inner.grow(functions, now)
 
     def bids(self, obs: Observation) -> Bids:
@@ -194,10 +190,9 @@ class CoordinatedPolicy(Policy):
         if award is not None:
             was_limiting = self.limiting
             self.limits = self.award(award.instances, award.decommitted, award.price)
-            self.limiting = bool((self.limits < UNLIMITED).any())
             if self.limiting or was_limiting:  # limits to set, or to lift; otherwise the agents' actions stand
                 actions.max_instances = self.limits
-        elif self.limits is not None and self.limiting:
+        elif self.limiting:
             actions.max_instances = self.limits
         return self.bound_scaling(self.hold_awards(actions), obs)
 
@@ -267,6 +262,11 @@ class CoordinatedPolicy(Policy):
         if self.limit_service_s is not None:
             limits = np.where(self.duration <= self.limit_service_s, limits, UNLIMITED).astype(np.int64)
         return limits
+
+    @property
+    def limiting(self) -> bool:
+        """Whether some function is limited by the awards in force."""
+        return self.limits is not None and bool((self.limits < UNLIMITED).any())
 
     @property
     def on_trial(self) -> bool:

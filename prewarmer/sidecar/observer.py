@@ -67,7 +67,8 @@ class LiveObserver:
                wait: np.ndarray | None = None) -> None:
         """Events of one batch as arrays (policy seconds); any order. With `counted`, the requests were already
         counted as arrivals when they started (`arrived`), and their busy time up to `counted` (by `observe`,
-        while they ran): only the rest is added. `wait`: arrival to the start of execution (default `startup`);
+        while they ran): only the rest is added. `wait`: arrival to the start of execution, at least `startup`
+        (`ShardAgent.ingest` makes it so; default `startup`);
         a request queued at the platform's instance bound is in the system for its wait too, as in the
         simulator, and ends at arrival + wait + duration."""
         if len(func) == 0:
@@ -75,7 +76,7 @@ class LiveObserver:
         n = len(self.memory_mb)
         order = np.lexsort((arrival, func))
         f, a, d, s = func[order], arrival[order], duration[order], startup[order]
-        w = s if wait is None else np.maximum(np.asarray(wait, np.float64)[order], s)
+        w = s if wait is None else np.asarray(wait, np.float64)[order]
         c = cold[order]
         done = a + w + d
         if counted is None:
