@@ -282,3 +282,41 @@ def test_sigmoid_form_is_the_tanh_network():
         assert torch.allclose(sigmoid_mlp(body, x), body(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError):
         sigmoid_form(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)))
+
+
+def test_actor_inference_follows_weights_changed_in_place():
+    """`infer_logits` keeps the actor's rewritten weights between calls; a change of the weights in place (an
+    optimizer step, `load_state_dict`) must reach it, or an online learner would act on stale weights."""
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(checkpoint.DEFAULT_CHECKPOINT)
+    x = torch.from_numpy(np.random.default_rng(4).standard_normal((300, 30)).astype(np.float32))
+    with torch.no_grad():
+        before = model.infer_logits(x)
+        for p in model.actor.parameters():
+            p.mul_(0.5)
+        after = model.infer_logits(x)
+        assert not torch.allclose(after, before, atol=1e-3)
+        assert torch.allclose(after, model.logits(x), rtol=1e-5, atol=1e-4)
+
+
+def test_feature_builder_pickled_with_the_whole_gap_histogram_reads_on():
+    """A shard checkpoint written before the gaps were split (head of cumulative counts, tail histogram) holds
+    `gap_hist`: it must load into the same state, so the agents' hazards go on where they were."""
+    import pickle
+
+    rng = np.random.default_rng(5)
+    n = 200
+    fb = FeatureBuilder(n)
+    for k in range(120):
+        arr = rng.poisson(rng.uniform(0, 2, n)) * (rng.random(n) < (0.05 if k % 40 < 20 else 0.7))
+        fb.update(_observation(n, arr, 60.0 * k))
+    old = dict(fb.__dict__)
+    hist = fb.gap_hist
+    assert hist[:, 16:].sum() > 0 and hist[:, :16].sum() > 0  # both parts in use
+    del old["gap_head"], old["gap_tail"]
+    old["gap_hist"] = hist
+    restored = FeatureBuilder.__new__(FeatureBuilder)
+    restored.__setstate__(old)
+    assert np.array_equal(restored.cum_gaps, fb.cum_gaps)
+    assert np.array_equal(restored.hazard((1, 5, 15)), fb.hazard((1, 5, 15)))
+    assert np.array_equal(pickle.loads(pickle.dumps(restored)).gap_head, fb.gap_head)

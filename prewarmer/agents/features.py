@@ -21,6 +21,14 @@ from prewarmer.policies.base import pad
 
 HISTORY = 60  # ticks of per-tick counts kept per function
 GAP_BINS = 241  # idle gaps in ticks: 0..239 and "240 or more"
+# Gaps shorter than this are kept as cumulative counts in one cache line per function (16 int32): a busy
+# function's hazard reads only those, and the full histogram (F x 241 x 8 bytes, 19 MB at 10k functions)
+# cost a cache miss per function and per read.
+HEAD_BINS = 16
+# log1p of the integers below this, as numpy computes them: most counts in a tick are small, and a lookup
+# is a tenth of the time of the libm call per value (`log1p_count`).
+LOG1P_TABLE = 4096
+_LOG1P_INTEGERS = np.log1p(np.arange(LOG1P_TABLE, dtype=np.float64))
 HAZARD_K = (1, 5, 15)
 
 FEATURE_NAMES = (
@@ -43,8 +51,10 @@ class FeatureBuilder:
         self.counts = np.zeros((n, HISTORY))
         self.k = 0
         self.idle_ticks = np.full(n, GAP_BINS - 1, np.int64)  # ticks since the last tick with arrivals
-        # Histogram of gaps between ticks with arrivals, and their number (see `cum_gaps`).
-        self.gap_hist = np.zeros((n, GAP_BINS), np.int64)
+        # Gaps between ticks with arrivals, and their number (see `cum_gaps`): gaps of fewer than HEAD_BINS
+        # ticks as cumulative counts (column b: gaps of at most b ticks), longer ones as a histogram.
+        self.gap_head = np.zeros((n, HEAD_BINS), np.int32)
+        self.gap_tail = np.zeros((n, GAP_BINS), np.int64)  # columns below HEAD_BINS stay 0
         self.n_gaps = np.zeros(n, np.int64)
         self.sum5 = np.zeros(n)
         self.sum60 = np.zeros(n)
@@ -56,11 +66,28 @@ class FeatureBuilder:
 
     def grow(self, n: int) -> None:
         """Rows for functions appended to the table: nothing seen yet."""
-        for name, fill in (("counts", 0.0), ("idle_ticks", GAP_BINS - 1), ("gap_hist", 0), ("n_gaps", 0),
+        for name, fill in (("counts", 0.0), ("idle_ticks", GAP_BINS - 1), ("gap_head", 0), ("gap_tail", 0),
+                           ("n_gaps", 0),
                            ("sum5", 0.0), ("sum60", 0.0), ("seen", False), ("cold_ewma", 0.0), ("waste_ewma", 0.0),
                            ("duration_ewma", np.nan), ("rate_ewma", 0.0)):
             setattr(self, name, pad(getattr(self, name), n, fill))
         self.n = n
+
+    def __setstate__(self, state: dict) -> None:
+        # A builder pickled (shard checkpoint) before the gaps were split into head and tail.
+        if "gap_hist" in state:
+            hist = state.pop("gap_hist")
+            state["gap_head"] = np.cumsum(hist[:, :HEAD_BINS], axis=1).astype(np.int32)
+            state["gap_tail"] = hist.copy()
+            state["gap_tail"][:, :HEAD_BINS] = 0
+        self.__dict__.update(state)
+
+    @property
+    def gap_hist(self) -> np.ndarray:
+        """(F, GAP_BINS) histogram of the gaps: column g counts the gaps of g ticks."""
+        hist = self.gap_tail.copy()
+        hist[:, :HEAD_BINS] = np.diff(self.gap_head, axis=1, prepend=0)
+        return hist
 
     @property
     def cum_gaps(self) -> np.ndarray:
@@ -84,7 +111,7 @@ class FeatureBuilder:
         gap = np.minimum(self.idle_ticks + 1, GAP_BINS - 1)
         rows = np.flatnonzero(hit & self.seen)
         if len(rows):
-            _count_gaps(self.gap_hist, self.n_gaps, rows, gap)
+            _count_gaps(self.gap_head, self.gap_tail, self.n_gaps, rows, gap)
         self.seen |= hit
         self.idle_ticks = np.where(hit, 0, np.minimum(self.idle_ticks + 1, GAP_BINS - 1))
 
@@ -101,14 +128,14 @@ class FeatureBuilder:
 
         filled = min(self.k, HISTORY)
         f = np.empty((n, N_FEATURES), order="F")  # filled a column at a time
-        f[:, 0] = np.log1p(arr)
+        f[:, 0] = log1p_count(obs.arrivals)
         f[:, 1] = np.log1p(np.maximum(self.sum5, 0.0) / min(self.k, 5))
         f[:, 2] = np.log1p(np.maximum(self.sum60, 0.0) / filled)
-        f[:, 3] = np.log1p(self.idle_ticks) / np.log(GAP_BINS)
+        f[:, 3] = log1p_count(self.idle_ticks) / np.log(GAP_BINS)
         f[:, 4:7] = self.hazard(HAZARD_K)
-        f[:, 7] = np.log1p(obs.idle_warm)
-        f[:, 8] = np.log1p(obs.busy)
-        f[:, 9] = np.log1p(obs.starting)
+        f[:, 7] = log1p_count(obs.idle_warm)
+        f[:, 8] = log1p_count(obs.busy)
+        f[:, 9] = log1p_count(obs.starting)
         f[:, 10] = np.log1p(self.cold_ewma)
         f[:, 11] = np.log1p(self.waste_ewma)
         t = obs.epoch_s + obs.now
@@ -129,7 +156,7 @@ class FeatureBuilder:
         f[:, 22] = obs.memory_used_gb / cap if np.isfinite(cap) and cap > 0 else 0.0
         f[:, 23] = np.log1p(arr.sum()) / 10.0
         f[:, 24] = np.log1p(self.rate_ewma)
-        f[:, 25] = np.log1p(obs.peak_in_flight)
+        f[:, 25] = log1p_count(obs.peak_in_flight)
         if peak_quantiles is not None:
             f[:, 26:29] = np.log1p(peak_quantiles[:, _PEAK_COLUMNS])
         else:
@@ -144,48 +171,66 @@ class FeatureBuilder:
         m = self.idle_ticks
         # The cumulative histogram at m (gaps <= m: already ruled out) and at m + k: integer counts, so these are
         # the same float64 values as columns of `cum_gaps`.
-        cum = _cumulative_at(self.gap_hist, self.n_gaps,
-                             np.minimum(m[:, None] + np.array((0, *ks)), GAP_BINS - 1))
+        cum = _cumulative_at(self.gap_head, self.gap_tail, self.n_gaps, m, np.array((0, *ks), np.int64))
         total = self.n_gaps.astype(np.float64)
         below = cum[:, 0]
         survive = np.maximum(total - below, 0.0)
         filled = max(min(self.k, HISTORY), 1)
-        rate = np.maximum(self.sum60, 0.0) / filled
+        few = np.flatnonzero(total < 3)  # too few gaps: the rate's answer (exp only where it is used)
+        rate = np.maximum(self.sum60[few], 0.0) / filled
         out = np.empty((self.n, len(ks)))
         for j, k in enumerate(ks):
             within = cum[:, j + 1] - below
-            p_hist = np.where(survive > 0, within / np.maximum(survive, 1e-9), 0.0)
-            p_rate = 1.0 - np.exp(-rate * k)
-            out[:, j] = np.where(total >= 3, p_hist, p_rate)
+            out[:, j] = np.where(survive > 0, within / np.maximum(survive, 1e-9), 0.0)
+            out[few, j] = 1.0 - np.exp(-rate * k)
         return out
 
 
+def log1p_count(x: np.ndarray) -> np.ndarray:
+    """`np.log1p(x)` (float64), by lookup where `x` holds integers in [0, LOG1P_TABLE): the table holds
+    numpy's own values, so the result is the same to the bit either way."""
+    x = np.asarray(x)
+    if x.dtype.kind in "iu" and len(x) and x.min() >= 0 and x.max() < LOG1P_TABLE:
+        return _LOG1P_INTEGERS[x]
+    return np.log1p(x)
+
+
 @njit(cache=True)
-def _count_gaps(gap_hist, n_gaps, rows, gap):
+def _count_gaps(gap_head, gap_tail, n_gaps, rows, gap):
     """One more gap of `gap[r]` ticks for each row r of `rows`."""
+    head = gap_head.shape[1]
     for r in rows:
-        gap_hist[r, gap[r]] += 1
+        g = gap[r]
+        if g < head:
+            for b in range(g, head):
+                gap_head[r, b] += 1
+        else:
+            gap_tail[r, g] += 1
         n_gaps[r] += 1
 
 
 @njit(cache=True)
-def _cumulative_at(gap_hist, n_gaps, at):
-    """(F, len(at[0])) float64: for each row r, the number of its gaps of at most at[r, j] ticks (the
-    cumulative histogram there), summed over the shorter side of the histogram."""
-    n, nb = gap_hist.shape
-    out = np.empty(at.shape)
+def _cumulative_at(gap_head, gap_tail, n_gaps, idle, ks):
+    """(F, len(ks)) float64: for each row r, the number of its gaps of at most idle[r] + ks[j] ticks (the
+    cumulative histogram there): from the head's cumulative counts, or the head's total plus the tail up to
+    the bin, or all gaps less the tail above it, whichever reads fewer bins."""
+    n, nb = gap_tail.shape
+    head = gap_head.shape[1]
+    out = np.empty((n, len(ks)))
     for r in range(n):
-        for j in range(at.shape[1]):
-            b = at[r, j]
+        for j in range(len(ks)):
+            b = min(idle[r] + ks[j], nb - 1)
             if b >= nb - 1:
                 c = n_gaps[r]
-            elif 2 * b < nb:
-                c = 0
-                for g in range(b + 1):
-                    c += gap_hist[r, g]
+            elif b < head:
+                c = np.int64(gap_head[r, b])
+            elif 2 * b < nb + head:
+                c = np.int64(gap_head[r, head - 1])
+                for g in range(head, b + 1):
+                    c += gap_tail[r, g]
             else:
                 c = n_gaps[r]
                 for g in range(b + 1, nb):
-                    c -= gap_hist[r, g]
+                    c -= gap_tail[r, g]
             out[r, j] = c
     return out

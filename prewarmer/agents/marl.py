@@ -64,7 +64,9 @@ class MARLPolicy(Policy):
         self.teacher, self.teacher_acts = teacher, teacher_acts
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = "marl"
-        self.last: dict[str, np.ndarray] = {}
+        self.last: dict[str, np.ndarray | None] = {}
+        # Whether `last` keeps the chosen actions' log-probabilities (training reads them; acting does not).
+        self.keep_logp = sample
         # Inference-time settings (see `registry`): the price of an idle GB-minute, in cold starts, at which
         # the agents score their provisioning options (default: the one trained with, saved in the
         # checkpoint), and a cap on the keep-alive they take from hybrid when it does not prewarm: seconds, or
@@ -167,13 +169,15 @@ class MARLPolicy(Policy):
                        prewarm_delay_s=hybrid.prewarm_delay_s)
 
     @torch.no_grad()
-    def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(choices, log-probabilities) for every function in one forward pass."""
+    def act(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(choices, log-probabilities or None without `keep_logp`) for every function in one forward pass."""
         logits = in_row_blocks(self.model.infer_logits, torch.from_numpy(feats))
         if self.sample:
             choice = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=self.generator).squeeze(1)
         else:
             choice = logits.argmax(dim=1)
+        if not self.keep_logp:
+            return choice.numpy(), None
         logp = torch.log_softmax(logits, dim=1).gather(1, choice[:, None]).squeeze(1)
         return choice.numpy(), logp.numpy()
 

@@ -40,9 +40,11 @@ def sigmoid_form(body: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]
     return out
 
 
-def sigmoid_mlp(body: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`body(x)` for a Linear-Tanh-...-Linear stack through `sigmoid_form`, the sigmoids in place; under no_grad."""
-    layers = sigmoid_form(body)
+def sigmoid_mlp(body: nn.Sequential, x: torch.Tensor,
+                layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """`body(x)` for a Linear-Tanh-...-Linear stack through `sigmoid_form` (or its `layers`, computed before),
+    the sigmoids in place; under no_grad."""
+    layers = sigmoid_form(body) if layers is None else layers
     h = x
     for k, (w_t, b) in enumerate(layers):
         h = torch.addmm(b, h, w_t)
@@ -61,13 +63,19 @@ class ActorCritic(nn.Module):
         # What one idle GB held for a tick costs against a cold start, for the agents' scoring of their
         # provisioning options (`prewarmer.agents.experts`): set by training from its reward, saved with it.
         self.register_buffer("idle_gb_tick_cost", torch.tensor(0.07))
+        self._actor_form: tuple[tuple, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def logits(self, local: torch.Tensor) -> torch.Tensor:
         return self.actor(local)
 
     def infer_logits(self, local: torch.Tensor) -> torch.Tensor:
         """`logits` for acting (no autograd; see `sigmoid_form`): equal to `logits` within float rounding."""
-        return sigmoid_mlp(self.actor, local)
+        # The rewritten weights are kept until a weight changes (training and loading change them in place,
+        # which bumps their version): rewriting them took a fifth of the actor's time at 10k functions.
+        key = tuple((id(p), p._version) for p in self.actor.parameters())
+        if self._actor_form is None or self._actor_form[0] != key:
+            self._actor_form = key, sigmoid_form(self.actor)
+        return sigmoid_mlp(self.actor, local, self._actor_form[1])
 
     def value(self, local: torch.Tensor, global_summary: torch.Tensor) -> torch.Tensor:
         g = global_summary.expand(local.shape[0], -1) if global_summary.dim() == 2 and global_summary.shape[0] == 1 \

@@ -67,8 +67,40 @@ class PeakQuantileNet(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` for inference (no autograd), the same result to the bit."""
-        return torch.stack([m.infer(x) for m in self.members]).mean(dim=0)
+        """`forward` for inference (no autograd), the same result to the bit: each member's network and the
+        softplus of its steps run in torch as in `forward`; the sums that build and average the quantiles
+        (`_average_quantiles`) run in one compiled pass instead of five tensor operations per member."""
+        zs = tuple(mlp_inference(m.body, x).numpy() for m in self.members)
+        steps = tuple(nn.functional.softplus(torch.from_numpy(z[:, 1:].copy())).numpy() for z in zs)
+        out = np.empty((len(x), len(TAUS)), np.float32)
+        _average_quantiles(x.numpy(), zs, steps, out)
+        return torch.from_numpy(out)
+
+
+@njit(cache=True)
+def _average_quantiles(x, zs, steps, out):
+    """The members' average of `_QuantileMLP._quantiles`, as torch computes it: each member's base (input 0
+    plus output 0, float32), its cumulative steps (torch's CPU cumsum adds in float64 and rounds each sum to
+    float32), base + step sums; then the members' float32 sum in order, divided by their number (torch's
+    mean over the stacked members). tests/test_peak.py checks it against `forward` to the bit."""
+    members = len(zs)
+    width = out.shape[1]
+    q = np.empty(width, np.float32)
+    total = np.empty(width, np.float32)
+    for r in range(out.shape[0]):
+        total[:] = 0
+        for m in range(members):
+            z, step = zs[m], steps[m]
+            base = np.float32(x[r, 0] + z[r, 0])
+            q[0] = base
+            acc = 0.0
+            for j in range(1, width):
+                acc += np.float64(step[r, j - 1])
+                q[j] = np.float32(base + np.float32(acc))
+            for j in range(width):
+                total[j] = np.float32(total[j] + q[j])
+        for j in range(width):
+            out[r, j] = np.float32(total[j] / np.float32(members))
 
 
 class PeakHistory:
