@@ -320,3 +320,31 @@ def test_feature_builder_pickled_with_the_whole_gap_histogram_reads_on():
     assert np.array_equal(restored.cum_gaps, fb.cum_gaps)
     assert np.array_equal(restored.hazard((1, 5, 15)), fb.hazard((1, 5, 15)))
     assert np.array_equal(pickle.loads(pickle.dumps(restored)).gap_head, fb.gap_head)
+
+
+def test_provisioning_tracker_kernels_match_numpy():
+    """The tracker's charge, keep-alive pool and cheapest option are numpy's arithmetic to the bit, ties (first
+    wins) and NaN (argmin: the first NaN) included."""
+    from prewarmer.agents import experts
+
+    rng = np.random.default_rng(8)
+    n, k = 3000, 5
+    short = rng.integers(0, 4, (n, k)).astype(np.float64) * rng.choice([1.0, 0.3], (n, k))
+    idle = rng.random((n, k)) * rng.integers(0, 2, (n, k))
+    pools = rng.integers(0, 6, (n, k)).astype(np.float64)
+    need = rng.integers(0, 6, n).astype(np.float64)
+    gb = rng.choice([0.125, 0.25, 1.5], n)
+    decay = 0.5 ** (1 / 120)
+    want_short = decay * short + np.maximum(need[:, None] - pools, 0.0)
+    want_idle = decay * idle + np.maximum(pools - need[:, None], 0.0) * gb[:, None]
+    experts._charge(short, idle, pools, need, gb, decay)
+    assert np.array_equal(short, want_short) and np.array_equal(idle, want_idle)
+    short[:50] = 1.0  # ties
+    idle[:50] = 0.0
+    short[60, 2] = np.nan
+    for cold, price in ((1.0, 0.07), (1.0, 0.0), (2.0, 1.3)):
+        want = np.argmin(cold * short + price * idle, axis=1)
+        assert np.array_equal(experts._cheapest(short, idle, cold, price), want)
+    peaks = rng.integers(0, 9, (n, 60)).astype(np.float64)
+    peaks[7, 3] = np.nan
+    assert np.array_equal(experts._row_max(peaks, 10), peaks[:, :10].max(axis=1), equal_nan=True)

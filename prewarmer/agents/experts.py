@@ -16,6 +16,7 @@ On functions the forecaster never saw this costs less than any one quantile for 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from prewarmer.agents.action_space import FORECAST, KA10, forecast_pools, newsvendor_choice
 
@@ -53,9 +54,7 @@ class ProvisioningTracker:
         """Charge every option for the tick that just ended (its peak is now known)."""
         if self.pools is None:
             return
-        need = np.asarray(peak_in_flight, np.float64)[:, None]
-        self.short = self.decay * self.short + np.maximum(need - self.pools, 0.0)
-        self.idle = self.decay * self.idle + np.maximum(self.pools - need, 0.0) * self.gb[:, None]
+        _charge(self.short, self.idle, self.pools, np.asarray(peak_in_flight, np.float64), self.gb, self.decay)
         self.scored += 1
 
     @property
@@ -71,11 +70,61 @@ class ProvisioningTracker:
     def propose(self, quantiles: np.ndarray, recent_peaks: np.ndarray) -> None:
         """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks
         of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
-        keep_alive_pool = recent_peaks[:, :KEEP_ALIVE_TICKS].max(axis=1)[:, None]
+        keep_alive_pool = _row_max(recent_peaks, KEEP_ALIVE_TICKS)[:, None]
         self.pools = np.concatenate([forecast_pools(quantiles), keep_alive_pool], axis=1)
 
     def best(self) -> np.ndarray:
         """The choice (an `action_space` index) of the lowest-scored option of every function."""
         if self.scored < self.warmup:
             return self.fallback
-        return OPTION_CHOICES[self.score.argmin(axis=1)]
+        return OPTION_CHOICES[_cheapest(self.short, self.idle, self.cold_cost, self.idle_cost)]
+
+
+# The kernels below do numpy's arithmetic row by row in one pass (each product and sum rounded on its own, as
+# numpy's temporaries are): the same values to the bit, without a temporary per operation (tests/test_fast_paths.py).
+
+@njit(cache=True)
+def _charge(short, idle, pools, need, gb, decay):
+    """In place: short = decay * short + max(need - pools, 0); idle = decay * idle + max(pools - need, 0) * gb."""
+    for r in range(short.shape[0]):
+        for j in range(short.shape[1]):
+            d = need[r] - pools[r, j]
+            short[r, j] = decay * short[r, j] + _maximum(d, 0.0)
+            e = pools[r, j] - need[r]
+            idle[r, j] = decay * idle[r, j] + _maximum(e, 0.0) * gb[r]
+
+
+@njit(cache=True, inline="always")
+def _maximum(a, b):
+    return a if (a >= b or a != a) else b  # np.maximum's: the first of equal ones, NaN wins
+
+
+@njit(cache=True)
+def _row_max(a, width):
+    """np.max(a[:, :width], axis=1)."""
+    out = np.empty(a.shape[0])
+    for r in range(a.shape[0]):
+        m = a[r, 0]
+        for j in range(1, width):
+            m = _maximum(m, a[r, j])
+        out[r] = m
+    return out
+
+
+@njit(cache=True)
+def _cheapest(short, idle, cold_cost, idle_cost):
+    """np.argmin(cold_cost * short + idle_cost * idle, axis=1): the first of equal ones, the first NaN."""
+    out = np.empty(short.shape[0], np.int64)
+    for r in range(short.shape[0]):
+        best = cold_cost * short[r, 0] + idle_cost * idle[r, 0]
+        k = 0
+        if best == best:
+            for j in range(1, short.shape[1]):
+                v = cold_cost * short[r, j] + idle_cost * idle[r, j]
+                if v != v:
+                    k = j
+                    break
+                if v < best:
+                    best, k = v, j
+        out[r] = k
+    return out
