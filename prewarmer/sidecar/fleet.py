@@ -41,7 +41,7 @@ class WarmFleet:
         # `max_instances`: the platform's most replicas per function (replay's `max_instances`): beyond it requests
         # wait for a busy instance, in the model as on the platform.
         self.state = SimState(mem, np.full(len(mem), DEFAULT_STARTUP_S), np.zeros(len(mem)),
-                              max_instances=max_instances)
+                              max_instances=max_instances, latency_histogram=False)
         self.now = -np.inf  # where the model stands (its clock starts at the first call)
         self._behind_until = np.full(len(mem), -np.inf)  # see `behind`
         # Reported requests not yet replayed (arrival, function, execution time).

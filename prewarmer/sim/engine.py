@@ -328,6 +328,8 @@ def _touch(fs, fi, f, t):
 @njit(cache=True, _nrt=False, inline="always")
 def _record_latency(lat_hist, fs, f, seconds):
     fs[f, S_LAT_SUM] += seconds
+    if lat_hist.shape[0] == 0:  # no histogram kept (the sidecar's warm fleet): skip the logarithm
+        return
     ms = seconds * 1000.0
     if ms <= 10.0 ** LAT_MIN_EXP:
         b = 0
