@@ -90,18 +90,38 @@ def _target(text: str) -> float | None:
     return value
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
+def _floor_spec(text: str) -> float | str | None:
+    """`off`, `inflight`, or a forecast quantile as `q50` / `q75` / ... (`MARLPolicy.floor`)."""
+    if text in ("off", "inflight"):
+        return None if text == "off" else text
+    from prewarmer.forecast.peak import TAUS
+
+    tau = int(text[1:]) / 100.0 if text[:1] == "q" and text[1:].isdigit() else None
+    if tau not in TAUS:
+        raise ValueError(f"floor must be off, inflight or a forecast quantile "
+                         f"({', '.join(f'q{round(100 * t)}' for t in TAUS)}), got {text!r}")
+    return tau
+
+
 def _cap(text: str) -> float | str | None:
     return {"off": None, "priced": "priced"}[text] if text in ("off", "priced") else parse_duration(text)
 
 
 _MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration),
          "cold_target": ("cold_target", _target), "waste_target": ("waste_target", _target),
-         "cap_gaps": ("cap_gaps", int)}
+         "cap_gaps": ("cap_gaps", int), "floor": ("floor", _floor_spec),
+         "low": ("low", _on_off)}
 
 
 def _marl(rest: str, online: bool) -> Maker:
     """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off]
-    [,waste_target=W|off][,cap_gaps=N]`:
+    [,waste_target=W|off][,cap_gaps=N][,floor=qNN|inflight|off][,low=on|off]`:
     the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 

@@ -8,7 +8,8 @@
   instances now (starting missing ones, releasing idle ones beyond it), instances that idle during
   the tick are kept 5 minutes (past the next decision, which trims them), the last one follows hybrid's keep-alive;
 - forecast tracked: whichever of those quantiles or the 10-minute keep-alive has cost this function
-  least so far (`prewarmer.agents.experts`).
+  least so far (`prewarmer.agents.experts`); with `marl`'s `low` setting also the median (`LOW`, a choice
+  only the tracker makes).
 These map onto the verbs every actuator implements (keep-alive, prewarm delay, release idle, scale to n).
 
 `teacher_choice` is the hand-written rule the agents are first cloned from before PPO (see
@@ -31,22 +32,31 @@ N_CHOICES = len(CHOICES)
 KEEP, RELEASE, KA1, KA10, KA30, HYBRID = range(6)
 FORECAST = np.arange(6, 6 + len(FORECAST_TAUS))  # choice index of each FORECAST_TAUS entry
 TRACKED = N_CHOICES - 1
-_TAU_COLUMN = np.array([TAUS.index(t) for t in FORECAST_TAUS])
-_KEEP_ALIVE = np.array([np.nan, 0.0, 60.0, 600.0, 1800.0, np.nan] + [np.nan] * (N_CHOICES - 6))  # forecasts: below
+# Forecast quantiles below the network's that only `forecast tracked` may provision (`marl`'s `low`
+# setting): choice indices after the network's, so the network and its checkpoints are unchanged.
+LOW_TAUS = (0.5,)
+LOW = np.arange(N_CHOICES, N_CHOICES + len(LOW_TAUS))
+_CHOICE_TAU_COLUMN = np.array([0] * FORECAST[0] + [TAUS.index(t) for t in FORECAST_TAUS] + [0]
+                              + [TAUS.index(t) for t in LOW_TAUS])  # the forecast column of every choice
+_KEEP_ALIVE = np.full(N_CHOICES + len(LOW_TAUS), np.nan)  # forecasts: below
+_KEEP_ALIVE[[RELEASE, KA1, KA10, KA30]] = (0.0, 60.0, 600.0, 1800.0)
 FORECAST_HOLD_S = 300.0  # instances idle after a forecast tick: long enough to outlive a tick, scale_to trims them
 
 
 def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, prewarm_delay: np.ndarray,
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None,
                tracked: np.ndarray | None = None, hold_s: float = FORECAST_HOLD_S,
-               ) -> tuple[Actions, np.ndarray, np.ndarray]:
+               floor: np.ndarray | None = None) -> tuple[Actions, np.ndarray, np.ndarray]:
     """Platform actions for each function's choice, and the (keep-alive, prewarm delay) now in force.
 
     `hybrid` holds the shadow hybrid policy's current windows (the `hybrid` and forecast choices use
     them); `peak_quantiles` (F, len(TAUS)) the peak forecaster's answer (needed by forecast choices);
     `tracked` the choice `forecast tracked` stands for, per function (a forecast quantile or KA10);
     `hold_s` how long a forecast choice's instances beyond the last one stay idle (the default outlives a
-    tick, so the next decision trims them; shorter lets unused ones go within the tick)."""
+    tick, so the next decision trims them; shorter lets unused ones go within the tick). `floor` (F,), if
+    given, is a warm floor for forecast choices (`Actions.min_instances`, at most the forecast's pool): those
+    instances are held whatever `hold_s` says, so a short `hold_s` lets only the ones above it go within the
+    tick, as hybrid lets a busy function's scale-out go; other choices lift any floor (0)."""
     choice = np.asarray(choice, np.int64)
     if (choice == TRACKED).any():
         if tracked is None:
@@ -69,7 +79,7 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     surplus = np.where(forecast, hold_s, surplus)
     scale = np.full(n, -1, np.int64)
     if peak_quantiles is not None and forecast.any():
-        pool = forecast_pools(peak_quantiles)[np.arange(n), np.clip(choice - FORECAST[0], 0, len(FORECAST_TAUS) - 1)]
+        pool = np.ceil(peak_quantiles[np.arange(n), _CHOICE_TAU_COLUMN[choice]] - 0.05)
         # Trim to the forecast but never below one while an instance is alive: the last one's fate is
         # its keep-alive (hybrid's), as for a rarely invoked function under hybrid.
         target = np.maximum(pool, np.minimum(obs.alive, 1))
@@ -77,13 +87,17 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     new_ka = np.where(np.isnan(ka), keep_alive, ka)
     new_pw = np.where(np.isnan(pw), prewarm_delay, pw)
     release = np.where(choice == RELEASE, np.iinfo(np.int32).max, 0).astype(np.int64)
+    floored = None
+    if floor is not None:
+        floored = np.where(forecast, np.minimum(np.asarray(floor, np.int64), np.maximum(scale, 0)), 0)
     return Actions(keep_alive_s=ka, surplus_keep_alive_s=surplus, prewarm_delay_s=pw, scale_to=scale,
-                   release_idle=release), new_ka, new_pw
+                   release_idle=release, min_instances=floored), new_ka, new_pw
 
 
-def forecast_pools(peak_quantiles: np.ndarray) -> np.ndarray:
-    """(F, len(FORECAST_TAUS)) instances each forecast choice provisions, from the forecaster's (F, len(TAUS))."""
-    return np.ceil(peak_quantiles[:, _TAU_COLUMN] - 0.05)
+def forecast_pools(peak_quantiles: np.ndarray, choices: np.ndarray = FORECAST) -> np.ndarray:
+    """(F, len(choices)) instances each forecast choice (default: the network's) provisions, from the
+    forecaster's (F, len(TAUS))."""
+    return np.ceil(peak_quantiles[:, _CHOICE_TAU_COLUMN[choices]] - 0.05)
 
 
 def newsvendor_choice(memory_mb: np.ndarray, cold_start_cost: float, idle_gb_tick_cost: float) -> np.ndarray:

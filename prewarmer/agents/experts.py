@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from prewarmer.agents.action_space import FORECAST, KA10, forecast_pools, newsvendor_choice
+from prewarmer.agents.action_space import FORECAST, KA10, LOW, forecast_pools, newsvendor_choice
 
 KEEP_ALIVE_TICKS = 10  # the keep-alive option's pool: the largest peak of this many ticks
 OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is carried out by
@@ -26,15 +26,18 @@ OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is
 
 class ProvisioningTracker:
     def __init__(self, memory_mb: np.ndarray, idle_gb_tick_cost: float, cold_start_cost: float = 1.0,
-                 halflife: float = 120.0, warmup: int = 60) -> None:
+                 halflife: float = 120.0, warmup: int = 60, low: bool = False) -> None:
         self.gb = np.asarray(memory_mb, np.float64) / 1024.0
+        # With `low`, the quantiles below the network's (`action_space.LOW`) are options too: where idle memory
+        # is dear, q75 is not the least a function may provision. The keep-alive option stays last.
+        self.options = np.concatenate([LOW, OPTION_CHOICES]) if low else OPTION_CHOICES
         self.idle_cost, self.cold_cost = idle_gb_tick_cost, cold_start_cost
         self.decay = 0.5 ** (1.0 / halflife)
         self.warmup = warmup
         # Decayed sums of instances short (cold starts) and idle GB-ticks per option: the score is their
         # priced sum, so a new idle price applies to the whole history at once.
-        self.short = np.zeros((len(self.gb), len(OPTION_CHOICES)))
-        self.idle = np.zeros((len(self.gb), len(OPTION_CHOICES)))
+        self.short = np.zeros((len(self.gb), len(self.options)))
+        self.idle = np.zeros((len(self.gb), len(self.options)))
         self.pools: np.ndarray | None = None  # what each option would provision for the coming tick
         self.scored = 0
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), cold_start_cost, idle_gb_tick_cost)
@@ -71,13 +74,13 @@ class ProvisioningTracker:
         """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks
         of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
         keep_alive_pool = _row_max(recent_peaks, KEEP_ALIVE_TICKS)[:, None]
-        self.pools = np.concatenate([forecast_pools(quantiles), keep_alive_pool], axis=1)
+        self.pools = np.concatenate([forecast_pools(quantiles, self.options[:-1]), keep_alive_pool], axis=1)
 
     def best(self) -> np.ndarray:
         """The choice (an `action_space` index) of the lowest-scored option of every function."""
         if self.scored < self.warmup:
             return self.fallback
-        return OPTION_CHOICES[_cheapest(self.short, self.idle, self.cold_cost, self.idle_cost)]
+        return self.options[_cheapest(self.short, self.idle, self.cold_cost, self.idle_cost)]
 
 
 # The kernels below do numpy's arithmetic row by row in one pass (each product and sum rounded on its own, as

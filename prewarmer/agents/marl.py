@@ -24,7 +24,7 @@ from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.keep_alive import priced_keep_alive, window_idle_s
 from prewarmer.agents.network import ActorCritic
-from prewarmer.forecast.peak import N_PEAKS, PeakHistory, in_row_blocks, predict
+from prewarmer.forecast.peak import N_PEAKS, TAUS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
 from prewarmer.policies.base import Policy, pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
@@ -38,6 +38,8 @@ from prewarmer.workloads.base import FunctionTable
 COLD_TARGET: float | None = 1.05
 WASTE_TARGET: float | None = None
 KEEP_ALIVE_CAP: float | str | None = None
+FLOOR: float | str | None = None
+LOW_QUANTILES = False
 PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
 PRICE_WARMUP = 30  # ticks scored before the price moves
 PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
@@ -51,7 +53,8 @@ class MARLPolicy(Policy):
                  sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True,
                  idle_price: float | None = None, keep_alive_cap_s: float | str | None = KEEP_ALIVE_CAP,
                  hold_s: float = FORECAST_HOLD_S, cold_target: float | None = COLD_TARGET, cap_gaps: int = 3,
-                 waste_target: float | None = WASTE_TARGET) -> None:
+                 waste_target: float | None = WASTE_TARGET, floor: float | str | None = FLOOR,
+                 low: bool = LOW_QUANTILES) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -84,6 +87,15 @@ class MARLPolicy(Policy):
         # rises while waste is above its target and cold starts are below theirs, and falls otherwise.
         self.waste_target = waste_target
         self.cap_gaps = cap_gaps  # idle gaps a function has had before the priced cap judges it
+        # With `floor` (a quantile of `TAUS` of the forecast peak, or "inflight": the requests in the system
+        # when the tick starts), a forecast choice holds that many instances for the whole tick and lets those
+        # above it go after `hold_s` idle, in continuous time (`floor_instances`).
+        if floor is not None and floor != "inflight" and floor not in TAUS:
+            raise ValueError(f"floor must be one of {TAUS} or 'inflight', got {floor!r}")
+        self.floor = floor
+        # With `low`, `forecast tracked` may also provision quantiles below the network's lowest (q75): what a
+        # high price asks of a busy function (`experts.ProvisioningTracker`).
+        self.low = low
         self.price = self.idle_gb_tick_cost
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
@@ -94,7 +106,7 @@ class MARLPolicy(Policy):
         self.price = self.idle_gb_tick_cost
         self.cold_sum = self.keep_alive_cold_sum = 0.0
         self.waste_sum = self.hybrid_waste_sum = 0.0
-        self.tracker = ProvisioningTracker(self.memory_mb, self.price)
+        self.tracker = ProvisioningTracker(self.memory_mb, self.price, low=self.low)
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
@@ -203,9 +215,18 @@ class MARLPolicy(Policy):
         actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
                                                                   self._capped(self.hybrid_actions), quantiles,
                                                                   self.tracker.best(),
-                                                                  self.hold_s)
+                                                                  self.hold_s, self.floor_instances(obs, quantiles))
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
+
+    def floor_instances(self, obs: Observation, quantiles: np.ndarray) -> np.ndarray | None:
+        """(F,) the warm floor of a forecast choice this tick (None without `floor`): the instances held for the
+        whole tick, while those above it go after `hold_s` idle."""
+        if self.floor is None:
+            return None
+        if self.floor == "inflight":
+            return np.asarray(obs.in_flight, np.int64)
+        return np.ceil(quantiles[:, TAUS.index(self.floor)] - 0.05).astype(np.int64)
 
     def describe(self) -> dict:
         meta = self.meta
@@ -214,7 +235,7 @@ class MARLPolicy(Policy):
         return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained,
                 "idle_gb_tick_cost": self.idle_gb_tick_cost, "keep_alive_cap_s": self.keep_alive_cap_s,
                 "hold_s": self.hold_s, "cold_target": self.cold_target, "waste_target": self.waste_target,
-                "price_now": self.price}
+                "floor": self.floor, "low": self.low, "price_now": self.price}
 
 
 def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:

@@ -197,12 +197,15 @@ class CoordinatedPolicy(Policy):
         return self.bound_scaling(self.hold_awards(actions), obs)
 
     def bound_scaling(self, actions: Actions, obs: Observation) -> Actions:
-        """An agent's `scale_to` within its award (prewarming beyond it would take memory the auction gave
-        others), and never down for an awarded function (its instances are held, as above)."""
+        """An agent's `scale_to` and warm floor within its award (prewarming beyond it would take memory the
+        auction gave others), and never down for an awarded function (its instances are held, as above)."""
         st = actions.scale_to
         if st is None:
             return actions
         limit = actions.max_instances if actions.max_instances is not None else np.full(len(st), UNLIMITED)
+        if actions.min_instances is not None:  # a warm floor starts instances too (`marl`'s `floor`)
+            mi = actions.min_instances
+            actions.min_instances = np.where(mi >= 0, np.minimum(mi, limit), mi).astype(np.int64)
         st = np.where(st >= 0, np.minimum(st, limit), st)
         actions.scale_to = np.where((self.holding > 0) & (st >= 0) & (st < obs.alive), -1, st).astype(np.int64)
         return actions
