@@ -370,3 +370,31 @@ def test_a_state_without_latency_histogram_runs_the_same():
     with_hist, without = states
     assert with_hist.lat_hist.sum() > 0 and len(without.lat_hist) == 0
     assert np.array_equal(with_hist.fi, without.fi) and np.array_equal(with_hist.fs, without.fs)
+
+
+def test_prefetch_hints_compile_and_change_nothing():
+    """The engine's prefetch hints (`sim/prefetch.py`) compile for the arrays it passes (1-D and 2-D, int and
+    float) and leave every value as it was; a call that does not fit (a 2-D array to the 1-D hint) is refused
+    when compiled, not turned into a wild address."""
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from prewarmer.sim.prefetch import prefetch, prefetch2
+
+    @njit
+    def touch(a, b, k):
+        prefetch(a, k)
+        prefetch2(b, k, b.shape[1] - 1)
+        return a[k] + b[k, 0]
+
+    a, b = np.arange(10.0), np.arange(30, dtype=np.int64).reshape(10, 3)
+    before = a.copy(), b.copy()
+    assert touch(a, b, 4) == 4.0 + 12
+    assert np.array_equal(a, before[0]) and np.array_equal(b, before[1])
+
+    @njit
+    def wrong(b):
+        prefetch(b, 1)
+
+    with pytest.raises(TypingError):
+        wrong(b)

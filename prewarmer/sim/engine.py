@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from prewarmer.sim.prefetch import prefetch, prefetch2
+
 # Per-function int columns (fi).
 F_ALIVE, F_BUSY, F_STARTING, F_IDLE, F_REQ, F_ARRIVALS, F_COLD, F_DONE, F_TIMEOUT = range(9)
 F_STARTS, F_STARTS_SERVED, F_RELEASED, F_PEND, F_PGEN, F_QLEN, F_CC, F_QUEUED = range(9, 17)
@@ -747,9 +749,40 @@ def advance(t_end, arr_t, arr_f, arr_d, pos, fs, fi, isf, isi, gi, gf, lh, lt, h
         else:
             if ta >= t_end:
                 return pos, STATUS_DONE, t_end
+            _prefetch_ahead(arr_f, pos, fs, fi, isf, isi, lh, lt)
             _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
                     lat_hist, rlog, it_f, it_v, arr_f[pos], ta, arr_d[pos])
             pos += 1
+
+
+PREFETCH_FUNCTION = 16  # arrivals ahead whose function's rows are prefetched
+PREFETCH_INSTANCE = 8  # arrivals ahead whose likely instance's rows are (its list heads were prefetched before)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_ahead(arr_f, pos, fs, fi, isf, isi, lh, lt):
+    """Start loading what the arrivals a little ahead will touch: their functions' rows and list heads, and the
+    instance `_arrive` will most likely pick. Hints only (nothing is written; a stale guess costs a load)."""
+    k = pos + PREFETCH_FUNCTION
+    if k < arr_f.shape[0]:
+        g = arr_f[k]
+        prefetch2(fs, g, 0)
+        prefetch2(fs, g, fs.shape[1] - 1)
+        prefetch2(fi, g, 0)
+        prefetch2(fi, g, fi.shape[1] // 2)
+        prefetch2(fi, g, fi.shape[1] - 1)
+        prefetch(lh, g * NLISTS)
+        prefetch(lt, g * NLISTS)
+    k = pos + PREFETCH_INSTANCE
+    if k < arr_f.shape[0]:
+        base = arr_f[k] * NLISTS
+        i = lh[base + L_PARTIAL]
+        if i < 0:
+            i = lt[base + L_IDLE]
+        if i >= 0:
+            prefetch2(isi, i, 0)
+            prefetch2(isi, i, isi.shape[1] - 1)
+            prefetch2(isf, i, 0)
 
 
 @njit(cache=True, _nrt=False)
