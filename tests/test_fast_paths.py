@@ -373,13 +373,13 @@ def test_a_state_without_latency_histogram_runs_the_same():
 
 
 def test_prefetch_hints_compile_and_change_nothing():
-    """The engine's prefetch hints (`sim/prefetch.py`) compile for the arrays it passes (1-D and 2-D, int and
+    """The engine's prefetch hints (`prewarmer/prefetch.py`) compile for the arrays it passes (1-D and 2-D, int and
     float) and leave every value as it was; a call that does not fit (a 2-D array to the 1-D hint) is refused
     when compiled, not turned into a wild address."""
     from numba import njit
     from numba.core.errors import TypingError
 
-    from prewarmer.sim.prefetch import prefetch, prefetch2
+    from prewarmer.prefetch import prefetch, prefetch2
 
     @njit
     def touch(a, b, k):

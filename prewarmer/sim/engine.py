@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from prewarmer.sim.prefetch import prefetch, prefetch2
+from prewarmer.prefetch import prefetch, prefetch2
 
 # Per-function int columns (fi).
 F_ALIVE, F_BUSY, F_STARTING, F_IDLE, F_REQ, F_ARRIVALS, F_COLD, F_DONE, F_TIMEOUT = range(9)

@@ -3,7 +3,8 @@ from compiled code.
 
 The engine handles each request in turn, and each touches its function's rows, scattered over memory when
 there are many functions: much of its time is spent waiting for those lines. Prefetching the rows of a
-request a few places ahead in the arrival order overlaps those waits. A hint only: no result changes.
+request a few places ahead in the arrival order overlaps those waits (the hybrid histogram's idle-time
+samples likewise). A hint only: no result changes.
 """
 
 from __future__ import annotations
