@@ -134,7 +134,7 @@ class CoordinatedPolicy(Policy):
         per_req = np.where(done, obs.busy_gb_s / np.maximum(self.mem_gb, 1e-9) / np.maximum(obs.completions, 1), 0)
         self.duration = np.where(done, 0.7 * self.duration + 0.3 * per_req, self.duration)
         self.peak = np.maximum(0.8 * self.peak, np.maximum(obs.concurrency, obs.in_flight))
-        if self.platform_caps:
+        if self.platform_caps and obs.dt > 0:
             self.demands = [*self.demands, self.demand(obs)][-self.short_ticks:]
         startup = obs.startup_s if obs.startup_s is not None else np.ones(len(self.rate))
         service = np.maximum(self.duration + startup / 10.0, 0.01)
