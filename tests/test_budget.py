@@ -243,7 +243,7 @@ def test_coordinating_under_a_cap_that_barely_binds_loses_no_more_requests_than_
     assert bid["cold_starts"] <= plain["cold_starts"]
 
 
-def test_memory_is_short_only_after_several_ticks_of_requests_that_fill_the_cap():
+def test_memory_is_short_after_several_ticks_of_requests_that_fill_the_cap_until_several_calm_ones():
     from types import SimpleNamespace
 
     from prewarmer.coord.policy import CoordinatedPolicy
@@ -260,15 +260,17 @@ def test_memory_is_short_only_after_several_ticks_of_requests_that_fill_the_cap(
         pol.bids(obs)
         return pol.short
 
-    pol = CoordinatedPolicy(KeepAlivePolicy(600.0), short_ticks=3)
+    pol = CoordinatedPolicy(KeepAlivePolicy(600.0), short_ticks=3, calm_ticks=3)
     pol.reset(_long_and_short().functions, 0.0)
     burst = np.array([40.0] + [0.0] * (n - 1))  # 40 GB of requests on average over the tick: the whole cap
     calm = np.array([10.0] + [0.0] * (n - 1))
     # An hourly burst: one full tick between calm ones never makes memory short (limits set on the burst's tick
     # would cut the calm tick after it).
     assert [tick(pol, c) for c in (calm, burst, calm, calm)] == [False] * 4
-    # Three full ticks in a row do; one calm tick ends it.
-    assert [tick(pol, c) for c in (burst, burst, burst, calm)] == [False, False, True, False]
+    # Three full ticks in a row do; a dip does not end it (lifting the limits for a tick lets the platform
+    # thrash), three calm ticks in a row do.
+    assert [tick(pol, c) for c in (burst, burst, burst, calm, burst)] == [False, False, True, True, True]
+    assert [tick(pol, c) for c in (calm, calm, calm)] == [True, True, False]
     # Requests that limits make time out leave the system, but their arrivals still need the memory:
     # 1 request a second of 38 s each, 38 GB, with only 20 GB of them in the system.
     for _ in range(20):  # the duration and rate estimates settle
@@ -295,7 +297,7 @@ def test_a_coordinator_pickled_by_an_earlier_version_is_read_and_goes_on(era):
     n = 9
     pol.held = np.array([3] + [0] * (n - 1), np.int64)
     pol.limits = np.array([3] + [UNLIMITED] * (n - 1), np.int64)
-    for name in ("demand_share", "short_ticks", "demands"):
+    for name in ("demand_share", "short_ticks", "calm_ticks", "demands", "memory_short"):
         del pol.__dict__[name]  # as a coordinator of before the shortage gate was pickled
     if era == "with the trial of limits":
         pol.__dict__.update(trial_limits=True, loss={True: 0.01, False: 0.02}, limited_now=True, trialed_now=True,
