@@ -6,16 +6,14 @@ expects to need over the horizon (its recent peak of requests in the system, wit
 bids for the k-th of them its expected value per GB-s: the probability that a k-th instance is
 needed × the requests one instance completes per GB-s (short, small functions serve many requests
 per GB). `allocate` awards the bids by value within the budget, tenant quotas and instance limits.
-When the budget binds (some bid is refused) and the platform has shown contention within the last
-`contention_ticks` ticks (requests queued for memory or timed out; not those waiting at their own
-function's limit), no function may run more than its award (at least one instance;
-`Actions.max_instances`): further requests wait for one of the function's own instances instead of
-taking memory that serves more requests elsewhere. When nothing is refused, or memory still serves
-every request, nobody is limited. Under a cap the platform enforces itself, awards (limits and holds,
-below) apply only while memory is short (`short`): the requests in the system have needed at least
-`demand_share` of the cap on each of `short_ticks` ticks in a row (until `calm_ticks` ticks in a row below
-it). Below that the platform finds memory for every request by evicting idle instances, and a limit only
-makes a function's requests wait.
+When the budget binds (some bid is refused), no function may run more than its award (at least one
+instance; `Actions.max_instances`): further requests wait for one of the function's own instances
+instead of taking memory that serves more requests elsewhere. When nothing is refused, nobody is
+limited. Under a cap the platform enforces itself, awards (limits and holds, below) apply only while
+memory is short as well (`short`): from when the requests have needed at least `demand_share` of the cap
+on `short_ticks` ticks in a row until they have needed less on `calm_ticks` ticks in a row. Below that the
+platform finds memory for every request by evicting idle instances, and a limit only makes a function's
+requests wait.
 Awards lost to higher bids are decommitments: the holder is compensated (`decommit_penalty` × its
 bid value), which trainers add to its reward.
 
