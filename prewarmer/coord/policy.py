@@ -6,14 +6,14 @@ expects to need over the horizon (its recent peak of requests in the system, wit
 bids for the k-th of them its expected value per GB-s: the probability that a k-th instance is
 needed × the requests one instance completes per GB-s (short, small functions serve many requests
 per GB). `allocate` awards the bids by value within the budget, tenant quotas and instance limits.
-When the budget binds (some bid is refused) and the platform has shown contention within the last
-`contention_ticks` ticks (requests queued for memory or timed out; not those waiting at their own
-function's limit), no function may run more than its award (at least one instance;
-`Actions.max_instances`): further requests wait for one of the function's own instances instead of
-taking memory that serves more requests elsewhere. When nothing is refused, or memory still serves
-every request, nobody is limited. Under a cap the platform enforces itself, the limits are on trial
-against going without them (`limits_pay`): they apply only while the contended ticks run with them
-have lost a smaller share of their arrivals at the deadline than those run without.
+When the budget binds (some bid is refused), no function may run more than its award (at least one
+instance; `Actions.max_instances`): further requests wait for one of the function's own instances
+instead of taking memory that serves more requests elsewhere. When nothing is refused, nobody is
+limited. Under a cap the platform enforces itself, awards (limits and holds, below) apply only while
+memory is short as well (`short`): from when the requests have needed at least `demand_share` of the cap
+on `short_ticks` ticks in a row until they have needed less on `calm_ticks` ticks in a row. Below that the
+platform finds memory for every request by evicting idle instances, and a limit only makes a function's
+requests wait.
 Awards lost to higher bids are decommitments: the holder is compensated (`decommit_penalty` × its
 bid value), which trainers add to its reward.
 
@@ -38,12 +38,6 @@ from prewarmer.policies.base import Policy, pad
 from prewarmer.workloads.base import FunctionTable
 
 UNLIMITED = 1 << 40
-# The trial of limits (`CoordinatedPolicy.limits_pay`): the weight of a tick's loss in its way's figure (as the
-# coordinator's other per-tick averages), and the fade of the other way's figure per tick: it halves in 6 hours
-# of ticks (chosen on the shared day's folds 0 and 1, minutes 720:1440, with the shipped checkpoint: halving in
-# one hour re-tried going without limits so often where the cap binds hard that a third of their gain was lost).
-TRIAL_WEIGHT = 0.3
-TRIAL_FADE = 0.5 ** (1.0 / 360.0)
 # The agent settings an award overrides, and their values before the agent first sets them.
 _SETTINGS = (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewarm_delay_s", 0.0))
 
@@ -51,8 +45,8 @@ _SETTINGS = (("keep_alive_s", 600.0), ("surplus_keep_alive_s", np.inf), ("prewar
 class CoordinatedPolicy(Policy):
     def __init__(self, inner: Policy, horizon_s: float = 60.0, margin: float = 1.25, reserve: float = 0.02,
                  max_bids: int = 100_000, decommit_penalty: float = 0.5, budget_gb: float | None = None,
-                 hold_s: float = 600.0, contention_ticks: int | None = 10, gate_holds: bool = False,
-                 limit_service_s: float | None = None, trial_limits: bool = True) -> None:
+                 hold_s: float = 600.0, limit_service_s: float | None = None, demand_share: float | None = 0.9,
+                 short_ticks: int = 10, calm_ticks: int = 3) -> None:
         self.inner = inner
         self.tick_s = inner.tick_s or 60.0
         self.horizon_s = horizon_s
@@ -62,24 +56,20 @@ class CoordinatedPolicy(Policy):
         self.decommit_penalty = decommit_penalty
         self.budget_gb = budget_gb
         self.hold_s = hold_s
-        # With `contention_ticks`, the limits (and with `gate_holds` the holds) apply only within that many
-        # ticks of the platform showing contention (requests queued for memory or timed out): an auction
-        # that refuses bids while memory still serves every request does not get to make requests wait
-        # for their own function's instances (issue 14: under a cap that barely bound, the limits alone
-        # timed out 10k requests nobody else lost). None: whenever a bid is refused.
-        self.contention_ticks = contention_ticks
-        self.gate_holds = gate_holds
         # Only functions whose requests take at most this long are limited to their awards (a request
         # queued behind a long one would wait out any deadline). None: all.
         self.limit_service_s = limit_service_s
-        # With `trial_limits`, limits under a platform's own cap are on trial against not limiting (issue 14 item
-        # 3): the share of arrivals lost at the deadline is tracked for the contended ticks run with limits and
-        # for those run without, and the limits apply only while they lose fewer (see `limits_pay`).
-        self.trial_limits = trial_limits
-        self.loss = {True: 0.0, False: 0.0}  # tick's timeouts / arrivals: EWMA over contended ticks with / without
-        self.limited_now = False  # limits were in force during the tick that is ending
-        self.trialed_now = False  # the tick that is ending was contended with bids refused (a trial tick)
-        self.since_contention = 1 << 30
+        # Under a platform's own cap, awards apply only while memory is short (see `short`; issue 14 item 3).
+        # None: whenever the budget binds. 0.9 was chosen on the shared day's folds 0 and 1 (minutes 720:1440,
+        # hybrid+bid and the shipped checkpoint's marl+bid); 10 ticks after seeing folds 2 and 3 too (with 3, a
+        # few ticks of real shortage there cost more timeouts than they saved; docs/results.md). Once short, memory
+        # stays short until `calm_ticks` ticks in a row below the share (3, chosen on folds 0 and 1: a single
+        # dip lifted the limits for 10 ticks, and the platform thrashed back).
+        self.demand_share = demand_share
+        self.short_ticks = short_ticks
+        self.calm_ticks = calm_ticks
+        self.demands: list[float] = []  # the last ticks' requests in the system x their memory / the cap
+        self.memory_short = False
         self.platform_caps = False
         self._last: dict[str, np.ndarray] = {}
         self.spec = f"{inner.spec}+bid"
@@ -90,13 +80,17 @@ class CoordinatedPolicy(Policy):
         self.limits: np.ndarray | None = None
 
     def __setstate__(self, state: dict) -> None:
-        # A shard checkpoint of before the trial of limits (same checkpoint version): it held every award and
-        # limited whenever the budget bound, so it goes on as a coordinator whose limits are in force, holding what
-        # it held; the trial then starts from no losses on either side.
-        state.setdefault("trial_limits", True)
-        state.setdefault("loss", {True: 0.0, False: 0.0})
-        state.setdefault("limited_now", False)
-        state.setdefault("trialed_now", False)
+        # A shard checkpoint of an earlier coordinator (same checkpoint version: before the trial of limits, or
+        # with it): it goes on holding what it held, under the shortage gate, which starts with no history
+        # (memory counts as short once `short_ticks` ticks have shown it).
+        for name in ("trial_limits", "loss", "limited_now", "trialed_now", "contention_ticks", "gate_holds",
+                     "since_contention"):
+            state.pop(name, None)
+        state.setdefault("demand_share", 0.9)
+        state.setdefault("short_ticks", 10)
+        state.setdefault("calm_ticks", 3)
+        state.setdefault("demands", [])
+        state.setdefault("memory_short", False)
         if "held" in state:
             state.setdefault("holding", np.array(state["held"], copy=True))
         self.__dict__.update(state)
@@ -116,9 +110,8 @@ class CoordinatedPolicy(Policy):
         self.held = np.zeros(n, np.int64)
         self._was_awarded = np.zeros(n, bool)
         self.holding = np.zeros(n, np.int64)
-        self.loss = {True: 0.0, False: 0.0}
-        self.limited_now = self.trialed_now = False
-        self.since_contention = 1 << 30
+        self.demands = []
+        self.memory_short = False
         self._last = {}
         self.limits = None
         self.compensation = np.zeros(n)  # decommitment compensation accrued this tick (for rewards)
@@ -140,27 +133,20 @@ class CoordinatedPolicy(Policy):
 
     def bids(self, obs: Observation) -> Bids:
         """Every agent's announcement: for its k-th instance, the expected value per GB-s."""
-        # Requests beyond what executing and starting instances serve wait for memory (at one request per
-        # instance; with more, this errs towards contention, i.e. towards coordinating).
-        waiting, timed_out = np.maximum(obs.in_flight - obs.busy - obs.starting, 0), obs.timed_out
-        if self.limits is not None:
-            # Requests of a function at its own limit wait for its instances, not for memory: the limits' doing,
-            # not contention. (Counted as contention, they kept the limits on for good once they began: issue 14.)
-            free = obs.alive < self.limits
-            waiting, timed_out = waiting[free], timed_out[free]
         self.platform_caps = math.isfinite(obs.memory_cap_gb)  # the platform evicts and queues at its cap
-        self.since_contention = 0 if waiting.sum() > 0 or timed_out.sum() > 0 else self.since_contention + 1
-        if self.trialed_now:  # the tick that ended ran with or without limits where they could have applied
-            lost = float(obs.timed_out.sum()) / max(float(obs.arrivals.sum()), 1.0)
-            self.loss[self.limited_now] = (1.0 - TRIAL_WEIGHT) * self.loss[self.limited_now] + TRIAL_WEIGHT * lost
-            # The other way's figure fades, so that it is tried again: the load changes over the day.
-            self.loss[not self.limited_now] *= TRIAL_FADE
         if obs.dt > 0:  # the first observation of a run covers no time: no rate yet
             self.rate = 0.7 * self.rate + 0.3 * obs.arrivals / obs.dt
         done = obs.completions > 0
         per_req = np.where(done, obs.busy_gb_s / np.maximum(self.mem_gb, 1e-9) / np.maximum(obs.completions, 1), 0)
         self.duration = np.where(done, 0.7 * self.duration + 0.3 * per_req, self.duration)
         self.peak = np.maximum(0.8 * self.peak, np.maximum(obs.concurrency, obs.in_flight))
+        if self.platform_caps and obs.dt > 0 and self.demand_share is not None:
+            self.demands = [*self.demands, self.demand(obs)][-max(self.short_ticks, self.calm_ticks):]
+            full = [d >= self.demand_share for d in self.demands]
+            if len(full) >= self.short_ticks and all(full[-self.short_ticks:]):
+                self.memory_short = True
+            elif len(full) >= self.calm_ticks and not any(full[-self.calm_ticks:]):
+                self.memory_short = False
         startup = obs.startup_s if obs.startup_s is not None else np.ones(len(self.rate))
         service = np.maximum(self.duration + startup / 10.0, 0.01)
         need = np.maximum(self.peak, self.rate * service)
@@ -175,6 +161,18 @@ class CoordinatedPolicy(Policy):
         self.last_bids = Bids(func=f.astype(np.int64), rank=rank.astype(np.int64), value=value,
                               mem_gb=self.mem_gb[f], tenant=self.tenants[f])
         return self.last_bids
+
+    def demand(self, obs: Observation) -> float:
+        """The memory the tick's requests needed, as a share of the platform's cap: the larger of the requests in
+        the system (time average, executing or waiting, with their functions' memory) and the memory the tick's
+        arrivals need to execute (arrivals per second x duration x memory). The first counts start-ups and queues;
+        the second does not fall when limits make requests time out (dropped, they leave the system: counted by the
+        first alone, a shortage that limits relieve ended every few ticks and the thrash came back)."""
+        held = float(np.dot(obs.concurrency, self.mem_gb))
+        # The tick's own arrivals: the smoothed rate lags a burst by several ticks, and kept calm ticks after it short.
+        rate = obs.arrivals / obs.dt if obs.dt > 0 else self.rate
+        offered = float(np.dot(rate * self.duration, self.mem_gb))
+        return max(held, offered) / max(obs.memory_cap_gb, 1e-9)
 
     def capacity(self, obs: Observation) -> float:
         cap = self.budget_gb if self.budget_gb is not None else obs.memory_cap_gb
@@ -253,12 +251,12 @@ class CoordinatedPolicy(Policy):
         self.price = price
         # Awards are held only while the budget binds: when every bid fits, the agents' own actions stand
         # unchanged (those of plain `<policy>`), so coordinating cannot cost anything where the cap does not bind.
-        binds = bool(refused.any())
-        self.holding = instances if binds and (self.contended or not self.gate_holds) else np.zeros(n, np.int64)
-        self.trialed_now = binds and self.contended and self.on_trial
-        self.limited_now = binds and self.contended and self.limits_pay
-        self.limited_ticks += int(self.limited_now)
-        if not self.limited_now:
+        # Awards apply only where memory is short as well: a bid refused while memory serves every request (the
+        # auction sees announcements with a margin, and decayed peaks) is no reason to make anyone wait.
+        binds = bool(refused.any()) and self.short
+        self.holding = instances if binds else np.zeros(n, np.int64)
+        self.limited_ticks += int(binds)
+        if not binds:
             return np.full(n, UNLIMITED, np.int64)
         # The budget binds: nobody runs more than its award (every function keeps at least one instance).
         limits = np.maximum(instances, 1).astype(np.int64)
@@ -272,37 +270,28 @@ class CoordinatedPolicy(Policy):
         return self.limits is not None and bool((self.limits < UNLIMITED).any())
 
     @property
-    def on_trial(self) -> bool:
-        """Whether limits must earn their place: under a platform's own cap (replay's `--memory-cap`), which
-        evicts and queues by itself. Under a budget of the coordinator's own the limits are what enforces it."""
-        return self.trial_limits and self.budget_gb is None and self.platform_caps
-
-    @property
-    def limits_pay(self) -> bool:
-        """Whether to limit this tick: always for a budget of the coordinator's own; under a platform cap only
-        while the contended ticks run with limits have lost a smaller share of their arrivals at the deadline than
-        those run without (going without is tried first; each way's figure fades while the other is in force, so
-        the loser is tried again). Limits trade the requests of the functions they stop for memory that serves more
-        requests elsewhere (issue 14: under half of fixed's peak on folds 0 and 2, 40-60% fewer timeouts), but
-        where the cap binds mildly the memory they free is not needed and their own queues time out (fold 1:
-        62k timeouts against marl's 1.7k): which of the two holds is measured, not assumed."""
-        return not self.on_trial or self.loss[True] < self.loss[False]
-
-    @property
-    def contended(self) -> bool:
-        """Whether awards bind now: always, or within `contention_ticks` of observed contention. A budget of
-        the coordinator's own (`budget_gb`, or the sidecars' Redis budget: the platform reports no cap) always
-        binds: no platform cap enforces it, the limits do; the gate is for platforms that enforce their cap
-        themselves (replay's memory cap)."""
-        return (self.contention_ticks is None or self.budget_gb is not None or not self.platform_caps
-                or self.since_contention <= self.contention_ticks)
+    def short(self) -> bool:
+        """Whether memory is short enough for awards to apply: always under a budget of the coordinator's own
+        (the limits are what enforces it); under a platform's own cap (replay's `--memory-cap`, which evicts and
+        queues by itself) from when the requests in the system have needed at least `demand_share` of the cap on
+        each of `short_ticks` ticks in a row until they have needed less on each of `calm_ticks` ticks in a row.
+        Limits trade the requests of the functions they stop for memory that serves more requests elsewhere: where
+        requests fill the cap (issue 14: half of fixed's peak on folds 0 and 2, 0.9-1.0 of it every tick) that
+        memory is needed; where the cap binds mildly (fold 1: 0.5-0.8 of it; memory full of idle instances the
+        platform can evict) their own queues time out for nothing (fold 1: 16k timeouts against 1.7k), and after
+        an hourly burst the limits set on the burst's tick cut the next, calm one. Shortages of a few ticks (fold
+        3 at half the peak, fold 2 at 0.85) are also better left to the platform: limits there cost more of their
+        own requests than they save; hence 10 ticks."""
+        if self.demand_share is None or self.budget_gb is not None or not self.platform_caps:
+            return True
+        return self.memory_short
 
     def describe(self) -> dict:
         return {"spec": self.spec, "inner": self.inner.describe(), "horizon_s": self.horizon_s,
                 "margin": self.margin, "reserve": self.reserve, "decommit_penalty": self.decommit_penalty,
-                "hold_s": self.hold_s, "contention_ticks": self.contention_ticks,
-                "decommits": self.decommits, "ticks_with_limits": self.limited_ticks, "trial_limits": self.trial_limits,
-                "loss_with_limits": self.loss[True], "loss_without_limits": self.loss[False]}
+                "hold_s": self.hold_s,
+                "decommits": self.decommits, "ticks_with_limits": self.limited_ticks,
+                "demand_share": self.demand_share, "short_ticks": self.short_ticks, "calm_ticks": self.calm_ticks}
 
 
 def _poisson_at_least(k: np.ndarray, mean: np.ndarray) -> np.ndarray:
