@@ -79,7 +79,7 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     surplus = np.where(forecast, hold_s, surplus)
     scale = np.full(n, -1, np.int64)
     if peak_quantiles is not None and forecast.any():
-        pool = np.ceil(peak_quantiles[np.arange(n), _CHOICE_TAU_COLUMN[choice]] - 0.05)
+        pool = pool_size(peak_quantiles[np.arange(n), _CHOICE_TAU_COLUMN[choice]])
         # Trim to the forecast but never below one while an instance is alive: the last one's fate is
         # its keep-alive (hybrid's), as for a rarely invoked function under hybrid.
         target = np.maximum(pool, np.minimum(obs.alive, 1))
@@ -97,7 +97,13 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
 def forecast_pools(peak_quantiles: np.ndarray, choices: np.ndarray = FORECAST) -> np.ndarray:
     """(F, len(choices)) instances each forecast choice (default: the network's) provisions, from the
     forecaster's (F, len(TAUS))."""
-    return np.ceil(peak_quantiles[:, _CHOICE_TAU_COLUMN[choices]] - 0.05)
+    return pool_size(peak_quantiles[:, _CHOICE_TAU_COLUMN[choices]])
+
+
+def pool_size(peak: np.ndarray) -> np.ndarray:
+    """Instances that provision a forecast peak (float instances): rounded up, but a peak within 0.05 above
+    an integer is that integer."""
+    return np.ceil(peak - 0.05)
 
 
 def newsvendor_choice(memory_mb: np.ndarray, cold_start_cost: float, idle_gb_tick_cost: float) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
-from prewarmer.agents.action_space import FORECAST_HOLD_S, N_CHOICES, teacher_choice, to_actions
+from prewarmer.agents.action_space import FORECAST_HOLD_S, N_CHOICES, pool_size, teacher_choice, to_actions
 from prewarmer.agents.experts import ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.keep_alive import priced_keep_alive, window_idle_s
@@ -226,7 +226,7 @@ class MARLPolicy(Policy):
             return None
         if self.floor == "inflight":
             return np.asarray(obs.in_flight, np.int64)
-        return np.ceil(quantiles[:, TAUS.index(self.floor)] - 0.05).astype(np.int64)
+        return pool_size(quantiles[:, TAUS.index(self.floor)]).astype(np.int64)
 
     def describe(self) -> dict:
         meta = self.meta

@@ -45,10 +45,6 @@ class _QuantileMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quantiles(x, self.body(x))
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` for inference (no autograd), the same result to the bit (see `mlp_inference`)."""
-        return self._quantiles(x, mlp_inference(self.body, x))
-
     @staticmethod
     def _quantiles(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         base = x[:, :1] + z[:, :1]  # column 0 of the inputs is the last peak / s
@@ -82,7 +78,7 @@ def _average_quantiles(x, zs, steps, out):
     """The members' average of `_QuantileMLP._quantiles`, as torch computes it: each member's base (input 0
     plus output 0, float32), its cumulative steps (torch's CPU cumsum adds in float64 and rounds each sum to
     float32), base + step sums; then the members' float32 sum in order, divided by their number (torch's
-    mean over the stacked members). tests/test_peak.py checks it against `forward` to the bit."""
+    mean over the stacked members). tests/test_fast_paths.py checks `infer` against `forward` to the bit."""
     members = len(zs)
     width = out.shape[1]
     q = np.empty(width, np.float32)

@@ -579,6 +579,14 @@ def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
 
 # ---------------------------------------------------------------- one arrival
 @njit(cache=True, _nrt=False, inline="always")
+def _ready_instance(lh, lt, f):
+    """The ready instance an arrival of function f takes (-1: none): one with a free slot, else the most
+    recently used idle one (which lets the oldest ones expire)."""
+    i = lh[f * NLISTS + L_PARTIAL]
+    return lt[f * NLISTS + L_IDLE] if i < 0 else i
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
             lat_hist, rlog, it_f, it_v, f, t, dur):
     _touch(fs, fi, f, t)
@@ -595,9 +603,7 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
     if fi[f, F_PEND] > 0:
         fi[f, F_PEND] -= 1  # the instance a prewarm was meant for is being started now instead
     base = f * NLISTS
-    i = lh[base + L_PARTIAL]
-    if i < 0:
-        i = lt[base + L_IDLE]  # most recently used idle instance: lets the oldest ones expire
+    i = _ready_instance(lh, lt, f)
     if i >= 0:
         _begin(fs, fi, isi, lh, lt, gi, hk, hp, lat_hist, rlog, i, t, t, dur)
         return
@@ -775,10 +781,7 @@ def _prefetch_ahead(arr_f, pos, fs, fi, isf, isi, lh, lt):
         prefetch(lt, g * NLISTS)
     k = pos + PREFETCH_INSTANCE
     if k < arr_f.shape[0]:
-        base = arr_f[k] * NLISTS
-        i = lh[base + L_PARTIAL]
-        if i < 0:
-            i = lt[base + L_IDLE]
+        i = _ready_instance(lh, lt, arr_f[k])
         if i >= 0:
             prefetch2(isi, i, 0)
             prefetch2(isi, i, isi.shape[1] - 1)
