@@ -124,7 +124,9 @@ def load_azure2021(path: str | Path, functions: FunctionSelection = None,
     duration = np.frombuffer(dur_a, np.float64)
     t0 = math.floor(start.min() / 60.0) * 60.0
     t = start - t0
-    total_min = math.ceil((t.max() + 1e-9) / 60.0)
+    # The minute of the last invocation, plus one (exclusive end). Not ceil(t / 60 + epsilon): at a span of
+    # ~1e9 s the epsilon is lost, and an invocation on an exact minute fell outside the range.
+    total_min = math.floor(t.max() / 60.0) + 1
 
     if minutes is None:
         m0, m1 = 0, total_min
