@@ -36,7 +36,8 @@ def child(args: argparse.Namespace) -> dict:
     rss_after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stats: list[dict] = []
     result = replay(workload, policy_factory(args.policy), ReplayConfig(chunk_s=args.chunk_s),
-                    workers=int(args.workers), engine=args.engine, stats=stats)
+                    workers=int(args.workers), engine=args.engine, stats=stats,
+                    progress=ProgressLines(args.progress_s, f"workers={args.workers}"))
     t2 = time.perf_counter()
     m = result.metrics()
     if args.engine == "ray":
@@ -52,6 +53,24 @@ def child(args: argparse.Namespace) -> dict:
             "shards": stats}
 
 
+class ProgressLines:
+    """A line on stderr every `every_s` seconds: invocations replayed so far and the rate since the start (a
+    full-volume run takes hours; the total is not known ahead of a streamed workload, so no bar)."""
+
+    def __init__(self, every_s: float, label: str) -> None:
+        self.every_s, self.label = every_s, label
+        self.done = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.every_s > 0 and now - self.last >= self.every_s:
+            self.last = now
+            print(f"[replay_scale {self.label}] {self.done:,} invocations in {now - self.t0:.0f} s "
+                  f"({self.done / (now - self.t0):,.0f}/s)", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--functions", type=int, default=50000)
@@ -63,6 +82,7 @@ def main() -> int:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--engine", choices=["processes", "ray"], default="processes")
     p.add_argument("--chunk-s", type=float, default=900.0, help="replay chunk (arrivals held at once)")
+    p.add_argument("--progress-s", type=float, default=60.0, help="seconds between progress lines (0: none)")
     p.add_argument("--timeout-s", type=float, default=2400.0, help="per worker count")
     p.add_argument("--json", metavar="OUT")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -74,7 +94,8 @@ def main() -> int:
     for w in [int(x) for x in args.workers.split(",")]:
         cmd = [sys.executable, __file__, "--child", "--functions", str(args.functions), "--days", str(args.days),
                "--hours", str(args.hours), "--rate-scale", str(args.rate_scale), "--seed", str(args.seed),
-               "--policy", args.policy, "--workers", str(w), "--engine", args.engine, "--chunk-s", str(args.chunk_s)]
+               "--policy", args.policy, "--workers", str(w), "--engine", args.engine, "--chunk-s", str(args.chunk_s),
+               "--progress-s", str(args.progress_s)]
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
