@@ -54,7 +54,7 @@ class MARLPolicy(Policy):
                  idle_price: float | None = None, keep_alive_cap_s: float | str | None = KEEP_ALIVE_CAP,
                  hold_s: float = FORECAST_HOLD_S, cold_target: float | None = COLD_TARGET, cap_gaps: int = 3,
                  waste_target: float | None = WASTE_TARGET, floor: float | str | None = FLOOR,
-                 low: bool = LOW_QUANTILES) -> None:
+                 low: bool = LOW_QUANTILES, keep_logp: bool | None = None) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -69,7 +69,7 @@ class MARLPolicy(Policy):
         self.spec = "marl"
         self.last: dict[str, np.ndarray | None] = {}
         # Whether `last` keeps the chosen actions' log-probabilities (training reads them; acting does not).
-        self.keep_logp = sample
+        self.keep_logp = sample if keep_logp is None else keep_logp
         # Inference-time settings (see `registry`): the price of an idle GB-minute, in cold starts, at which
         # the agents score their provisioning options (default: the one trained with, saved in the
         # checkpoint), and a cap on the keep-alive they take from hybrid when it does not prewarm: seconds, or
