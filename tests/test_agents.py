@@ -152,6 +152,36 @@ def test_tracker_picks_the_option_that_cost_its_function_least() -> None:
     assert tr.best().tolist() == [FORECAST[FORECAST_TAUS.index(0.9)], KA10]
 
 
+def _bursts_at_tick_start(lag: bool) -> ProvisioningTracker:
+    """A function with 9 requests every 5th tick, early in it (start-ups take 15% of a tick), its forecast
+    exactly right: the pool rises to 9 at each burst's tick and falls to 0 after it."""
+    from prewarmer.forecast.peak import TAUS
+
+    ticks = 60
+    need = np.zeros(ticks + 1)
+    need[5::5] = 9.0
+    tr = ProvisioningTracker(np.array([1024.0]), 0.001, halflife=50, warmup=10, lag=lag)
+    peaks = np.zeros((1, 20))
+    for t in range(ticks):
+        tr.update(need[t:t + 1], arrivals=need[t:t + 1], startup_share=np.array([0.15]), in_flight=np.zeros(1))
+        peaks[:, 1:] = peaks[:, :-1]
+        peaks[:, 0] = need[t]
+        tr.propose(np.full((1, len(TAUS)), need[t + 1]), peaks)
+    return tr
+
+
+def test_tracker_charges_a_pool_raised_at_the_tick_for_its_start_ups() -> None:
+    # Without `lag`, the forecast's pool (ready at the tick, idle never) beats holding the burst's instances (the
+    # keep-alive pool idles 4 ticks of 5). The forecast's new instances are ready only a start-up into the tick:
+    # the burst's first requests wait for them, about 9 x 0.15 per burst; at a low idle price holding them wins.
+    plain, tr = _bursts_at_tick_start(lag=False), _bursts_at_tick_start(lag=True)
+    assert plain.best().tolist() == [FORECAST[0]]
+    assert tr.best().tolist() == [KA10]
+    # Only the forecast's start-ups were charged: the keep-alive pool already had the burst's instances.
+    assert tr.short[0, -1] == plain.short[0, -1]
+    assert tr.short[0, 0] > plain.short[0, 0] + 1.0
+
+
 def _model(seed: int = 0) -> ActorCritic:
     torch.manual_seed(seed)
     return ActorCritic(N_CHOICES)

@@ -291,3 +291,26 @@ def test_a_checkpoint_of_before_the_wait_is_read_and_goes_on():
                 np.full(1, 200), wait=np.array([3.0]))
     obs = back.observer.observe(60.0, np.ones(1, np.int64), np.ones(1, np.int64))
     assert obs.arrivals.tolist() == [2]
+
+
+def test_a_marl_checkpoint_of_before_the_start_up_charge_is_read_and_goes_on():
+    """Checkpoints keep their version (v5): a `marl` shard pickled before the tracker charged start-ups (`lag`)
+    is read, takes today's default for it, and ticks on."""
+    from prewarmer.agents import marl
+
+    make = policy_factory("marl")
+    agent = ShardAgent(0, make, 0.0)
+    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [256.0, 512.0])
+    for k in range(3):
+        agent.ingest(np.array([0, 1]), np.array([k * 60 + 5.0, k * 60 + 9.0]), np.full(2, 0.5), np.zeros(2),
+                     np.zeros(2, np.int64), np.full(2, 200))
+        agent.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64))
+    for name in ("lag", "before", "in_flight"):  # as a tracker and a policy of before the setting were pickled
+        delattr(agent.policy.tracker, name)
+    del agent.policy.lag
+    back = ShardAgent.loads(agent.dumps(), make)
+    assert back.policy.lag is marl.LAG and back.policy.tracker.lag is marl.LAG
+    assert back.policy.tracker.before is None
+    for k in range(3, 5):
+        assert back.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64)) is not None
+    assert back.policy.tracker.in_flight.shape == (2,)  # charging start-ups from here on (the default)

@@ -6,7 +6,13 @@ therefore keeps score, on its own function's data, of the provisioning options i
 forecast quantiles of `action_space.FORECAST_TAUS` and a 10-minute keep-alive (whose pool is about
 the largest peak of the last 10 ticks). After every tick each option is charged what it would have
 cost: one per instance short of the peak (a cold start) plus `idle_gb_tick_cost` per GB of instances
-beyond it (one idle tick), in a sum that halves every `halflife` ticks. The `forecast tracked` action
+beyond it (one idle tick), in a sum that halves every `halflife` ticks. With `lag`, an option is also
+charged the cold starts its own start-ups cause: instances it adds at a tick are not ready for the
+function's start-up time, so what the first seconds need (the requests in flight when the tick began and
+the tick's arrivals x start-up / tick) beyond the instances the option had before waits for them. Without it
+a pool raised just in time scores as well as one held, and a function whose bursts come early in a minute
+keeps cold-starting.
+The `forecast tracked` action
 provisions the option with the lowest score. Until `warmup` ticks have been scored, the score is
 not trusted and the newsvendor quantile (cold / (cold + idle cost)) stands in.
 
@@ -19,6 +25,7 @@ import numpy as np
 from numba import njit
 
 from prewarmer.agents.action_space import FORECAST, KA10, LOW, forecast_pools, newsvendor_choice
+from prewarmer.policies.base import pad as pad_to
 
 KEEP_ALIVE_TICKS = 10  # the keep-alive option's pool: the largest peak of this many ticks
 OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is carried out by
@@ -26,7 +33,7 @@ OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is
 
 class ProvisioningTracker:
     def __init__(self, memory_mb: np.ndarray, idle_gb_tick_cost: float, cold_start_cost: float = 1.0,
-                 halflife: float = 120.0, warmup: int = 60, low: bool = False) -> None:
+                 halflife: float = 120.0, warmup: int = 60, low: bool = False, lag: bool = False) -> None:
         self.gb = np.asarray(memory_mb, np.float64) / 1024.0
         # With `low`, the quantiles below the network's (`action_space.LOW`) are options too: where idle memory
         # is dear, q75 is not the least a function may provision. The keep-alive option stays last.
@@ -39,8 +46,20 @@ class ProvisioningTracker:
         self.short = np.zeros((len(self.gb), len(self.options)))
         self.idle = np.zeros((len(self.gb), len(self.options)))
         self.pools: np.ndarray | None = None  # what each option would provision for the coming tick
+        self.lag = lag
+        # With `lag`: the instances each option had before the coming tick's start-ups (the pool it held over the
+        # last tick, or the peak if that was above it: those instances were started by the requests).
+        self.before: np.ndarray | None = None
+        self.in_flight: np.ndarray | None = None  # requests in flight when the tick being scored began
         self.scored = 0
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), cold_start_cost, idle_gb_tick_cost)
+
+    def __setstate__(self, state: dict) -> None:
+        # A tracker of a shard checkpoint written before `lag`: it starts charging start-ups after one tick.
+        state.setdefault("lag", False)
+        state.setdefault("before", None)
+        state.setdefault("in_flight", None)
+        self.__dict__.update(state)
 
     def grow(self, memory_mb: np.ndarray) -> None:
         """Rows for functions appended to the table (`memory_mb` of all of them): no option scored yet.
@@ -52,13 +71,26 @@ class ProvisioningTracker:
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), self.cold_cost, self.idle_cost)
         self.pools = None if self.pools is None else np.concatenate(
             [self.pools, np.zeros((n - len(self.pools), self.pools.shape[1]))])
+        self.before = None if self.before is None else np.concatenate(
+            [self.before, np.zeros((n - len(self.before), self.before.shape[1]))])
+        self.in_flight = None if self.in_flight is None else pad_to(self.in_flight, n, 0.0)
 
-    def update(self, peak_in_flight: np.ndarray) -> None:
-        """Charge every option for the tick that just ended (its peak is now known)."""
-        if self.pools is None:
-            return
-        _charge(self.short, self.idle, self.pools, np.asarray(peak_in_flight, np.float64), self.gb, self.decay)
-        self.scored += 1
+    def update(self, peak_in_flight: np.ndarray, arrivals: np.ndarray | None = None,
+               startup_share: np.ndarray | None = None, in_flight: np.ndarray | None = None) -> None:
+        """Charge every option for the tick that just ended (its peak is now known). With `lag`: the tick's
+        `arrivals` (F,), `startup_share` (F,), each function's start-up time as a share of the tick, and the
+        requests `in_flight` (F,) now, when the next tick begins, charge the start-ups too."""
+        need = np.asarray(peak_in_flight, np.float64)
+        if self.pools is not None:
+            _charge(self.short, self.idle, self.pools, need, self.gb, self.decay)
+            if self.lag and self.before is not None and self.in_flight is not None and arrivals is not None \
+                    and startup_share is not None:
+                early = self.in_flight + np.asarray(arrivals, np.float64) * np.clip(startup_share, 0.0, 1.0)
+                wanted = np.minimum(np.minimum(early, need)[:, None], self.pools)
+                self.short += np.maximum(wanted - self.before, 0.0)
+            self.scored += 1
+        if self.lag and in_flight is not None:
+            self.in_flight = np.asarray(in_flight, np.float64).copy()
 
     @property
     def score(self) -> np.ndarray:
@@ -74,6 +106,10 @@ class ProvisioningTracker:
         """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks
         of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
         keep_alive_pool = _row_max(recent_peaks, KEEP_ALIVE_TICKS)[:, None]
+        if self.lag:
+            last_peak = np.asarray(recent_peaks[:, 0], np.float64)[:, None]
+            self.before = np.broadcast_to(last_peak, (len(last_peak), len(self.options))).copy() \
+                if self.pools is None else np.maximum(self.pools, last_peak)
         self.pools = np.concatenate([forecast_pools(quantiles, self.options[:-1]), keep_alive_pool], axis=1)
 
     def best(self) -> np.ndarray:

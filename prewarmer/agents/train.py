@@ -145,7 +145,7 @@ def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: Tr
     # Trained at the fixed price of the reward, with hybrid's windows as they are: the inference-time
     # settings (adaptive price, priced keep-alive cap) act on top of what the network learned.
     policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=True, teacher_acts=teacher,
-                        cold_target=None, keep_alive_cap_s=None, keep_logp=True)
+                        cold_target=None, keep_alive_cap_s=None, lag=False, keep_logp=True)
     driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
     begin(driver, env, env.functions, 0.0)
     feats, choices, logps, rules, rewards, colds, wastes, arrivals = [], [], [], [], [], [], [], []
