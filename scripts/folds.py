@@ -65,6 +65,11 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict[str, dict[str, float]]
         evaluate += ["--memory-cap", f"{args.cap * peak:.0f}", "--deadline", args.deadline]
     have = {} if args.force or not report.exists() else json.loads(report.read_text())
     missing = [spec for spec in specs.values() if spec not in have.get("policies", {})]
+    stale = [spec for spec in specs.values() if spec not in missing and not is_current(have, spec)]
+    for spec in stale:
+        print(f"{report}: {spec} was replayed with other settings than it has now: replaying it again",
+              file=sys.stderr)
+    missing += stale
     if missing:  # replay only the policies the report lacks (fixed always runs: replay compares against it)
         part = report.with_suffix(".part.json")
         prewarmer("replay", *evaluate, *[x for spec in missing for x in ("--policy", spec)], "--json", str(part))
@@ -76,6 +81,25 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict[str, dict[str, float]]
         part.unlink()
     doc = json.loads(report.read_text())["policies"]
     return {name: doc[spec] for name, spec in specs.items()}
+
+
+def settings(desc: object) -> str:
+    """A policy's description (`Policy.describe`) without what it learned while running, to compare settings."""
+    def strip(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k != "price_now"}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+    return json.dumps(strip(desc), sort_keys=True, default=str)
+
+
+def is_current(report: dict, spec: str) -> bool:
+    """Whether `spec`'s figures in a fold's report were replayed with the settings `spec` has now. A spec names
+    defaults, not values (`marl` is whatever the package's defaults are), so a report kept from before a default
+    changed would be read as today's figures without this."""
+    from prewarmer.registry import policy_factory
+
+    run = report.get("runs", {}).get(spec, {})
+    return "policy" in run and settings(run["policy"]) == settings(policy_factory(spec)().describe())
 
 
 def ratio(a: float, b: float) -> float:

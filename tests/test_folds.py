@@ -149,3 +149,23 @@ def test_selection_prefers_fewer_misses_of_the_bar_to_a_smaller_worst_miss() -> 
                 "b": dict(zip(keys, (1.03, 0.9, 0.9), strict=True))}]
     assert folds_script.misses(results, "a") == 2 and folds_script.misses(results, "b") == 4
     assert min(["a", "b"], key=lambda name: folds_script.margin_key(results, name)) == "a"
+
+
+def test_a_kept_report_replayed_under_other_defaults_is_not_read_as_todays() -> None:
+    """A spec names defaults (`marl` is whatever the package's are): a fold report kept from before a default
+    changed must be replayed again, not tabulated under today's name (session 11: `marl` read a report of before
+    `lag` was on). The settings learned while running (the adaptive price) do not count."""
+    import importlib.util
+
+    from prewarmer.registry import policy_factory
+
+    spec = importlib.util.spec_from_file_location("folds_script", Path(__file__).parents[1] / "scripts" / "folds.py")
+    folds_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(folds_script)
+    now = policy_factory("marl")().describe()
+    report = {"runs": {"marl": {"policy": {**now, "price_now": 0.5}},
+                       "fixed": {"policy": policy_factory("fixed")().describe()}}}
+    assert folds_script.is_current(report, "marl") and folds_script.is_current(report, "fixed")
+    report["runs"]["marl"]["policy"]["lag"] = not now["lag"]
+    assert not folds_script.is_current(report, "marl")
+    assert not folds_script.is_current({"policies": {"marl": {}}}, "marl")  # no record of its settings
