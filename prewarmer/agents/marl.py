@@ -36,8 +36,9 @@ from prewarmer.workloads.base import FunctionTable
 # hybrid's on three folds of four, and the waste target was not chosen: off. Training runs without any of
 # them (`train.run_episode`). `lag` (the tracker charges a pool raised at a tick the cold starts of its start-ups)
 # corrects what the tracker models rather than tuning it: on the folds it ties the bar's comparisons (mean cold
-# 0.959 against 0.958 x fixed, mean waste 0.945 against 0.949 x hybrid); in load tests, where start-ups are 15% of a
-# tick, it halves the extra cold starts of functions whose bursts come early in a minute (docs/live-vs-replay.md).
+# 0.959 against 0.958 x fixed, mean waste 0.945 against 0.949 x hybrid); where start-ups are 15% of a tick (load
+# tests replayed with 0.3-s start-ups) it halves the extra cold starts of functions whose bursts come early in a
+# minute (docs/live-vs-replay.md).
 COLD_TARGET: float | None = 1.05
 WASTE_TARGET: float | None = None
 KEEP_ALIVE_CAP: float | str | None = None
