@@ -315,6 +315,29 @@ def test_simulate_only_predicts_without_a_run_and_counts_the_metered_window_only
     assert warm["baseline"]["predicted_cold_starts"] < cold["baseline"]["predicted_cold_starts"]
 
 
+def test_simulate_only_takes_the_start_up_to_assume(tmp_path, capsys):
+    """`--startup`: the start-up replay gives every function when nothing was measured (0.3 s without it). A
+    start-up as long as most of a trace minute's requests at this compression turns warm requests into waits."""
+    out = tmp_path / "sim.json"
+    argv = ["--trace", str(TRACE_2019), "--minutes", "40:70", "--duration", "20", "--compare", "fixed:1m",
+            "--simulate-only", "--quiet", "--json", str(out)]
+    found = {}
+    for startup in (None, "0.04s", "0.6s"):
+        assert cmd_loadtest(parse(argv + ([] if startup is None else ["--startup", startup]))) == 0
+        doc = json.loads(out.read_text())
+        assert {f["startup_s"] for f in doc["simulated"]["baseline"]["per_function"].values()} == {
+            {None: 0.3, "0.04s": 0.04, "0.6s": 0.6}[startup]}
+        assert doc["config"]["startup_s"] == {None: 0.3, "0.04s": 0.04, "0.6s": 0.6}[startup]
+        found[startup] = doc["simulated"]["baseline"]["predicted_cold_starts"]
+    assert found["0.04s"] <= found[None] <= found["0.6s"] and found["0.04s"] < found["0.6s"]
+    for bad, why in ((["--startup", "soon"], "expected a duration"), (["--startup", "0s"], "must be positive")):
+        assert cmd_loadtest(parse(argv + bad)) == 2
+        assert why in capsys.readouterr().err
+    live = [a for a in argv if a != "--simulate-only"]
+    assert cmd_loadtest(parse(live + ["--startup", "1s"])) == 2
+    assert "for --simulate-only" in capsys.readouterr().err
+
+
 def test_unanswered_requests_are_errors_and_headers_parse():
     rec = Recorder([0.0, 1.0, 2.0], [0, 0, 0], ["a"], duration_s=3.0)
     rec.sent(0, 0.0, 0.0)

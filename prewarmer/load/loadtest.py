@@ -55,6 +55,8 @@ def loadtest(args: argparse.Namespace) -> dict:
     policy = args.compare or args.policy
     if policy:
         _check_policy(policy)
+    if getattr(args, "startup", None) is not None and not getattr(args, "simulate_only", False):
+        raise UsageError("--startup is for --simulate-only: a live run measures each function's start-up")
     schedule = build_schedule(args)
     if len(schedule) == 0:
         raise UsageError("the schedule is empty: widen --minutes / --duration or choose other functions")
@@ -131,15 +133,32 @@ def loadtest(args: argparse.Namespace) -> dict:
     return doc
 
 
+def _startup(args: argparse.Namespace) -> float:
+    """`--startup` in seconds (the default of `results_as_planned` without it)."""
+    from prewarmer.load.simulate import FALLBACK_STARTUP_S
+    from prewarmer.units import parse_duration
+
+    if getattr(args, "startup", None) is None:
+        return FALLBACK_STARTUP_S
+    try:
+        value = parse_duration(args.startup)
+    except ValueError:
+        raise UsageError(f"--startup: expected a duration such as 0.3s or 2s, got {args.startup!r}") from None
+    if not value > 0:
+        raise UsageError(f"--startup must be positive, got {args.startup!r}")
+    return value
+
+
 def _simulate_only(args: argparse.Namespace, schedule: sched_mod.Schedule, policy: str | None, keep_alive: float,
                    compress: float, max_workers: int = DEFAULT_MAX_WORKERS) -> dict:
     """`--simulate-only`: the predictions for the schedule as planned, the gateway alone and the policy; no run."""
     from prewarmer.load.simulate import predict, results_as_planned
 
-    planned = results_as_planned(schedule)
+    planned = results_as_planned(schedule, startup_s=_startup(args))
     doc: dict = {"schedule": schedule.describe(),
                  "config": {"keep_alive_s": keep_alive, "compress": compress, "policy": policy,
-                            "warmup_s": float(schedule.meta.get("warmup_s") or 0.0), "simulate_only": True},
+                            "warmup_s": float(schedule.meta.get("warmup_s") or 0.0), "simulate_only": True,
+                            "startup_s": planned["assumed_startup_s"]},
                  "simulated": {label: predict(schedule, planned, pol, keep_alive, compress, max_workers=max_workers,
                                               shards=SIDECAR_SHARDS)
                                for label, pol in [("baseline", None)] + ([("prewarmer", policy)] if policy else [])}}

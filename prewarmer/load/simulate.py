@@ -32,10 +32,12 @@ def _seconds(req: dict, column: str) -> np.ndarray:
     return np.array([math.nan if x is None else x for x in values], np.float64) / 1000.0
 
 
-def _startup_s(func: np.ndarray, cold: np.ndarray, startup: np.ndarray, n: int) -> np.ndarray:
-    """Each function's median start-up over its measured cold starts; the median of all for one without."""
+def _startup_s(func: np.ndarray, cold: np.ndarray, startup: np.ndarray, n: int,
+               assumed: float = FALLBACK_STARTUP_S) -> np.ndarray:
+    """Each function's median start-up over its measured cold starts; the median of all for one without (`assumed`
+    when nothing was measured)."""
     measured = (cold == 1) & ~np.isnan(startup)
-    fallback = float(np.median(startup[measured])) if measured.any() else FALLBACK_STARTUP_S
+    fallback = float(np.median(startup[measured])) if measured.any() else assumed
     return np.array([float(np.median(startup[measured & (func == i)])) if (measured & (func == i)).any()
                      else fallback for i in range(n)])
 
@@ -57,7 +59,8 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
                               memory_mb=np.array([f.memory_mb for f in schedule.functions], np.float64),
                               cold_start_s=_startup_s(np.asarray(req["function"]), np.asarray(req["cold"]),
-                                                      startup_s, n) * compress)
+                                                      startup_s, n, results.get("assumed_startup_s",
+                                                                                FALLBACK_STARTUP_S)) * compress)
     t = offset_s + np.asarray(schedule.t)[keep] * compress
     horizon = offset_s + (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
     return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,
@@ -144,14 +147,14 @@ def agree(predicted: int, measured: int) -> bool:
     return abs(predicted - measured) <= TOLERANCE_ABS + TOLERANCE_REL * measured
 
 
-def results_as_planned(schedule: Schedule) -> dict:
+def results_as_planned(schedule: Schedule, startup_s: float = FALLBACK_STARTUP_S) -> dict:
     """The results a run of `schedule` would give if every request were answered at its intended time after its
     planned work (`--simulate-only`): no live run, so no measured cold start and no measured start-up (each
-    function's is FALLBACK_STARTUP_S)."""
+    function's is `startup_s`, real seconds)."""
     n = len(schedule)
     planned = np.array([_planned_ms(k) for k in schedule.kinds])
     work_ms = planned[np.asarray(schedule.kind, np.int64)] if n else np.zeros(0)
-    return {"started_unix": None, "per_function": {},
+    return {"started_unix": None, "per_function": {}, "assumed_startup_s": float(startup_s),
             "requests": {"status": [200] * n, "gateway_ms": work_ms.tolist(), "startup_ms": [None] * n,
                          "function": np.asarray(schedule.func).tolist(), "cold": [0] * n}}
 
