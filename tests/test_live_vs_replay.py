@@ -8,7 +8,7 @@ import argparse
 import json
 
 import numpy as np
-from test_loadtest import parse, run_loadtest
+from test_loadtest import parse
 
 from prewarmer.load import schedule as S
 from prewarmer.load.cli import cmd_loadtest
@@ -65,7 +65,12 @@ def test_a_burst_beyond_the_gateways_workers_is_predicted_as_the_gateway_serves_
     sched = S.Schedule(t=t, func=np.zeros(len(t), int), kind=np.zeros(len(t), int),
                        functions=[S.Deployment("io", "io", 128)], kinds=["io:4000"], duration_s=8.0,
                        meta={"source": "test", "compress": 1.0})
-    doc = run_loadtest(tmp_path, sched, ["--gateway-keep-alive", "60s", "--simulate"], capsys)
+    path = sched.save(tmp_path / "schedule.json")
+    out = tmp_path / "report.json"
+    args = parse(["--schedule", str(path), "--gateway-keep-alive", "60s", "--simulate", "--json", str(out),
+                  "--workdir", str(tmp_path / "work")])
+    assert cmd_loadtest(args) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
     workers = doc["config"]["max_workers"]
     assert workers == 20 < len(t)
     f = doc["simulated"]["baseline"]["per_function"]["io"]

@@ -26,7 +26,7 @@ from prewarmer.load.gateway_metrics import parse_gateway_metrics
 from prewarmer.load.processes import MARKER_ENV, marked_pids
 from prewarmer.load.results import Recorder, parse_cold, per_second
 from prewarmer.load.schedule_options import build_schedule, parse_functions
-from prewarmer.load.timing import latency_ms, parse_align, run_schedule, send_lag_ms, tick_after
+from prewarmer.load.timing import latency_ms, run_schedule, send_lag_ms
 from prewarmer.workloads.azure2021 import load_azure2021
 from prewarmer.workloads.base import TraceError
 
@@ -45,15 +45,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------
 # Schedules
-
-
-def run_loadtest(tmp_path: Path, sched: S.Schedule, argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
-    """`prewarmer loadtest --schedule` of `sched` with `argv`, its logs kept in tmp_path/work; the JSON report."""
-    path = sched.save(tmp_path / "schedule.json")
-    out = tmp_path / "report.json"
-    args = parse(["--schedule", str(path), *argv, "--json", str(out), "--workdir", str(tmp_path / "work")])
-    assert cmd_loadtest(args) == 0, capsys.readouterr().err
-    return json.loads(out.read_text())
 
 
 def three_functions() -> ListWorkload:
@@ -239,31 +230,6 @@ def test_stopping_ends_the_walk():
     count = run_schedule([0, 1, 2, 3], start=0.0, clock=clock, sleep=clock.sleep, dispatch=lambda i, d: None,
                          stopped=lambda: clock() >= 2.0)
     assert count == 2
-
-
-def test_a_schedule_begins_on_the_next_tick_of_the_policy_clock():
-    # A clock from 1000 s ticking every 2 s (60 s of policy time at compression 30).
-    assert tick_after(1000.0, 2.0, 1003.1) == 1004.0
-    assert tick_after(1000.0, 2.0, 1004.0) == 1004.0  # on a tick: that one
-    assert tick_after(1000.0, 2.0, 990.0) == 1000.0  # before the clock started: its first tick
-    assert parse_align("1000.5:2") == (1000.5, 2.0)
-    for bad in ("1000", "x:2", "1000:0", "1000:-1"):
-        with pytest.raises(ValueError, match="--align-to"):
-            parse_align(bad)
-
-
-def test_with_a_sidecar_trace_minutes_fall_on_its_ticks(tmp_path, capsys):
-    """A schedule of trace minutes begins on a tick of the sidecar's policy clock, so each trace minute fills one
-    tick as in replay: the run's offset (schedule start less policy time 0) is a whole number of ticks. Before, it
-    was wherever Locust's start fell (22.2 s of a 60-s tick in a run of issue 13)."""
-    sched = S.Schedule(t=[0.05, 0.3, 0.6, 1.1, 1.6], func=[0, 0, 0, 0, 0], kind=[0, 0, 0, 0, 0],
-                       functions=[S.Deployment("echo", "echo", 128)], kinds=["echo"], duration_s=2.0,
-                       meta={"source": "azure2019", "compress": 60.0, "start_minute": 10})
-    doc = run_loadtest(tmp_path, sched, ["--policy", "hybrid", "--simulate"], capsys)
-    offset = doc["simulated"]["prewarmer"]["offset_s"]  # policy seconds (x60 here: 1 real s = one tick)
-    assert offset >= 0.0 and "sidecar_late_s" not in doc["simulated"]["prewarmer"]
-    ticks = offset / 60.0
-    assert abs(ticks - round(ticks)) * 60.0 <= 6.0, offset  # within 0.1 real s of a tick
 
 
 def test_summary_has_exact_percentiles_and_per_function_figures():

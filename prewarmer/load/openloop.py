@@ -29,10 +29,9 @@ from locust.exception import StopUser
 
 from prewarmer.load import schedule as sched_mod
 from prewarmer.load.results import Recorder, parse_cold, parse_ms, write_json
-from prewarmer.load.timing import parse_align, run_schedule, tick_after
+from prewarmer.load.timing import run_schedule
 
 log = logging.getLogger("prewarmer.load")
-ALIGN_MARGIN_S = 0.05
 
 
 @events.init_command_line_parser.add_listener
@@ -44,10 +43,6 @@ def _add_arguments(parser) -> None:
                         help="write every latency and per-function statistics here (JSON) when the test stops")
     parser.add_argument("--synthetic-duration", type=float, default=60.0, env_var="PREWARMER_SYNTHETIC_DURATION",
                         help="length in seconds of the built-in pattern, used without --schedule (60)")
-    parser.add_argument("--align-to", default="", env_var="PREWARMER_ALIGN_TO",
-                        help="CLOCK_START:PERIOD (unix s, real s): begin the schedule on the first tick of that clock "
-                             "after the test starts (default: at once); `prewarmer loadtest` gives the sidecar's "
-                             "policy clock and tick")
 
 
 class OpenLoopRun:
@@ -69,7 +64,6 @@ class OpenLoopRun:
                                  metered_from_s=float(schedule.meta.get("warmup_s") or 0.0))
         self.start_perf = 0.0
         self.start_unix = 0.0
-        self.align: tuple[float, float] | None = None  # (clock start, period): begin on a tick of that clock
         self.stopping = False
         self.written = False
 
@@ -104,8 +98,6 @@ def _on_test_start(environment, **_kw) -> None:
         return  # workers run the user and write the results
     options = environment.parsed_options
     _run = OpenLoopRun(_load_schedule(options), getattr(options, "results", "") if options else "")
-    align = getattr(options, "align_to", "") if options else ""
-    _run.align = parse_align(align) if align else None
     s = _run.schedule
     log.info("open loop: %d requests over %.1f s to %d functions", len(s), s.duration_s, len(s.functions))
 
@@ -141,10 +133,6 @@ class OpenLoopUser(FastHttpUser):
         run = _run
         if run is None:  # test_start did not run (e.g. a distributed master): nothing to replay here
             raise StopUser()
-        if run.align is not None:
-            # The next tick from now (a little ahead: the sleep must not overshoot a tick that is due at once).
-            at = tick_after(*run.align, time.time() + ALIGN_MARGIN_S)
-            gevent.sleep(max(0.0, at - time.time()))
         run.start_unix = time.time()
         run.start_perf = time.perf_counter()
         run.recorder.started_unix = run.start_unix

@@ -101,11 +101,6 @@ class Progress:
             self._bar.stop()
 
 
-#: The policy period whose ticks a schedule from a trace starts on (every policy here ticks each 60 s of policy
-#: time or a divisor of it).
-POLICY_TICK_S = 60.0
-
-
 def trace_epoch_s(schedule: sched_mod.Schedule) -> float:
     """The trace time the schedule starts at (seconds), so that the agents' time-of-day features read trace
     time live as they do in replay."""
@@ -152,16 +147,10 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         dur = setup.schedule.duration_s
         # A safety net only: the user ends the test itself once every reply is in.
         run_time = math.ceil(dur + 120)
-        # With a sidecar, a schedule of trace minutes begins on a tick of its policy clock: trace minute m then fills
-        # one tick, as in replay, and the sidecar's time of day (its clock reads the trace's) is the schedule's to the
-        # minute. Before, it began wherever Locust's start fell: each minute's requests spread over two ticks.
-        aligned = clock_start is not None and setup.schedule.meta.get("start_minute") is not None
-        start_at = ["--align-to", f"{clock_start:.6f}:{POLICY_TICK_S / setup.compress:.9g}"] if aligned else []
         locust = procs.start("locust", [sys.executable, "-m", "locust", "-f", str(lf_dir / "locustfile.py"),
                                         "--headless", "-u", "1", "-r", "1", "-t", f"{run_time}s", "--host", gateway,
                                         "--schedule", str(setup.schedule_path), "--results", str(results_path),
-                                        "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING",
-                                        *start_at],
+                                        "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"],
                              cwd=str(lf_dir))
         t0 = time.monotonic()
         with Progress(label, dur, setup.quiet) as progress:

@@ -9,26 +9,7 @@ part of the latency (no coordinated omission), and the send lag (actual - due) s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-
-
-def tick_after(clock_start: float, period: float, not_before: float) -> float:
-    """The first tick of a clock that ticks every `period` from `clock_start` (same unit as both) at or after
-    `not_before`: when a load test's schedule begins, so that it starts on a tick of the sidecar's policy clock."""
-    return clock_start + math.ceil(max(not_before - clock_start, 0.0) / period) * period
-
-
-def parse_align(text: str) -> tuple[float, float]:
-    """`CLOCK_START:PERIOD` (unix seconds, real seconds) of Locust's `--align-to`."""
-    start, sep, period = str(text).partition(":")
-    try:
-        t0, p = float(start), float(period)
-    except ValueError:
-        raise ValueError(f"--align-to: expected CLOCK_START:PERIOD in seconds, got {text!r}") from None
-    if not sep or not p > 0:
-        raise ValueError(f"--align-to: expected CLOCK_START:PERIOD with a positive period, got {text!r}")
-    return t0, p
 
 
 def latency_ms(intended_s: float, done_s: float) -> float:
