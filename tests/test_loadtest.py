@@ -449,3 +449,29 @@ def test_an_external_redis_is_used_and_left_clean(redis_server, tmp_path, capsys
     assert doc["config"]["redis"] == "external"
     assert list(redis.Redis.from_url(redis_server.url).scan_iter(match="loadtest:*")) == []
     assert marked_pids(doc["config"]["run_id"]) == []
+
+
+def test_the_bar_cells_script_tabulates_replays_prediction_per_cell(tmp_path, capsys):
+    """`scripts/bar_cells.py`: issue 13's cells through `--simulate-only`, ratios against the gateway alone, bold
+    where a cell meets the bar; reports kept and reused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bar_cells", REPO / "scripts" / "bar_cells.py")
+    bar_cells = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bar_cells)
+    assert len(bar_cells.cells()) == 14
+    argv = ["--trace", str(TRACE_2019), "--out", str(tmp_path), "--only", "default", "--jobs", "1", "always-warm"]
+    assert bar_cells.main(argv) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| default")]
+    assert [x.split(" | ")[1] for x in lines] == ["120 s", "120 s, warm-up 30m"]
+    reports = sorted(tmp_path.glob("*.json"))
+    assert len(reports) == 2
+    for line in lines:
+        report = next(r for r in reports if ("warm_up" in r.name) == ("warm-up" in line))
+        sim = json.loads(report.read_text())["simulated"]
+        gateway, policy = sim["baseline"]["predicted_cold_starts"], sim["prewarmer"]["predicted_cold_starts"]
+        assert f"| {gateway} | " in line and f"{policy} (×{policy / gateway:.2f})" in line
+        assert line.endswith("** |") == (policy <= 0.5 * gateway)  # bold: the cell meets the bar
+    mtimes = [r.stat().st_mtime_ns for r in reports]
+    assert bar_cells.main(argv) == 0  # the reports are reused, not replayed again
+    assert [r.stat().st_mtime_ns for r in reports] == mtimes
