@@ -348,6 +348,11 @@ def test_provisioning_tracker_kernels_match_numpy():
     peaks = rng.integers(0, 9, (n, 60)).astype(np.float64)
     peaks[7, 3] = np.nan
     assert np.array_equal(experts._row_max(peaks, 10), peaks[:, :10].max(axis=1), equal_nan=True)
+    before = rng.integers(0, 6, (n, k)).astype(np.float64)
+    early = rng.random(n) * 7.0
+    want = short + np.maximum(np.minimum(np.minimum(early, need)[:, None], pools) - before, 0.0)
+    experts._charge_start_ups(short, pools, before, early, need)
+    assert np.array_equal(short, want, equal_nan=True)
 
 
 def test_a_state_without_latency_histogram_runs_the_same():

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from prewarmer.agents.action_space import FORECAST, KA10, LOW, forecast_pools, newsvendor_choice
-from prewarmer.policies.base import pad as pad_to
+from prewarmer.policies.base import pad
 
 KEEP_ALIVE_TICKS = 10  # the keep-alive option's pool: the largest peak of this many ticks
 OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is carried out by
@@ -71,9 +71,8 @@ class ProvisioningTracker:
         self.fallback = newsvendor_choice(np.asarray(memory_mb, np.float64), self.cold_cost, self.idle_cost)
         self.pools = None if self.pools is None else np.concatenate(
             [self.pools, np.zeros((n - len(self.pools), self.pools.shape[1]))])
-        self.before = None if self.before is None else np.concatenate(
-            [self.before, np.zeros((n - len(self.before), self.before.shape[1]))])
-        self.in_flight = None if self.in_flight is None else pad_to(self.in_flight, n, 0.0)
+        self.before = None if self.before is None else pad(self.before, n, 0.0)
+        self.in_flight = None if self.in_flight is None else pad(self.in_flight, n, 0.0)
 
     def update(self, peak_in_flight: np.ndarray, arrivals: np.ndarray | None = None,
                startup_share: np.ndarray | None = None, in_flight: np.ndarray | None = None) -> None:
@@ -86,8 +85,7 @@ class ProvisioningTracker:
             if self.lag and self.before is not None and self.in_flight is not None and arrivals is not None \
                     and startup_share is not None:
                 early = self.in_flight + np.asarray(arrivals, np.float64) * np.clip(startup_share, 0.0, 1.0)
-                wanted = np.minimum(np.minimum(early, need)[:, None], self.pools)
-                self.short += np.maximum(wanted - self.before, 0.0)
+                _charge_start_ups(self.short, self.pools, self.before, early, need)
             self.scored += 1
         if self.lag and in_flight is not None:
             self.in_flight = np.asarray(in_flight, np.float64).copy()
@@ -107,9 +105,8 @@ class ProvisioningTracker:
         of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
         keep_alive_pool = _row_max(recent_peaks, KEEP_ALIVE_TICKS)[:, None]
         if self.lag:
-            last_peak = np.asarray(recent_peaks[:, 0], np.float64)[:, None]
-            self.before = np.broadcast_to(last_peak, (len(last_peak), len(self.options))).copy() \
-                if self.pools is None else np.maximum(self.pools, last_peak)
+            held = np.zeros((len(recent_peaks), len(self.options))) if self.pools is None else self.pools
+            self.before = np.maximum(held, np.asarray(recent_peaks[:, :1], np.float64))
         self.pools = np.concatenate([forecast_pools(quantiles, self.options[:-1]), keep_alive_pool], axis=1)
 
     def best(self) -> np.ndarray:
@@ -131,6 +128,21 @@ def _charge(short, idle, pools, need, gb, decay):
             short[r, j] = decay * short[r, j] + _maximum(d, 0.0)
             e = pools[r, j] - need[r]
             idle[r, j] = decay * idle[r, j] + _maximum(e, 0.0) * gb[r]
+
+
+@njit(cache=True)
+def _charge_start_ups(short, pools, before, early, need):
+    """In place: short += max(min(min(early, need)[:, None], pools) - before, 0): the instances each option's own
+    start-ups left the tick's first seconds short of."""
+    for r in range(short.shape[0]):
+        e = _minimum(early[r], need[r])
+        for j in range(short.shape[1]):
+            short[r, j] += _maximum(_minimum(e, pools[r, j]) - before[r, j], 0.0)
+
+
+@njit(cache=True, inline="always")
+def _minimum(a, b):
+    return a if (a <= b or a != a) else b  # np.minimum's: the first of equal ones, NaN wins
 
 
 @njit(cache=True, inline="always")

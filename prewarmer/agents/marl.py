@@ -214,7 +214,7 @@ class MARLPolicy(Policy):
         self.hybrid_actions = self.hybrid.decide(now, obs)
         self.peaks.update(obs.peak_in_flight, obs.arrivals)
         self.adapt_price(obs, in_force)  # before the tracker forgets the pools the last tick was judged against
-        share = None if obs.startup_s is None or not obs.dt else np.asarray(obs.startup_s) / obs.dt
+        share = None if not self.lag or obs.startup_s is None or not obs.dt else np.asarray(obs.startup_s) / obs.dt
         self.tracker.update(obs.peak_in_flight, obs.arrivals, share, obs.in_flight)
         quantiles = predict(self.model.forecaster, self.peaks)
         self.tracker.propose(quantiles, self.peaks.peaks)
