@@ -8,6 +8,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 from test_loadtest import parse
 
 from prewarmer.load import schedule as S
@@ -51,6 +52,9 @@ def test_replay_of_a_load_test_predicts_its_cold_starts_and_fails_on_the_wrong_k
 
     # Shown to fail: replayed as a platform with a 10x longer keep-alive, the prediction disagrees.
     results = json.loads((tmp_path / "work" / "baseline" / "results.json").read_text())
+    # Replay took the workers' own start-ups from the gateway's log: one for every cold start at least.
+    assert len(results["workers"]["startup_ms"]) >= measured
+    assert set(results["workers"]["function"]) == set(sim["per_function"])
     wrong = predict(sched, results, None, 10 * KEEP_ALIVE_S, 1.0)
     assert not wrong["agree"] and not agree(wrong["predicted_cold_starts"], measured)
 
@@ -80,3 +84,43 @@ def test_a_burst_beyond_the_gateways_workers_is_predicted_as_the_gateway_serves_
     results = json.loads((tmp_path / "work" / "baseline" / "results.json").read_text())
     assert sum(1 for x in results["requests"]["wait_ms"] if x and x > 1000.0) >= len(t) - workers
     assert workload_of_run(sched, results, 1.0).duration.max() < 4.0 + 0.5
+
+
+def test_worker_start_ups_are_read_from_the_gateways_log_and_fitted_to_the_starts_beside_them(tmp_path):
+    """Three functions of own start-ups 40/60/80 ms, each slowed 20 ms by every other worker starting when it began
+    (a gateway spawning processes on 2 cores): the fit finds both from the log the gateway writes."""
+    from datetime import UTC, datetime
+
+    from prewarmer.load.simulate import fit_startups, others_starting, worker_startups
+
+    own = {"a": 0.04, "b": 0.06, "c": 0.08}
+    rng = np.random.default_rng(3)
+    spawn, names, startup = [], [], []
+    starting: list[float] = []  # ready times of the workers still starting
+    t = 1_800_000_000.0
+    for _ in range(300):
+        t += float(rng.exponential(0.05))
+        name = str(rng.choice(list(own)))
+        starting = [r for r in starting if r > t]
+        dur = own[name] + 0.02 * len(starting)
+        starting.append(t + dur)
+        spawn.append(t), names.append(name), startup.append(dur)
+    lines = ["ts=2027-01-15T08:00:00.000 level=INFO event=gateway_start port=8080"]
+    for s, n, d in zip(spawn, names, startup, strict=True):
+        ts = datetime.fromtimestamp(s + d, UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
+        lines.append(f"ts={ts} level=INFO event=worker_ready function={n} worker={n}-1 pid=7 "
+                     f"startup_ms={d * 1000:.3f} import_ms=1.000")
+    lines.append("ts=2027-01-15T08:00:00.000 level=INFO event=worker_ready function=a startup_")  # cut short
+    log = tmp_path / "gateway.log"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    workers = worker_startups(log)
+    assert len(workers["startup_ms"]) == 300 and workers["function"] == names
+    counts = others_starting(np.asarray(workers["spawn_s"]), np.asarray(workers["startup_ms"]) / 1000.0)
+    assert counts.max() >= 3  # the fit had starts beside others to learn from
+    base, per = fit_startups(workers, ["a", "b", "c", "d"])
+    assert per == pytest.approx(0.02, abs=0.002)
+    assert base[:3] == pytest.approx([0.04, 0.06, 0.08], abs=0.003)
+    assert np.isnan(base[3])  # no start-up logged: not made up here
+    assert fit_startups({"function": [], "spawn_s": [], "startup_ms": []}, ["a"]) is None
+    assert worker_startups(tmp_path / "missing.log") == {"function": [], "spawn_s": [], "startup_ms": []}

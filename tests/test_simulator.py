@@ -285,6 +285,29 @@ def test_per_function_startup_model() -> None:
     assert lat_sum(res) == pytest.approx([3.0, 3.0])
 
 
+def test_start_ups_begun_together_slow_each_other_by_per_start() -> None:
+    # Three functions called at once, start-up 1 s + 0.25 s per other instance starting: the first begins alone
+    # (1 s), the second beside one (1.25 s), the third beside two (1.5 s); a call at 10 s, when none is starting,
+    # is back to 1 s (keep-alive 0: it is cold too).
+    calls = [(0.0, 0, 1.0), (0.0, 1, 1.0), (0.0, 2, 1.0), (10.0, 0, 1.0)]
+    w = ListWorkload([("a", GB), ("b", GB), ("c", GB)], calls, 100.0)
+    res = run(w, KeepAlivePolicy(0.0), startup=StartupModel("constant", seconds=1.0, per_starting_s=0.25))
+    assert lat_sum(res) == pytest.approx([2.0 + 2.0, 2.25, 2.5])
+    # Without it every start-up is the function's own.
+    res = run(w, KeepAlivePolicy(0.0), startup=StartupModel("constant", seconds=1.0))
+    assert lat_sum(res) == pytest.approx([4.0, 2.0, 2.0])
+
+
+def test_start_up_spec_takes_per_start_and_names_what_it_does_not_know() -> None:
+    from prewarmer.sim.startup import parse_startup
+
+    assert parse_startup("per-function:per_start=20ms") == StartupModel("per-function", seconds=1.0,
+                                                                         per_starting_s=0.02)
+    assert parse_startup("constant:2s").describe() == {"kind": "constant", "seconds": 2.0}  # reports as before
+    with pytest.raises(ValueError, match="unknown setting 'median'"):
+        parse_startup("constant:median=2s")
+
+
 def test_lognormal_startup_is_seeded() -> None:
     calls = [(100.0 * k, 0, 1.0) for k in range(20)]  # keep-alive 10 s: every call is cold
     w = ListWorkload([("f", GB)], calls, 2100.0)

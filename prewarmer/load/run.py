@@ -29,6 +29,7 @@ from prewarmer.load.services import (
     start_redis,
     start_sidecar,
 )
+from prewarmer.load.simulate import worker_startups
 
 LOCUSTFILE = '"""Written by prewarmer loadtest."""\n\nfrom prewarmer.load.openloop import OpenLoopUser  # noqa: F401\n'
 
@@ -172,6 +173,8 @@ def run_once(setup: RunSetup, label: str, policy: str | None) -> RunOutcome:
         if not results_path.is_file():
             raise locust.failure("wrote no results")
         results = json.loads(results_path.read_text(encoding="utf-8"))
+        # The workers' own start-ups (spawn to ready), for replaying the run (`prewarmer.load.simulate`).
+        results["workers"] = worker_startups(logdir / "gateway.log")
         if after is None:
             raise LoadTestError(f"gateway {gateway}/metrics is not readable after the run")
         warmup = float(setup.schedule.meta.get("warmup_s") or 0.0)

@@ -3,9 +3,11 @@ the gateway measured, per function.
 
 The prediction replays, in policy time (real seconds x the schedule's compression, as the sidecar sees
 them): every answered request at its intended send time, for its execution time as the gateway reported
-it (`X-Duration-Seconds` less `X-Prewarmer-Wait-Ms`: the start-up or the queue at the worker bound), each
-function's start-up time measured from the gateway's cold starts (median `X-Prewarmer-Startup-Ms`; the
-median of all functions for one that had none), and the gateway's worker bound (`max_instances`). The
+it (`X-Duration-Seconds` less `X-Prewarmer-Wait-Ms`: the start-up or the queue at the worker bound), the
+workers' start-ups as the gateway logged them (`event=worker_ready startup_ms=`, spawn to ready) fitted as each
+function's own plus a share per other worker starting at the same time (the gateway spawns processes on a few
+cores: a burst of starts slows each of them), and the gateway's worker bound (`max_instances`). A run without
+the gateway's log falls back to each function's median wait for a new worker (`X-Prewarmer-Startup-Ms`). The
 gateway alone is replayed as fixed keep-alive for the gateway's own keep-alive; a run with the sidecar as
 its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one of them);
 `agree` is the check the CI test holds them to.
@@ -14,6 +16,9 @@ its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one
 from __future__ import annotations
 
 import math
+import re
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +47,88 @@ def _startup_s(func: np.ndarray, cold: np.ndarray, startup: np.ndarray, n: int,
                      else fallback for i in range(n)])
 
 
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def worker_startups(log_path: Path) -> dict:
+    """Every worker start-up the gateway logged (`event=worker_ready`): its function, when it was spawned
+    (seconds on the log's clock) and how long it took (ms). Empty lists when there is no log."""
+    doc: dict = {"function": [], "spawn_s": [], "startup_ms": []}
+    if not log_path.is_file():
+        return doc
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        for line in log:
+            if "event=worker_ready" not in line:
+                continue
+            fields = {k: v.strip('"') for k, v in _LOGFMT.findall(line)}
+            try:
+                ready = datetime.fromisoformat(fields["ts"]).timestamp()
+                startup_ms = float(fields["startup_ms"])
+                name = fields["function"]
+            except (KeyError, ValueError):
+                continue  # a line cut short or of another format: not a start-up to learn from
+            doc["function"].append(name)
+            doc["spawn_s"].append(ready - startup_ms / 1000.0)
+            doc["startup_ms"].append(startup_ms)
+    return doc
+
+
+def others_starting(spawn_s: np.ndarray, startup_s: np.ndarray) -> np.ndarray:
+    """For each start-up, how many others were starting when it began: spawned before it (in spawn order) and not
+    yet ready. The engine's count at an instance's start (`engine.G_NSTARTING`)."""
+    order = np.argsort(spawn_s, kind="stable")
+    s, r = spawn_s[order], (spawn_s + startup_s)[order]
+    out = np.empty(len(s), np.int64)
+    for j in range(len(s)):
+        out[j] = int(np.count_nonzero(r[:j] > s[j]))
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
+def fit_startups(workers: dict, names: list[str]) -> tuple[np.ndarray, float] | None:
+    """Each function's own start-up (s) and the seconds every other worker starting at once adds, fitted to the
+    gateway's worker start-ups: least squares on the count of others starting with an intercept per function,
+    then each function's median of what the count does not explain. NaN for a function with no start-up; None
+    when nothing was logged."""
+    if not workers.get("startup_ms"):
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    func = np.array([index.get(f, -1) for f in workers["function"]], np.int64)
+    spawn = np.asarray(workers["spawn_s"], np.float64)
+    startup = np.asarray(workers["startup_ms"], np.float64) / 1000.0
+    others = others_starting(spawn, startup).astype(np.float64)
+    known = func >= 0
+    x, y, f = others[known], startup[known], func[known]
+    xc, yc = x.copy(), y.copy()
+    for i in np.unique(f):  # within each function: the intercepts drop out
+        m = f == i
+        xc[m] -= x[m].mean()
+        yc[m] -= y[m].mean()
+    denom = float(xc @ xc)
+    per = max(float(xc @ yc) / denom, 0.0) if denom > 0 else 0.0
+    base = np.full(len(names), np.nan)
+    for i in np.unique(f):
+        m = f == i
+        base[i] = max(float(np.median(y[m] - per * x[m])), 0.0)
+    return base, per
+
+
+def startups_of_run(schedule: Schedule, results: dict) -> tuple[np.ndarray, float]:
+    """Each function's start-up (real seconds) and the seconds added per other worker starting at once, for
+    replaying a run: fitted from the gateway's worker start-ups when the run has them, else each function's
+    median wait for a new worker with nothing added (the median of all for a function without either)."""
+    req = results["requests"]
+    n = len(schedule.functions)
+    fitted = fit_startups(results.get("workers") or {}, list(schedule.names))
+    if fitted is not None:
+        base, per = fitted
+        known = ~np.isnan(base)
+        return np.where(known, base, float(np.median(base[known])) if known.any() else FALLBACK_STARTUP_S), per
+    return _startup_s(np.asarray(req["function"]), np.asarray(req["cold"]), _seconds(req, "startup_ms"), n,
+                      results.get("assumed_startup_s", FALLBACK_STARTUP_S)), 0.0
+
+
 def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0):
     """The run's answered requests as a recorded workload, in policy time (the schedule starting `offset_s`
     after policy time 0)."""
@@ -58,9 +145,7 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
     n = len(schedule.functions)
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
                               memory_mb=np.array([f.memory_mb for f in schedule.functions], np.float64),
-                              cold_start_s=_startup_s(np.asarray(req["function"]), np.asarray(req["cold"]),
-                                                      startup_s, n, results.get("assumed_startup_s",
-                                                                                FALLBACK_STARTUP_S)) * compress)
+                              cold_start_s=startups_of_run(schedule, results)[0] * compress)
     t = offset_s + np.asarray(schedule.t)[keep] * compress
     horizon = offset_s + (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
     return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,
@@ -114,7 +199,9 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     late_s = max(-offset, 0.0) / compress
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=max_workers)
+    per_starting_s = startups_of_run(schedule, results)[1]
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress),
+                       max_instances=max_workers)
     groups = shard_groups(list(schedule.names), shards if policy else None)
     predicted, idle_gb_s = _replay(workload, spec, cfg, groups)
     warmup = float(schedule.meta.get("warmup_s") or 0.0)
@@ -132,6 +219,7 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     total_p = sum(f["predicted"] for f in per_function.values())
     total_m = sum(f["measured"] for f in per_function.values())
     doc = {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
+           "startup_per_starting_s": round(per_starting_s, 5),
            "predicted_cold_starts": total_p,
            # idle GB-s per real second, as the gateway's wasted_gb_s (replay's are in policy seconds)
            "predicted_wasted_gb_s": round(idle_gb_s / compress, 3),

@@ -56,9 +56,11 @@ G_FREE, G_NFREE, G_RFREE, G_NRFREE, G_HSIZE, G_QHEAD, G_QTAIL, G_GHEAD, G_GTAIL 
 G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
 G_RLN = 12  # rows in the request log
 G_ESIZE = 13  # entries in the expiry heap (G_HSIZE: in the main heap)
-NGI = 14
+G_NSTARTING = 14  # instances starting, all functions
+NGI = 15
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
-NGF = 4  # then (used GB, quota GB) per tenant
+G_PER_STARTING = 4  # start-up seconds added per other instance starting at the same time (0: none)
+NGF = 5  # then (used GB, quota GB) per tenant
 # Event kinds.
 EV_DONE, EV_READY, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
 # The two heaps (rows of `hk` / `hp`): expiries, and every other event.
@@ -426,6 +428,9 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     dur = fs[f, S_STARTUP]
     if fs[f, S_SIGMA] > 0.0:
         dur *= np.exp(fs[f, S_SIGMA] * np.random.standard_normal())
+    # Instances starting together share the machine that starts them (a gateway spawning processes on a few cores).
+    dur += gf[G_PER_STARTING] * gi[G_NSTARTING]
+    gi[G_NSTARTING] += 1
     isf[i, I_CREATED] = t
     isf[i, I_READY] = t + dur
     fi[f, F_ALIVE] += 1
@@ -661,6 +666,7 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
         _touch(fs, fi, f, t)
         isi[i, I_STATE] = ST_READY
         fi[f, F_STARTING] -= 1
+        gi[G_NSTARTING] -= 1
         _list_del(isi, lh, lt, i)
         r = isi[i, I_BOUND]
         isi[i, I_BOUND] = -1

@@ -3,7 +3,9 @@
 Every model is identical for all policies in a run. Specs on the command line:
 `constant:1s` (default, as dslab-faas), `per-function[:default]` (the workload's own cold-start
 times, e.g. from `--workload poisson`), `memory:base=0.5,per_gb=1.0` (grows with memory size) and
-`lognormal:median=1,sigma=0.5` (a random draw per start, seeded with the run).
+`lognormal:median=1,sigma=0.5` (a random draw per start, seeded with the run). Any of them takes
+`per_start=DURATION`: each start-up grows by that much for every other instance (any function) starting when it
+begins, as on a gateway that spawns processes on a few cores (`per-function:per_start=0.02`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class StartupModel:
     base_s: float = 0.5
     per_gb_s: float = 1.0
     sigma: float = 0.0
+    per_starting_s: float = 0.0  # added per other instance starting at the same time
 
     def per_function(self, functions: FunctionTable) -> tuple[np.ndarray, np.ndarray]:
         """(median start-up seconds, lognormal sigma) per function."""
@@ -37,27 +40,34 @@ class StartupModel:
 
     def describe(self) -> dict:
         if self.kind == "memory":
-            return {"kind": "memory", "base_s": self.base_s, "per_gb_s": self.per_gb_s}
-        if self.kind == "lognormal":
-            return {"kind": "lognormal", "median_s": self.seconds, "sigma": self.sigma}
-        return {"kind": self.kind, "seconds": self.seconds}
+            doc = {"kind": "memory", "base_s": self.base_s, "per_gb_s": self.per_gb_s}
+        elif self.kind == "lognormal":
+            doc = {"kind": "lognormal", "median_s": self.seconds, "sigma": self.sigma}
+        else:
+            doc = {"kind": self.kind, "seconds": self.seconds}
+        if self.per_starting_s:
+            doc["per_starting_s"] = self.per_starting_s
+        return doc
 
 
 def parse_startup(spec: str) -> StartupModel:
     kind, _, rest = spec.partition(":")
     params = dict(p.split("=", 1) if "=" in p else ("", p) for p in rest.split(",") if p)
+    known = {"constant": {""}, "per-function": {""}, "memory": {"base", "per_gb"}, "lognormal": {"median", "sigma"}}
+    if kind not in known:
+        raise ValueError(f"unknown start-up model {spec!r} (constant:1s, per-function, memory:base=..,per_gb=.., "
+                         "lognormal:median=..,sigma=..; any with per_start=..)")
+    unknown = set(params) - known[kind] - {"per_start"}
+    if unknown:
+        raise ValueError(f"start-up model {spec!r}: unknown setting {sorted(unknown)[0]!r}")
     try:
-        if kind == "constant":
-            return StartupModel("constant", seconds=parse_duration(params.get("", "1s")))
-        if kind == "per-function":
-            return StartupModel("per-function", seconds=parse_duration(params.get("", "1s")))
+        per_start = parse_duration(params.get("per_start", "0"))
         if kind == "memory":
             return StartupModel("memory", base_s=parse_duration(params.get("base", "0.5")),
-                                per_gb_s=parse_duration(params.get("per_gb", "1.0")))
+                                per_gb_s=parse_duration(params.get("per_gb", "1.0")), per_starting_s=per_start)
         if kind == "lognormal":
             return StartupModel("lognormal", seconds=parse_duration(params.get("median", "1")),
-                                sigma=float(params.get("sigma", "0.5")))
+                                sigma=float(params.get("sigma", "0.5")), per_starting_s=per_start)
+        return StartupModel(kind, seconds=parse_duration(params.get("", "1s")), per_starting_s=per_start)
     except ValueError as e:
         raise ValueError(f"start-up model {spec!r}: {e}") from None
-    raise ValueError(f"unknown start-up model {spec!r} (constant:1s, per-function, memory:base=..,per_gb=.., "
-                     "lognormal:median=..,sigma=..)")
