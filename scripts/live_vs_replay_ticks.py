@@ -111,17 +111,20 @@ def replay_rows(workdir: Path, report: dict, label: str = "prewarmer", live: dic
     """Replay's rows; `shards` > 0: one policy per group of functions that the sidecar's `shards` shards put
     together (each live shard runs a policy of its own), else one policy for all (as `--simulate` did)."""
     from prewarmer.load.schedule import Schedule
-    from prewarmer.load.simulate import shard_groups, workload_of_run
+    from prewarmer.load.simulate import shard_groups, startups_of_run, worker_startups, workload_of_run
     from prewarmer.registry import policy_factory
     from prewarmer.sim.replay import ReplayConfig, run_shard
     from prewarmer.sim.startup import StartupModel
 
     schedule = Schedule.load(workdir / "schedule.json")
     results = json.loads((workdir / label / "results.json").read_text())
+    results["workers"] = worker_startups(workdir / label / "gateway.log")  # as the run kept them (`load.run`)
     sim = report["simulated"][label]
     compress = float(report["config"]["compress"])
     workload = workload_of_run(schedule, results, compress, float(sim["offset_s"]))
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function"), max_instances=report["config"].get("max_workers"))
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function",
+                                            per_starting_s=startups_of_run(schedule, results)[1] * compress),
+                       max_instances=report["config"].get("max_workers"))
     names = list(schedule.names)
     rows: dict[tuple[str, int], dict] = {}
     for idx in shard_groups(names, shards if shards > 0 else None):

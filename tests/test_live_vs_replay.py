@@ -13,7 +13,7 @@ from test_loadtest import parse
 
 from prewarmer.load import schedule as S
 from prewarmer.load.cli import cmd_loadtest
-from prewarmer.load.simulate import agree, predict, workload_of_run
+from prewarmer.load.simulate import agree, predict, worker_startups, workload_of_run
 
 KEEP_ALIVE_S = 2.0
 
@@ -53,6 +53,7 @@ def test_replay_of_a_load_test_predicts_its_cold_starts_and_fails_on_the_wrong_k
     # Shown to fail: replayed as a platform with a 10x longer keep-alive, the prediction disagrees.
     results = json.loads((tmp_path / "work" / "baseline" / "results.json").read_text())
     # Replay took the workers' own start-ups from the gateway's log: one for every cold start at least.
+    results["workers"] = worker_startups(tmp_path / "work" / "baseline" / "gateway.log")
     assert len(results["workers"]["startup_ms"]) >= measured
     assert set(results["workers"]["function"]) == set(sim["per_function"])
     wrong = predict(sched, results, None, 10 * KEEP_ALIVE_S, 1.0)

@@ -62,6 +62,7 @@ def print_simulated(simulated: dict, measured: bool = True) -> None:
     title = "cold starts: replay of each run's schedule vs the live run" if measured else \
         "cold starts predicted by replay of the planned schedule (no live run)"
     table = Table(title=title + (f", after a {warmup:g} s warm-up" if warmup else ""))
+    # start-up s: each function's own; on the `all` row, what every other worker starting beside one adds.
     cols = ("run", "policy", "function", "start-up s") + (("measured",) if measured else ()) + ("predicted",)
     for c in cols:
         table.add_column(c, justify="left" if c in ("run", "policy", "function") else "right")
@@ -72,7 +73,9 @@ def print_simulated(simulated: dict, measured: bool = True) -> None:
         verdict = (" (agree)" if sim["agree"] else " (DISAGREE)") if measured else ""
         if sim.get("sidecar_late_s"):
             verdict = f" (sidecar started {sim['sidecar_late_s']:g} s after the first request: not comparable)"
-        table.add_row(label, sim["policy"], f"all{verdict}", "", *((str(sim["measured_cold_starts"]),) if measured
+        per = sim.get("startup_per_starting_s") or 0.0
+        table.add_row(label, sim["policy"], f"all{verdict}", f"+{per:.3f}/other" if per else "",
+                      *((str(sim["measured_cold_starts"]),) if measured
                                                                     else ()),
                       str(sim["predicted_cold_starts"]), end_section=True)
     _console().print(table)
