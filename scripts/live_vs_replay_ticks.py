@@ -122,8 +122,9 @@ def replay_rows(workdir: Path, report: dict, label: str = "prewarmer", live: dic
     sim = report["simulated"][label]
     compress = float(report["config"]["compress"])
     workload = workload_of_run(schedule, results, compress, float(sim["offset_s"]))
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function",
-                                            per_starting_s=startups_of_run(schedule, results)[1] * compress),
+    _, per_starting_s, by_policy_s = startups_of_run(schedule, results)
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress,
+                                            by_policy_s=by_policy_s * compress),
                        max_instances=report["config"].get("max_workers"))
     names = list(schedule.names)
     rows: dict[tuple[str, int], dict] = {}

@@ -89,39 +89,49 @@ def test_a_burst_beyond_the_gateways_workers_is_predicted_as_the_gateway_serves_
 
 def test_worker_start_ups_are_read_from_the_gateways_log_and_fitted_to_the_starts_beside_them(tmp_path):
     """Three functions of own start-ups 40/60/80 ms, each slowed 20 ms by every other worker starting when it began
-    (a gateway spawning processes on 2 cores): the fit finds both from the log the gateway writes."""
+    (a gateway spawning processes on 2 cores) and 50 ms when the platform's scale-up started it rather than a
+    request (the controller works at its tick on the same cores): the fit finds all three from the gateway's log."""
     from datetime import UTC, datetime
 
     from prewarmer.load.simulate import fit_startups, others_starting, worker_startups
 
     own = {"a": 0.04, "b": 0.06, "c": 0.08}
     rng = np.random.default_rng(3)
-    spawn, names, startup = [], [], []
+    spawn, names, startup, policy = [], [], [], []
     starting: list[float] = []  # ready times of the workers still starting
     t = 1_800_000_000.0
     for _ in range(300):
         t += float(rng.exponential(0.05))
         name = str(rng.choice(list(own)))
+        prewarm = bool(rng.random() < 0.5)
         starting = [r for r in starting if r > t]
-        dur = own[name] + 0.02 * len(starting)
+        dur = own[name] + 0.02 * len(starting) + 0.05 * prewarm
         starting.append(t + dur)
-        spawn.append(t), names.append(name), startup.append(dur)
+        spawn.append(t), names.append(name), startup.append(dur), policy.append(prewarm)
     lines = ["ts=2027-01-15T08:00:00.000 level=INFO event=gateway_start port=8080"]
-    for s, n, d in zip(spawn, names, startup, strict=True):
+    for k, (s, n, d) in enumerate(zip(spawn, names, startup, strict=True)):
+        start = datetime.fromtimestamp(s, UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
         ts = datetime.fromtimestamp(s + d, UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
-        lines.append(f"ts={ts} level=INFO event=worker_ready function={n} worker={n}-1 pid=7 "
+        reason = "prewarm" if policy[k] else "request"
+        lines.append(f"ts={start} level=INFO event=worker_start function={n} worker={n}-{k} reason={reason}")
+        lines.append(f"ts={ts} level=INFO event=worker_ready function={n} worker={n}-{k} pid=7 "
                      f"startup_ms={d * 1000:.3f} import_ms=1.000")
     lines.append("ts=2027-01-15T08:00:00.000 level=INFO event=worker_ready function=a startup_")  # cut short
     log = tmp_path / "gateway.log"
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     workers = worker_startups(log)
-    assert len(workers["startup_ms"]) == 300 and workers["function"] == names
+    assert len(workers["startup_ms"]) == 300 and workers["function"] == names and workers["by_policy"] == policy
     counts = others_starting(np.asarray(workers["spawn_s"]), np.asarray(workers["startup_ms"]) / 1000.0)
     assert counts.max() >= 3  # the fit had starts beside others to learn from
-    base, per = fit_startups(workers, ["a", "b", "c", "d"])
+    base, per, by_policy = fit_startups(workers, ["a", "b", "c", "d"])
     assert per == pytest.approx(0.02, abs=0.002)
+    assert by_policy == pytest.approx(0.05, abs=0.003)
     assert base[:3] == pytest.approx([0.04, 0.06, 0.08], abs=0.003)
     assert np.isnan(base[3])  # no start-up logged: not made up here
+    # Requests alone started them: no policy term to fit.
+    alone = {k: [v for v, p in zip(values, policy, strict=True) if not p] for k, values in workers.items()}
+    assert fit_startups(alone, ["a", "b", "c"])[2] == 0.0
     assert fit_startups({"function": [], "spawn_s": [], "startup_ms": []}, ["a"]) is None
-    assert worker_startups(tmp_path / "missing.log") == {"function": [], "spawn_s": [], "startup_ms": []}
+    assert worker_startups(tmp_path / "missing.log") == {"function": [], "spawn_s": [], "startup_ms": [],
+                                                          "by_policy": []}

@@ -298,11 +298,33 @@ def test_start_ups_begun_together_slow_each_other_by_per_start() -> None:
     assert lat_sum(res) == pytest.approx([4.0, 2.0, 2.0])
 
 
+class ScaleToOneAtStart(Policy):
+    """Scales every function to one instance at t=0 (a start the policy makes, not a request)."""
+
+    def reset(self, functions, now: float) -> Actions:
+        n = len(functions)
+        return Actions(keep_alive_s=np.full(n, 100.0), scale_to=np.ones(n, np.int64))
+
+
+def test_an_instance_the_policy_starts_takes_by_policy_longer_than_one_a_request_starts() -> None:
+    # Start-up 1 s, 0.5 s more for the policy's own starts. The scale-up at 0 is ready at 1.5, not 1: the call at
+    # 0.5 waits 1 s. Under a prewarm delay of 50 s the call at 0 starts its own instance (1 s: ready at 1, runs
+    # 1..2, released), the prewarm due at 52 is ready at 53.5, and the call at 52.8 waits 0.7 s for it.
+    model = StartupModel("constant", seconds=1.0, by_policy_s=0.5)
+    w = ListWorkload([("f", GB)], [(0.5, 0, 1.0)], 100.0)
+    assert lat_sum(run(w, ScaleToOneAtStart(), startup=model)) == pytest.approx([2.0])
+    assert lat_sum(run(w, ScaleToOneAtStart(), startup=StartupModel("constant", seconds=1.0))) == pytest.approx([1.5])
+    w = ListWorkload([("f", GB)], [(0.0, 0, 1.0), (52.8, 0, 1.0)], 300.0)
+    res = run(w, WindowsPolicy(100.0, 50.0), startup=model)
+    assert res.metrics()["cold_starts"] == 2
+    assert lat_sum(res) == pytest.approx([(1.0 + 1.0) + (0.7 + 1.0)])
+
+
 def test_start_up_spec_takes_per_start_and_names_what_it_does_not_know() -> None:
     from prewarmer.sim.startup import parse_startup
 
-    assert parse_startup("per-function:per_start=20ms") == StartupModel("per-function", seconds=1.0,
-                                                                         per_starting_s=0.02)
+    assert parse_startup("per-function:per_start=20ms,by_policy=0.1") == StartupModel(
+        "per-function", seconds=1.0, per_starting_s=0.02, by_policy_s=0.1)
     assert parse_startup("constant:2s").describe() == {"kind": "constant", "seconds": 2.0}  # reports as before
     with pytest.raises(ValueError, match="unknown setting 'median'"):
         parse_startup("constant:median=2s")

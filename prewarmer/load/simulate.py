@@ -52,12 +52,19 @@ _LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 def worker_startups(log_path: Path) -> dict:
     """Every worker start-up the gateway logged (`event=worker_ready`): its function, when it was spawned
-    (seconds on the log's clock) and how long it took (ms). Empty lists when there is no log."""
-    doc: dict = {"function": [], "spawn_s": [], "startup_ms": []}
+    (seconds on the log's clock), how long it took (ms) and whether the platform's scale-up started it
+    (`event=worker_start reason=prewarm`) rather than a request. Empty lists when there is no log."""
+    doc: dict = {"function": [], "spawn_s": [], "startup_ms": [], "by_policy": []}
     if not log_path.is_file():
         return doc
+    reason: dict[str, str] = {}
     with open(log_path, encoding="utf-8", errors="replace") as log:
         for line in log:
+            if "event=worker_start " in line:
+                fields = dict(_LOGFMT.findall(line))
+                if "worker" in fields:
+                    reason[fields["worker"].strip('"')] = fields.get("reason", "").strip('"')
+                continue
             if "event=worker_ready" not in line:
                 continue
             fields = {k: v.strip('"') for k, v in _LOGFMT.findall(line)}
@@ -70,6 +77,7 @@ def worker_startups(log_path: Path) -> dict:
             doc["function"].append(name)
             doc["spawn_s"].append(ready - startup_ms / 1000.0)
             doc["startup_ms"].append(startup_ms)
+            doc["by_policy"].append(reason.get(fields.get("worker", ""), "") == "prewarm")
     return doc
 
 
@@ -86,47 +94,58 @@ def others_starting(spawn_s: np.ndarray, startup_s: np.ndarray) -> np.ndarray:
     return result
 
 
-def fit_startups(workers: dict, names: list[str]) -> tuple[np.ndarray, float] | None:
-    """Each function's own start-up (s) and the seconds every other worker starting at once adds, fitted to the
-    gateway's worker start-ups: least squares on the count of others starting with an intercept per function,
-    then each function's median of what the count does not explain. NaN for a function with no start-up; None
-    when nothing was logged."""
+def fit_startups(workers: dict, names: list[str]) -> tuple[np.ndarray, float, float] | None:
+    """Each function's own start-up (s), the seconds every other worker starting at once adds, and the seconds a
+    start the policy made (a scale-up) takes beyond one a request made, fitted to the gateway's worker start-ups:
+    least squares on the count of others starting and the policy flag with an intercept per function, then each
+    function's median of what those do not explain. The policy term is fitted only where both kinds of start
+    were seen. NaN for a function with no start-up; None when nothing was logged."""
     if not workers.get("startup_ms"):
         return None
     index = {n: i for i, n in enumerate(names)}
     func = np.array([index.get(f, -1) for f in workers["function"]], np.int64)
     spawn = np.asarray(workers["spawn_s"], np.float64)
     startup = np.asarray(workers["startup_ms"], np.float64) / 1000.0
+    by_policy = np.asarray(workers.get("by_policy") or np.zeros(len(startup)), np.float64)
     others = others_starting(spawn, startup).astype(np.float64)
     known = func >= 0
-    x, y, f = others[known], startup[known], func[known]
+    y, f = startup[known], func[known]
+    x = np.column_stack([others[known], by_policy[known]])
+    if not (0 < by_policy[known].sum() < known.sum()):
+        x = x[:, :1]  # one kind of start only: nothing to tell the policy's from
     xc, yc = x.copy(), y.copy()
     for i in np.unique(f):  # within each function: the intercepts drop out
         m = f == i
-        xc[m] -= x[m].mean()
+        xc[m] -= x[m].mean(axis=0)
         yc[m] -= y[m].mean()
-    denom = float(xc @ xc)
-    per = max(float(xc @ yc) / denom, 0.0) if denom > 0 else 0.0
+    coef = np.maximum(np.linalg.lstsq(xc, yc, rcond=None)[0], 0.0) if len(y) > 1 else np.zeros(x.shape[1])
+    per, policy = float(coef[0]), float(coef[1]) if len(coef) > 1 else 0.0
     base = np.full(len(names), np.nan)
+    rest = y - x @ coef
+    by_request = by_policy[known] == 0
     for i in np.unique(f):
-        m = f == i
-        base[i] = max(float(np.median(y[m] - per * x[m])), 0.0)
-    return base, per
+        # A function's own start-up from the starts its requests made where there are any: those the policy made
+        # all fall at its ticks, where the fit's two terms share what they explain.
+        m = (f == i) & by_request if ((f == i) & by_request).any() else f == i
+        base[i] = max(float(np.median(rest[m])), 0.0)
+    return base, per, policy
 
 
-def startups_of_run(schedule: Schedule, results: dict) -> tuple[np.ndarray, float]:
-    """Each function's start-up (real seconds) and the seconds added per other worker starting at once, for
-    replaying a run: fitted from the gateway's worker start-ups when the run has them, else each function's
-    median wait for a new worker with nothing added (the median of all for a function without either)."""
+def startups_of_run(schedule: Schedule, results: dict) -> tuple[np.ndarray, float, float]:
+    """Each function's start-up (real seconds), the seconds added per other worker starting at once, and those
+    added to a start the policy made, for replaying a run: fitted from the gateway's worker start-ups when the
+    run has them, else each function's median wait for a new worker with nothing added (the median of all for a
+    function without either)."""
     req = results["requests"]
     n = len(schedule.functions)
     fitted = fit_startups(results.get("workers") or {}, list(schedule.names))
     if fitted is not None:
-        base, per = fitted
+        base, per, policy = fitted
         known = ~np.isnan(base)
-        return np.where(known, base, float(np.median(base[known])) if known.any() else FALLBACK_STARTUP_S), per
+        fill = float(np.median(base[known])) if known.any() else FALLBACK_STARTUP_S
+        return np.where(known, base, fill), per, policy
     return _startup_s(np.asarray(req["function"]), np.asarray(req["cold"]), _seconds(req, "startup_ms"), n,
-                      results.get("assumed_startup_s", FALLBACK_STARTUP_S)), 0.0
+                      results.get("assumed_startup_s", FALLBACK_STARTUP_S)), 0.0, 0.0
 
 
 def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0):
@@ -199,9 +218,9 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     late_s = max(-offset, 0.0) / compress
     workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
-    per_starting_s = startups_of_run(schedule, results)[1]
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress),
-                       max_instances=max_workers)
+    _, per_starting_s, by_policy_s = startups_of_run(schedule, results)
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress,
+                                            by_policy_s=by_policy_s * compress), max_instances=max_workers)
     groups = shard_groups(list(schedule.names), shards if policy else None)
     predicted, idle_gb_s = _replay(workload, spec, cfg, groups)
     warmup = float(schedule.meta.get("warmup_s") or 0.0)
@@ -219,7 +238,7 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     total_p = sum(f["predicted"] for f in per_function.values())
     total_m = sum(f["measured"] for f in per_function.values())
     doc = {"policy": spec, "offset_s": round(max(offset, 0.0), 3), "warmup_s": warmup,
-           "startup_per_starting_s": round(per_starting_s, 5),
+           "startup_per_starting_s": round(per_starting_s, 5), "startup_by_policy_s": round(by_policy_s, 5),
            "predicted_cold_starts": total_p,
            # idle GB-s per real second, as the gateway's wasted_gb_s (replay's are in policy seconds)
            "predicted_wasted_gb_s": round(idle_gb_s / compress, 3),

@@ -57,10 +57,12 @@ G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
 G_RLN = 12  # rows in the request log
 G_ESIZE = 13  # entries in the expiry heap (G_HSIZE: in the main heap)
 G_NSTARTING = 14  # instances starting, all functions
-NGI = 15
+G_BY_POLICY = 15  # 1 while the policy's actions start instances (a tick's scale-ups, a prewarm falling due)
+NGI = 16
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
 G_PER_STARTING = 4  # start-up seconds added per other instance starting at the same time (0: none)
-NGF = 5  # then (used GB, quota GB) per tenant
+G_BY_POLICY_S = 5  # start-up seconds added to an instance the policy starts (not a request)
+NGF = 6  # then (used GB, quota GB) per tenant
 # Event kinds.
 EV_DONE, EV_READY, EV_EXPIRE, EV_PREWARM, EV_TIMEOUT = range(5)
 # The two heaps (rows of `hk` / `hp`): expiries, and every other event.
@@ -429,7 +431,7 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     if fs[f, S_SIGMA] > 0.0:
         dur *= np.exp(fs[f, S_SIGMA] * np.random.standard_normal())
     # Instances starting together share the machine that starts them (a gateway spawning processes on a few cores).
-    dur += gf[G_PER_STARTING] * gi[G_NSTARTING]
+    dur += gf[G_PER_STARTING] * gi[G_NSTARTING] + gf[G_BY_POLICY_S] * gi[G_BY_POLICY]
     gi[G_NSTARTING] += 1
     isf[i, I_CREATED] = t
     isf[i, I_READY] = t + dur
@@ -702,9 +704,11 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
         if ver == (fi[f, F_PGEN] & VER_MASK):
             k = fi[f, F_PEND]
             fi[f, F_PEND] = 0
+            gi[G_BY_POLICY] = 1
             for _ in range(k):
                 if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
                     break
+            gi[G_BY_POLICY] = 0
     elif kind == EV_TIMEOUT:
         r = ident
         if rqi[r, R_STATE] == RQ_QUEUED:
@@ -850,9 +854,11 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
         if fs[f, S_MAX_HOLD] < np.inf:
             want = min(want, max(0, int(fs[f, S_MAX_HOLD]) - fi[f, F_IDLE]))
         want = max(want, fi[f, F_MININST] - fi[f, F_ALIVE])
+        gi[G_BY_POLICY] = 1
         for _ in range(want):
             if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
                 break
+        gi[G_BY_POLICY] = 0
 
 
 @njit(cache=True, _nrt=False)

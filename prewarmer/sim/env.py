@@ -55,7 +55,8 @@ class ReplayEnv:
         self.state = SimState(self.functions.memory_mb, startup, sigma, cfg.container_concurrency,
                               cfg.memory_cap_gb, cfg.queue_deadline_s, tenants=tenants, tenant_quota_gb=quotas,
                               max_instances=cfg.max_instances, record_requests=self.record_requests,
-                              startup_per_starting_s=cfg.startup.per_starting_s)
+                              startup_per_starting_s=cfg.startup.per_starting_s,
+                              startup_by_policy_s=cfg.startup.by_policy_s)
         E.seed_engine(cfg.seed)
         self.now, self._last_tick = 0.0, 0.0
         self._next_tick, self._next_sample = self.tick_s, cfg.sample_s  # (`step` only)

@@ -21,7 +21,7 @@ class SimState:
                  queue_deadline_s: float | None = None, tenants: np.ndarray | None = None,
                  tenant_quota_gb: np.ndarray | None = None, max_instances: int | None = None,
                  record_requests: bool = False, latency_histogram: bool = True,
-                 startup_per_starting_s: float = 0.0) -> None:
+                 startup_per_starting_s: float = 0.0, startup_by_policy_s: float = 0.0) -> None:
         self.concurrency, self.max_instances = max(1, int(concurrency)), max_instances
         self.n = 0
         self.fs = np.zeros((0, E.NFS))
@@ -38,6 +38,7 @@ class SimState:
         self.gf[E.G_CAP] = np.inf if memory_cap_gb is None else memory_cap_gb
         self.gf[E.G_DEADLINE] = np.inf if queue_deadline_s is None else queue_deadline_s
         self.gf[E.G_PER_STARTING] = startup_per_starting_s
+        self.gf[E.G_BY_POLICY_S] = startup_by_policy_s
         # The requests' latencies by log-spaced bin, for reports; a state nobody reports on (the sidecar's warm
         # fleet) keeps none, which spares a logarithm per request.
         self.lat_hist = np.zeros(E.LAT_NBINS if latency_histogram else 0, np.int64)
