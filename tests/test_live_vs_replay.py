@@ -124,6 +124,8 @@ def test_worker_start_ups_are_read_from_the_gateways_log_and_fitted_to_the_start
     assert len(workers["startup_ms"]) == 300 and workers["function"] == names and workers["by_policy"] == policy
     counts = others_starting(np.asarray(workers["spawn_s"]), np.asarray(workers["startup_ms"]) / 1000.0)
     assert counts.max() >= 3  # the fit had starts beside others to learn from
+    # By hand: two spawned at once (the second counts the first), one beside both, one after all are ready.
+    assert others_starting(np.array([1.0, 0.0, 0.0, 0.1]), np.array([0.1, 0.5, 0.2, 0.5])).tolist() == [0, 0, 1, 2]
     base, per, by_policy = fit_startups(workers, ["a", "b", "c", "d"])
     assert per == pytest.approx(0.02, abs=0.002)
     assert by_policy == pytest.approx(0.05, abs=0.003)

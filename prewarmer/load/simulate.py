@@ -85,11 +85,11 @@ def others_starting(spawn_s: np.ndarray, startup_s: np.ndarray) -> np.ndarray:
     """For each start-up, how many others were starting when it began: spawned before it (in spawn order) and not
     yet ready. The engine's count at an instance's start (`engine.G_NSTARTING`)."""
     order = np.argsort(spawn_s, kind="stable")
-    s, r = spawn_s[order], (spawn_s + startup_s)[order]
-    out = np.empty(len(s), np.int64)
-    for j in range(len(s)):
-        out[j] = int(np.count_nonzero(r[:j] > s[j]))
-    result = np.empty_like(out)
+    s = spawn_s[order]
+    ready = np.sort((spawn_s + startup_s)[order])
+    # Of the j spawned before the j-th, those ready by its spawn are done (one ready by then was spawned before it).
+    out = np.arange(len(s)) - np.searchsorted(ready, s, side="right")
+    result = np.empty(len(s), np.int64)
     result[order] = out
     return result
 
