@@ -111,21 +111,17 @@ def replay_rows(workdir: Path, report: dict, label: str = "prewarmer", live: dic
     """Replay's rows; `shards` > 0: one policy per group of functions that the sidecar's `shards` shards put
     together (each live shard runs a policy of its own), else one policy for all (as `--simulate` did)."""
     from prewarmer.load.schedule import Schedule
-    from prewarmer.load.simulate import shard_groups, startups_of_run, worker_startups, workload_of_run
+    from prewarmer.load.simulate import replay_of_run, shard_groups, worker_startups
     from prewarmer.registry import policy_factory
-    from prewarmer.sim.replay import ReplayConfig, run_shard
-    from prewarmer.sim.startup import StartupModel
+    from prewarmer.sim.replay import run_shard
 
     schedule = Schedule.load(workdir / "schedule.json")
     results = json.loads((workdir / label / "results.json").read_text())
     results["workers"] = worker_startups(workdir / label / "gateway.log")  # as the run kept them (`load.run`)
     sim = report["simulated"][label]
     compress = float(report["config"]["compress"])
-    workload = workload_of_run(schedule, results, compress, float(sim["offset_s"]))
-    _, per_starting_s, by_policy_s = startups_of_run(schedule, results)
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress,
-                                            by_policy_s=by_policy_s * compress),
-                       max_instances=report["config"].get("max_workers"))
+    workload, cfg, _ = replay_of_run(schedule, results, compress, float(sim["offset_s"]),
+                                     report["config"].get("max_workers"))
     names = list(schedule.names)
     rows: dict[tuple[str, int], dict] = {}
     for idx in shard_groups(names, shards if shards > 0 else None):

@@ -669,3 +669,16 @@ async def test_handler_output_cannot_corrupt_the_protocol_and_import_errors_are_
         assert "No module named 'no_such_module_here'" in caplog.text
         assert broken.cold
         assert (await g.status("broken"))["replicas"] == 0
+
+
+def test_a_log_line_reads_back_as_the_fields_it_was_written_with():
+    """`parse_logfmt` is `log_event`'s reader (replay reads the workers' start-ups from the gateway's log with it):
+    quotes, backslashes, newlines and empty values come back as they were."""
+    from prewarmer.gateway import _logfmt_value, parse_logfmt
+
+    values = {"function": "echo", "line": 'a "q" b\\c\nx\ty', "empty": "", "startup_ms": 84.21}
+    line = "ts=2026-12-07T12:13:02.289 level=INFO event=worker_output " + " ".join(
+        f"{k}={_logfmt_value(v)}" for k, v in values.items())
+    assert parse_logfmt(line) == {"ts": "2026-12-07T12:13:02.289", "level": "INFO", "event": "worker_output",
+                                  "function": "echo", "line": 'a "q" b\\c\nx\ty', "empty": "",
+                                  "startup_ms": "84.210"}

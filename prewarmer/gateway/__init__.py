@@ -12,8 +12,11 @@ This package module stays import-light on purpose: every worker process imports 
 from __future__ import annotations
 
 import logging
+import re
 
 log = logging.getLogger("prewarmer.gateway")
+_LOGFMT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_UNESCAPE = {"n": "\n", "t": "\t"}
 
 
 def _logfmt_value(v: object) -> str:
@@ -23,6 +26,16 @@ def _logfmt_value(v: object) -> str:
     if s == "" or any(c in s for c in ' ="\\\n\t'):
         s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
     return s
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """The fields of one log line (`log_event`'s and the `ts=` / `level=` before them), quoted values unescaped."""
+    fields = {}
+    for key, value in _LOGFMT_FIELD.findall(line):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda m: _UNESCAPE.get(m.group(1), m.group(1)), value[1:-1])
+        fields[key] = value
+    return fields
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:

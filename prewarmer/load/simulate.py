@@ -16,7 +16,6 @@ its policy. Replay and live must agree (DEVELOPERS: a difference is a bug in one
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -47,27 +46,24 @@ def _startup_s(func: np.ndarray, cold: np.ndarray, startup: np.ndarray, n: int,
                      else fallback for i in range(n)])
 
 
-_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
 def worker_startups(log_path: Path) -> dict:
     """Every worker start-up the gateway logged (`event=worker_ready`): its function, when it was spawned
     (seconds on the log's clock), how long it took (ms) and whether the platform's scale-up started it
     (`event=worker_start reason=prewarm`) rather than a request. Empty lists when there is no log."""
+    from prewarmer.gateway import parse_logfmt
+
     doc: dict = {"function": [], "spawn_s": [], "startup_ms": [], "by_policy": []}
     if not log_path.is_file():
         return doc
     reason: dict[str, str] = {}
     with open(log_path, encoding="utf-8", errors="replace") as log:
         for line in log:
-            if "event=worker_start " in line:
-                fields = dict(_LOGFMT.findall(line))
-                if "worker" in fields:
-                    reason[fields["worker"].strip('"')] = fields.get("reason", "").strip('"')
+            if "event=worker_start " not in line and "event=worker_ready " not in line:
                 continue
-            if "event=worker_ready" not in line:
+            fields = parse_logfmt(line)
+            if fields.get("event") == "worker_start":
+                reason[fields.get("worker", "")] = fields.get("reason", "")
                 continue
-            fields = {k: v.strip('"') for k, v in _LOGFMT.findall(line)}
             try:
                 ready = datetime.fromisoformat(fields["ts"]).timestamp()
                 startup_ms = float(fields["startup_ms"])
@@ -148,9 +144,10 @@ def startups_of_run(schedule: Schedule, results: dict) -> tuple[np.ndarray, floa
                       results.get("assumed_startup_s", FALLBACK_STARTUP_S)), 0.0, 0.0
 
 
-def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0):
+def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0,
+                    own_startup_s: np.ndarray | None = None):
     """The run's answered requests as a recorded workload, in policy time (the schedule starting `offset_s`
-    after policy time 0)."""
+    after policy time 0); `own_startup_s`: each function's start-up, real seconds (default: `startups_of_run`'s)."""
     from prewarmer.workloads.azure2021 import Trace2021Workload
 
     req = results["requests"]
@@ -164,12 +161,28 @@ def workload_of_run(schedule: Schedule, results: dict, compress: float, offset_s
     n = len(schedule.functions)
     functions = FunctionTable(names=schedule.names, apps=np.arange(n, dtype=np.int32), app_names=schedule.names,
                               memory_mb=np.array([f.memory_mb for f in schedule.functions], np.float64),
-                              cold_start_s=startups_of_run(schedule, results)[0] * compress)
+                              cold_start_s=(startups_of_run(schedule, results)[0] if own_startup_s is None
+                                            else np.asarray(own_startup_s, np.float64)) * compress)
     t = offset_s + np.asarray(schedule.t)[keep] * compress
     horizon = offset_s + (float(schedule.duration_s) + float(np.nanmax(gateway_s, initial=0.0))) * compress + 1.0
     return Trace2021Workload(functions, t, np.asarray(schedule.func)[keep], execution[keep] * compress, horizon,
                              start_minute=int(schedule.meta.get("start_minute") or 0),
                              description={"source": "load-test run"})
+
+
+def replay_of_run(schedule: Schedule, results: dict, compress: float, offset_s: float = 0.0,
+                  max_workers: int | None = None):
+    """What replay takes of a run: its workload (`workload_of_run`), the replay configuration (the start-ups fitted
+    to the gateway's log, `startups_of_run`, and the gateway's worker bound), and the two fitted start-up terms
+    (seconds per other worker starting, seconds for a start the policy made; real time)."""
+    from prewarmer.sim.replay import ReplayConfig
+    from prewarmer.sim.startup import StartupModel
+
+    own, per_starting_s, by_policy_s = startups_of_run(schedule, results)
+    workload = workload_of_run(schedule, results, compress, offset_s, own)
+    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress,
+                                            by_policy_s=by_policy_s * compress), max_instances=max_workers)
+    return workload, cfg, (per_starting_s, by_policy_s)
 
 
 def shard_groups(names: list[str], shards: int | None) -> list[np.ndarray]:
@@ -208,19 +221,14 @@ def predict(schedule: Schedule, results: dict, policy: str | None, keep_alive_s:
     function (replay's `max_instances`; None: no bound). `shards`: the sidecar's shards; each runs a policy of
     its own over its functions (its features and prices see only them), and replay does the same (None: one
     policy for all)."""
-    from prewarmer.sim.replay import ReplayConfig
-    from prewarmer.sim.startup import StartupModel
-
     started = results.get("started_unix")
     offset = (started - clock_start_unix) * compress if started and clock_start_unix else 0.0
     # A schedule that began before the sidecar's clock met a platform with no prewarmer for that long: replay (the
     # policy acting from the first request) cannot model that run, so it is not held to agree with it.
     late_s = max(-offset, 0.0) / compress
-    workload = workload_of_run(schedule, results, compress, max(offset, 0.0))
+    workload, cfg, (per_starting_s, by_policy_s) = replay_of_run(schedule, results, compress, max(offset, 0.0),
+                                                                 max_workers)
     spec = policy or f"fixed:{keep_alive_s * compress:g}s"
-    _, per_starting_s, by_policy_s = startups_of_run(schedule, results)
-    cfg = ReplayConfig(startup=StartupModel(kind="per-function", per_starting_s=per_starting_s * compress,
-                                            by_policy_s=by_policy_s * compress), max_instances=max_workers)
     groups = shard_groups(list(schedule.names), shards if policy else None)
     predicted, idle_gb_s = _replay(workload, spec, cfg, groups)
     warmup = float(schedule.meta.get("warmup_s") or 0.0)

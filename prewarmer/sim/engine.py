@@ -57,8 +57,7 @@ G_OVERFLOW, G_ITN, G_REQ_TOTAL = 9, 10, 11
 G_RLN = 12  # rows in the request log
 G_ESIZE = 13  # entries in the expiry heap (G_HSIZE: in the main heap)
 G_NSTARTING = 14  # instances starting, all functions
-G_BY_POLICY = 15  # 1 while the policy's actions start instances (a tick's scale-ups, a prewarm falling due)
-NGI = 16
+NGI = 15
 G_MEM, G_PEAK, G_CAP, G_DEADLINE = range(4)
 G_PER_STARTING = 4  # start-up seconds added per other instance starting at the same time (0: none)
 G_BY_POLICY_S = 5  # start-up seconds added to an instance the policy starts (not a request)
@@ -401,9 +400,10 @@ def _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
 
 
 @njit(cache=True, _nrt=False)
-def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
-    """Start an instance of f at t; returns its index, -1 when memory or slots are lacking, -2 when
-    the function or its tenant is at its own limit (others may still start)."""
+def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, by_policy):
+    """Start an instance of f at t (`by_policy`: for the policy's actions, not a request); returns its index, -1
+    when memory or slots are lacking, -2 when the function or its tenant is at its own limit (others may still
+    start)."""
     if fi[f, F_ALIVE] >= fi[f, F_MAXINST]:
         return -2
     k = fi[f, F_TENANT]
@@ -431,7 +431,7 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t):
     if fs[f, S_SIGMA] > 0.0:
         dur *= np.exp(fs[f, S_SIGMA] * np.random.standard_normal())
     # Instances starting together share the machine that starts them (a gateway spawning processes on a few cores).
-    dur += gf[G_PER_STARTING] * gi[G_NSTARTING] + gf[G_BY_POLICY_S] * gi[G_BY_POLICY]
+    dur += gf[G_PER_STARTING] * gi[G_NSTARTING] + (gf[G_BY_POLICY_S] if by_policy else 0.0)
     gi[G_NSTARTING] += 1
     isf[i, I_CREATED] = t
     isf[i, I_READY] = t + dur
@@ -573,7 +573,7 @@ def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
     while r >= 0:
         nxt = rqi[r, R_GNEXT]
         f = rqi[r, R_FUNC]
-        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t)
+        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, False)
         if i == -2:
             r = nxt
             continue
@@ -619,7 +619,7 @@ def _arrive(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt,
         return
     i = lh[base + L_STARTAVAIL]
     if i < 0 and fi[f, F_QLEN] == 0:
-        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t)
+        i = _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, False)
     if i >= 0:
         _bind(fs, fi, isi, lh, lt, rqi, r, i)
         return
@@ -704,11 +704,9 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
         if ver == (fi[f, F_PGEN] & VER_MASK):
             k = fi[f, F_PEND]
             fi[f, F_PEND] = 0
-            gi[G_BY_POLICY] = 1
             for _ in range(k):
-                if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
+                if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, True) < 0:
                     break
-            gi[G_BY_POLICY] = 0
     elif kind == EV_TIMEOUT:
         r = ident
         if rqi[r, R_STATE] == RQ_QUEUED:
@@ -854,11 +852,9 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
         if fs[f, S_MAX_HOLD] < np.inf:
             want = min(want, max(0, int(fs[f, S_MAX_HOLD]) - fi[f, F_IDLE]))
         want = max(want, fi[f, F_MININST] - fi[f, F_ALIVE])
-        gi[G_BY_POLICY] = 1
         for _ in range(want):
-            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t) < 0:
+            if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, True) < 0:
                 break
-        gi[G_BY_POLICY] = 0
 
 
 @njit(cache=True, _nrt=False)
