@@ -116,12 +116,14 @@ def _cap(text: str) -> float | str | None:
 _MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "hold": ("hold_s", parse_duration),
          "cold_target": ("cold_target", _target), "waste_target": ("waste_target", _target),
          "cap_gaps": ("cap_gaps", int), "floor": ("floor", _floor_spec),
-         "low": ("low", _on_off), "lag": ("lag", _on_off)}
+         "low": ("low", _on_off), "lag": ("lag", _on_off),
+         "fair": ("fair", _target), "fair_window": ("fair_window_s", parse_duration), "fair_gb_s": ("fair_gb_s", float)}
 
 
 def _marl(rest: str, online: bool) -> Maker:
     """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off]
-    [,waste_target=W|off][,cap_gaps=N][,floor=qNN|inflight|off][,low=on|off][,lag=on|off]`:
+    [,waste_target=W|off][,cap_gaps=N][,floor=qNN|inflight|off][,low=on|off][,lag=on|off]
+    [,fair=SHARE|off][,fair_window=DURATION][,fair_gb_s=GB_S]`:
     the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 

@@ -186,3 +186,66 @@ def test_a_waste_target_below_what_the_fleet_idles_raises_the_price_and_cuts_the
     assert plain_price == pytest.approx(0.07) and price > 2 * plain_price
     assert targeted["wasted_gb_s"] < 0.95 * plain["wasted_gb_s"]
     assert targeted["cold_starts"] >= plain["cold_starts"]
+
+
+def _table(memory_mb: list[float]) -> FunctionTable:
+    n = len(memory_mb)
+    return FunctionTable(names=[f"f{i}" for i in range(n)], apps=np.arange(n, dtype=np.int32),
+                         app_names=[f"f{i}" for i in range(n)], memory_mb=np.array(memory_mb, float),
+                         cold_start_s=np.full(n, np.nan))
+
+
+def test_the_cold_share_guard_holds_the_instances_of_functions_that_cold_start_often_within_its_bound() -> None:
+    from prewarmer.observation import Observation
+
+    p = MARLPolicy(fair=0.3, fair_window_s=3600.0, fair_gb_s=3 * 3600.0)
+    p.reset(_table([1024.0, 1024.0, 8192.0]), 0.0)
+
+    def tick(arrivals: list[int], cold: list[int], alive: list[int]) -> Actions:
+        a, c, al = (np.array(x, np.int64) for x in (arrivals, cold, alive))
+        z = np.zeros(3, np.int64)
+        obs = Observation(now=60.0, dt=60.0, arrivals=a, cold_starts=c, completions=a, timed_out=z, alive=al,
+                          starting=z, busy=z, idle_warm=al, in_flight=z, peak_in_flight=a, concurrency=np.zeros(3),
+                          wasted_gb_s=np.zeros(3), busy_gb_s=np.zeros(3), memory_mb=p.memory_mb,
+                          idle_time_func=np.empty(0, np.int32), idle_time_s=np.empty(0))
+        actions = Actions(keep_alive_s=np.array([600.0, 600.0, np.nan]), surplus_keep_alive_s=np.full(3, 300.0),
+                          prewarm_delay_s=np.array([120.0, 0.0, 0.0]), scale_to=np.array([1, 5, 1]),
+                          release_idle=np.zeros(3, np.int64))
+        p.guard_cold_share(obs, actions)
+        return actions
+
+    # f0: 3 of 3 cold, 3 instances of 1 GB for an hour (10,800 GB-s, the bound): held, none trimmed, no prewarm;
+    # f1: 1 of 10 cold: as decided; f2: 8 GB, 3 of 3 cold, but 86,400 GB-s to hold: as decided.
+    a = tick([3, 10, 3], [3, 1, 3], [3, 2, 3])
+    assert a.keep_alive_s.tolist()[:2] == [3600.0, 600.0] and np.isnan(a.keep_alive_s[2])
+    assert a.surplus_keep_alive_s.tolist() == [3600.0, 300.0, 300.0]
+    assert a.prewarm_delay_s.tolist() == [0.0, 0.0, 0.0] and a.scale_to.tolist() == [3, 5, 1]
+    assert p.keep_alive[0] == 3600.0
+    # The share is over the whole run: 3 of 13 is below 0.3, so f0 is left as decided again.
+    a = tick([10, 0, 0], [0, 0, 0], [3, 2, 3])
+    assert a.keep_alive_s[0] == 600.0 and a.prewarm_delay_s[0] == 120.0 and a.scale_to[0] == 1
+    with pytest.raises(ValueError, match="share of cold starts"):
+        MARLPolicy(fair=1.5)
+    assert policy_factory("marl:fair=0.33,fair_window=1h,fair_gb_s=4e4")().fair_gb_s == 40000.0
+
+
+def test_the_cold_share_guard_keeps_bursts_that_outlast_the_windows_warm() -> None:
+    """Bursts of 4 concurrent calls every 45 minutes for 12 hours: `marl` trims the burst's instances at the next
+    tick and cold-starts most of every burst; with the guard the four stay for the next one while the function's
+    share of cold starts is at or above 0.3, so the share ends near 0.3 (within a burst). The same bursts of an
+    8-GB function cost more than the guard's bound to hold and are left as they were."""
+    from prewarmer.sim import engine as E
+
+    minutes = 720
+    counts = np.zeros((2, minutes), np.int32)
+    counts[:, 5::45] = 4
+    w = MinuteCountWorkload(_table([1024.0, 8192.0]), counts,
+                            np.tile(np.array([20e3, 20e3, 25e3, 30e3, 35e3, 40e3, 40e3]), (2, 1)))
+    cfg = ReplayConfig(seed=0)
+    plain = replay(w, policy_factory("marl"), cfg)
+    fair = replay(w, policy_factory("marl:fair=0.3,fair_window=1h,fair_gb_s=20000"), cfg)
+    cold_plain, cold_fair = plain.fi[:, E.F_COLD], fair.fi[:, E.F_COLD]
+    calls = int(counts[0].sum())
+    assert cold_plain[0] > 0.5 * calls and cold_fair[0] <= 0.3 * calls + 4
+    assert cold_fair[1] == cold_plain[1]
+    assert fair.fs[0, E.S_WASTE] > plain.fs[0, E.S_WASTE]  # the warm bursts are paid for in idle memory

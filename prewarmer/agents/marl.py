@@ -45,6 +45,10 @@ KEEP_ALIVE_CAP: float | str | None = None
 FLOOR: float | str | None = None
 LOW_QUANTILES = False
 LAG = True
+# The cold-start share guard (`fair`), measured on the folds and not chosen (docs/results.md): off.
+FAIR_SHARE: float | None = None
+FAIR_WINDOW_S = 7200.0
+FAIR_GB_S = float("inf")
 PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
 PRICE_WARMUP = 30  # ticks scored before the price moves
 PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
@@ -59,7 +63,9 @@ class MARLPolicy(Policy):
                  idle_price: float | None = None, keep_alive_cap_s: float | str | None = KEEP_ALIVE_CAP,
                  hold_s: float = FORECAST_HOLD_S, cold_target: float | None = COLD_TARGET, cap_gaps: int = 3,
                  waste_target: float | None = WASTE_TARGET, floor: float | str | None = FLOOR,
-                 low: bool = LOW_QUANTILES, lag: bool = LAG, keep_logp: bool | None = None) -> None:
+                 low: bool = LOW_QUANTILES, lag: bool = LAG, fair: float | None = FAIR_SHARE,
+                 fair_window_s: float = FAIR_WINDOW_S, fair_gb_s: float = FAIR_GB_S,
+                 keep_logp: bool | None = None) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -104,6 +110,15 @@ class MARLPolicy(Policy):
         # With `lag`, the tracker charges each provisioning option the cold starts of its own start-ups
         # (`experts.ProvisioningTracker`): a pool raised at a tick is ready only a start-up later.
         self.lag = lag
+        # With `fair`, a function whose share of cold starts so far is at least `fair` keeps every instance
+        # `fair_window_s` after it idles and none is trimmed, as long as holding its instances that long costs
+        # at most `fair_gb_s` (`guard_cold_share`): p75's third-quartile function is a rarely invoked one
+        # whose gaps outlast the windows it is given.
+        if fair is not None and not 0 < fair <= 1:
+            raise ValueError(f"fair is a share of cold starts in (0, 1], got {fair!r}")
+        if not (fair_window_s > 0 and fair_gb_s > 0):
+            raise ValueError(f"fair_window and fair_gb_s must be positive, got {fair_window_s!r}, {fair_gb_s!r}")
+        self.fair, self.fair_window_s, self.fair_gb_s = fair, fair_window_s, fair_gb_s
         self.price = self.idle_gb_tick_cost
 
     def __setstate__(self, state: dict) -> None:
@@ -125,6 +140,7 @@ class MARLPolicy(Policy):
         self.tracker = ProvisioningTracker(self.memory_mb, self.price, low=self.low, lag=self.lag)
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
+        self.arrived, self.cold = np.zeros(n), np.zeros(n)
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
         self.hybrid = HybridHistogramPolicy()
         self.hybrid_actions = self.hybrid.reset(functions, now)
@@ -139,6 +155,7 @@ class MARLPolicy(Policy):
         self.tracker.grow(self.memory_mb)
         self.keep_alive = pad(self.keep_alive, n, 600.0)
         self.prewarm_delay = pad(self.prewarm_delay, n, 0.0)
+        self.arrived, self.cold = pad(self.arrived, n, 0.0), pad(self.cold, n, 0.0)
         self.hybrid.grow(functions, now)
         self.hybrid_actions = self.hybrid.current()
         return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
@@ -233,8 +250,34 @@ class MARLPolicy(Policy):
                                                                   self._capped(self.hybrid_actions), quantiles,
                                                                   self.tracker.best(),
                                                                   self.hold_s, self.floor_instances(obs, quantiles))
+        if self.fair is not None:
+            self.guard_cold_share(obs, actions)
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
+
+    def guard_cold_share(self, obs: Observation, actions: Actions) -> None:
+        """Hold the instances of functions whose share of cold starts so far is at least `fair`: each keeps
+        `fair_window_s` after it idles (no release-and-prewarm) and a forecast's `scale_to` may start instances
+        but not trim them, where the function's alive instances (at least one) held that long cost at most
+        `fair_gb_s`."""
+        self.arrived += obs.arrivals
+        self.cold += obs.cold_starts
+        gb = self.memory_mb / 1024.0
+        g = (self.arrived > 0) & (self.cold >= self.fair * self.arrived)
+        g &= gb * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s
+        if not g.any():
+            return
+        for name in ("keep_alive_s", "surplus_keep_alive_s"):
+            a = getattr(actions, name)
+            a[g] = np.maximum(np.nan_to_num(a[g], nan=0.0), self.fair_window_s)
+        actions.prewarm_delay_s[g] = 0.0
+        if actions.scale_to is not None:
+            s = actions.scale_to
+            s[g] = np.where(s[g] >= 0, np.maximum(s[g], obs.alive[g]), -1)
+        if actions.release_idle is not None:
+            actions.release_idle[g] = 0
+        self.keep_alive[g] = actions.keep_alive_s[g]
+        self.prewarm_delay[g] = 0.0
 
     def floor_instances(self, obs: Observation, quantiles: np.ndarray) -> np.ndarray | None:
         """(F,) the warm floor of a forecast choice this tick (None without `floor`): the instances held for the
@@ -252,7 +295,8 @@ class MARLPolicy(Policy):
         return {"spec": self.spec, "checkpoint": self.path, "choices": N_CHOICES, "trained": trained,
                 "idle_gb_tick_cost": self.idle_gb_tick_cost, "keep_alive_cap_s": self.keep_alive_cap_s,
                 "hold_s": self.hold_s, "cold_target": self.cold_target, "waste_target": self.waste_target,
-                "floor": self.floor, "low": self.low, "lag": self.lag, "price_now": self.price}
+                "floor": self.floor, "low": self.low, "lag": self.lag, "fair": self.fair,
+                "fair_window_s": self.fair_window_s, "fair_gb_s": self.fair_gb_s, "price_now": self.price}
 
 
 def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:
