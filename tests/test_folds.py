@@ -169,3 +169,22 @@ def test_a_kept_report_replayed_under_other_defaults_is_not_read_as_todays() -> 
     report["runs"]["marl"]["policy"]["lag"] = not now["lag"]
     assert not folds_script.is_current(report, "marl")
     assert not folds_script.is_current({"policies": {"marl": {}}}, "marl")  # no record of its settings
+
+
+def test_the_forecast_frontier_scores_each_quantiles_pool_in_instances_short_and_idle_gb_s() -> None:
+    import importlib.util
+
+    from prewarmer.forecast.peak import TAUS
+
+    path = Path(__file__).parents[1] / "scripts" / "forecast_frontier.py"
+    spec = importlib.util.spec_from_file_location("forecast_frontier", path)
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    # Two ticks: peaks 1 (1 GB) and 4 (2 GB). Every quantile forecasts 2.03 (a pool of 2: within 0.05 of an
+    # integer) except the last, 3.5 (a pool of 4).
+    q = np.full((2, len(TAUS)), 2.03)
+    q[:, -1] = 3.5
+    rows = frontier.score(q, np.array([1.0, 4.0]), np.array([1.0, 2.0]))
+    assert [tau for tau, _, _ in rows] == list(TAUS)
+    assert rows[0][1:] == (2.0, 60.0)  # 2 short on the second tick; one idle GB for a minute on the first
+    assert rows[-1][1:] == (0.0, 180.0)  # pool 4: none short, 3 idle GB-minutes on the first tick
