@@ -314,3 +314,24 @@ def test_a_marl_checkpoint_of_before_the_start_up_charge_is_read_and_goes_on():
     for k in range(3, 5):
         assert back.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64)) is not None
     assert back.policy.tracker.in_flight.shape == (2,)  # charging start-ups from here on (the default)
+
+
+def test_a_marl_checkpoint_of_before_the_cold_share_guard_is_read_takes_new_functions_and_goes_on():
+    """A `marl` shard pickled before the `fair` setting is read with the guard off and its counts from zero, and
+    takes on a new function (`grow` pads the counts) and ticks on."""
+    from prewarmer.agents import marl
+
+    make = policy_factory("marl")
+    agent = ShardAgent(0, make, 0.0)
+    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [256.0, 512.0])
+    for k in range(2):
+        agent.ingest(np.array([0, 1]), np.array([k * 60 + 5.0, k * 60 + 9.0]), np.full(2, 0.5), np.zeros(2),
+                     np.zeros(2, np.int64), np.full(2, 200))
+        agent.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64))
+    for name in ("fair", "fair_window_s", "fair_gb_s", "arrived", "cold"):  # as pickled before the setting
+        delattr(agent.policy, name)
+    back = ShardAgent.loads(agent.dumps(), make)
+    assert back.policy.fair is marl.FAIR_SHARE and back.policy.arrived.tolist() == [0.0, 0.0]
+    back.add_functions(120.0, ["c"], ["ns"], [128.0])
+    assert back.policy.arrived.shape == (3,) and back.policy.cold.shape == (3,)
+    assert back.tick(180.0, np.ones(3, np.int64), np.ones(3, np.int64)) is not None

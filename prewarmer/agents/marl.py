@@ -128,6 +128,11 @@ class MARLPolicy(Policy):
             self.lag = LAG
             if "tracker" in state:
                 self.tracker.lag = LAG
+        # ... or before the cold-share guard: off, and its counts start now.
+        if "fair" not in state:
+            self.fair, self.fair_window_s, self.fair_gb_s = FAIR_SHARE, FAIR_WINDOW_S, FAIR_GB_S
+            if "keep_alive" in state:
+                self.arrived, self.cold = np.zeros(len(self.keep_alive)), np.zeros(len(self.keep_alive))
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
         n = len(functions)
