@@ -293,18 +293,24 @@ def test_a_checkpoint_of_before_the_wait_is_read_and_goes_on():
     assert obs.arrivals.tolist() == [2]
 
 
+def _marl_shard_ticked(ticks: int):
+    """(the policy maker, a `marl` shard of two functions, each invoked once a tick for `ticks` ticks)."""
+    make = policy_factory("marl")
+    agent = ShardAgent(0, make, 0.0)
+    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [256.0, 512.0])
+    for k in range(ticks):
+        agent.ingest(np.array([0, 1]), np.array([k * 60 + 5.0, k * 60 + 9.0]), np.full(2, 0.5), np.zeros(2),
+                     np.zeros(2, np.int64), np.full(2, 200))
+        agent.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64))
+    return make, agent
+
+
 def test_a_marl_checkpoint_of_before_the_start_up_charge_is_read_and_goes_on():
     """Checkpoints keep their version (v5): a `marl` shard pickled before the tracker charged start-ups (`lag`)
     is read, takes today's default for it, and ticks on."""
     from prewarmer.agents import marl
 
-    make = policy_factory("marl")
-    agent = ShardAgent(0, make, 0.0)
-    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [256.0, 512.0])
-    for k in range(3):
-        agent.ingest(np.array([0, 1]), np.array([k * 60 + 5.0, k * 60 + 9.0]), np.full(2, 0.5), np.zeros(2),
-                     np.zeros(2, np.int64), np.full(2, 200))
-        agent.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64))
+    make, agent = _marl_shard_ticked(3)
     for name in ("lag", "before", "in_flight"):  # as a tracker and a policy of before the setting were pickled
         delattr(agent.policy.tracker, name)
     del agent.policy.lag
@@ -321,13 +327,7 @@ def test_a_marl_checkpoint_of_before_the_cold_share_guard_is_read_takes_new_func
     takes on a new function (`grow` pads the counts) and ticks on."""
     from prewarmer.agents import marl
 
-    make = policy_factory("marl")
-    agent = ShardAgent(0, make, 0.0)
-    agent.add_functions(0.0, ["a", "b"], ["ns", "ns"], [256.0, 512.0])
-    for k in range(2):
-        agent.ingest(np.array([0, 1]), np.array([k * 60 + 5.0, k * 60 + 9.0]), np.full(2, 0.5), np.zeros(2),
-                     np.zeros(2, np.int64), np.full(2, 200))
-        agent.tick((k + 1) * 60.0, np.ones(2, np.int64), np.ones(2, np.int64))
+    make, agent = _marl_shard_ticked(2)
     for name in ("fair", "fair_window_s", "fair_gb_s", "arrived", "cold"):  # as pickled before the setting
         delattr(agent.policy, name)
     back = ShardAgent.loads(agent.dumps(), make)
