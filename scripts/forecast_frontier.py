@@ -23,17 +23,11 @@ import numpy as np
 import torch
 
 from prewarmer.agents import checkpoint
-from prewarmer.agents.train import record_peaks
+from prewarmer.agents.train import record_peaks, window
 from prewarmer.forecast import peak as P
 from prewarmer.workloads.azure2019 import load_azure2019
-from prewarmer.workloads.base import MinuteCountWorkload
 from prewarmer.workloads.detect import parse_minutes
 from prewarmer.workloads.folds import held_out, training
-
-
-def window(w: MinuteCountWorkload, minutes: tuple[int, int]) -> MinuteCountWorkload:
-    a, b = minutes
-    return MinuteCountWorkload(w.functions, w.counts[:, a:b], w.duration_pct_ms, start_minute=a)
 
 
 def score(quantiles: np.ndarray, peak: np.ndarray, gb: np.ndarray) -> list[tuple[float, float, float]]:
@@ -65,11 +59,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     full = load_azure2019(args.trace)
-    ev = window(held_out(full, args.folds, args.fold), parse_minutes(args.eval_minutes))
-    tr = window(training(full, args.folds, args.fold), parse_minutes(args.train_minutes))
+    ev = window(held_out(full, args.folds, args.fold), *parse_minutes(args.eval_minutes))
+    tr = window(training(full, args.folds, args.fold), *parse_minutes(args.train_minutes))
     peaks, arrivals = record_peaks(ev, seed=0)
     x, y, s = P.training_pairs(peaks, arrivals, ev.functions.memory_mb)
-    kept = arrivals.mean(axis=1) >= 0.2  # the functions `training_pairs` keeps, tick after tick
+    kept = arrivals.mean(axis=1) >= P.PAIR_MIN_RATE  # the functions `training_pairs` keeps, tick after tick
     gb = np.tile(np.asarray(ev.functions.memory_mb)[kept] / 1024.0, peaks.shape[1] - P.HISTORY)
     peak = y * s
     model, _ = checkpoint.load(args.model)

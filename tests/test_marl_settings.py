@@ -196,34 +196,43 @@ def _table(memory_mb: list[float]) -> FunctionTable:
 
 
 def test_the_cold_share_guard_holds_the_instances_of_functions_that_cold_start_often_within_its_bound() -> None:
+    from prewarmer.agents.action_space import FORECAST, HYBRID, to_actions
+    from prewarmer.forecast.peak import TAUS
     from prewarmer.observation import Observation
 
     p = MARLPolicy(fair=0.3, fair_window_s=3600.0, fair_gb_s=3 * 3600.0)
     p.reset(_table([1024.0, 1024.0, 8192.0]), 0.0)
+    hybrid = Actions(keep_alive_s=np.full(3, 600.0), surplus_keep_alive_s=np.full(3, 300.0),
+                     prewarm_delay_s=np.full(3, 120.0))
+    pools = np.tile(np.array([[1.0], [5.0], [1.0]]), (1, len(TAUS)))  # each forecast quantile: 1, 5, 1 instances
 
-    def tick(arrivals: list[int], cold: list[int], alive: list[int]) -> Actions:
+    def tick(arrivals: list[int], cold: list[int], alive: list[int], choice: int = FORECAST[0]):
         a, c, al = (np.array(x, np.int64) for x in (arrivals, cold, alive))
         z = np.zeros(3, np.int64)
         obs = Observation(now=60.0, dt=60.0, arrivals=a, cold_starts=c, completions=a, timed_out=z, alive=al,
                           starting=z, busy=z, idle_warm=al, in_flight=z, peak_in_flight=a, concurrency=np.zeros(3),
                           wasted_gb_s=np.zeros(3), busy_gb_s=np.zeros(3), memory_mb=p.memory_mb,
                           idle_time_func=np.empty(0, np.int32), idle_time_s=np.empty(0))
-        actions = Actions(keep_alive_s=np.array([600.0, 600.0, np.nan]), surplus_keep_alive_s=np.full(3, 300.0),
-                          prewarm_delay_s=np.array([120.0, 0.0, 0.0]), scale_to=np.array([1, 5, 1]),
-                          release_idle=np.zeros(3, np.int64))
-        p.guard_cold_share(obs, actions)
-        return actions
+        held = p.cold_share_held(obs)
+        actions, keep_alive, _ = to_actions(np.full(3, choice), obs, p.keep_alive, p.prewarm_delay, hybrid, pools,
+                                            held=held, held_s=p.fair_window_s)
+        return held, actions, keep_alive
 
     # f0: 3 of 3 cold, 3 instances of 1 GB for an hour (10,800 GB-s, the bound): held, none trimmed, no prewarm;
     # f1: 1 of 10 cold: as decided; f2: 8 GB, 3 of 3 cold, but 86,400 GB-s to hold: as decided.
-    a = tick([3, 10, 3], [3, 1, 3], [3, 2, 3])
-    assert a.keep_alive_s.tolist()[:2] == [3600.0, 600.0] and np.isnan(a.keep_alive_s[2])
+    held, a, keep_alive = tick([3, 10, 3], [3, 1, 3], [3, 2, 3])
+    assert held.tolist() == [True, False, False]
+    assert a.keep_alive_s.tolist() == [3600.0, 600.0, 600.0]
     assert a.surplus_keep_alive_s.tolist() == [3600.0, 300.0, 300.0]
     assert a.prewarm_delay_s.tolist() == [0.0, 0.0, 0.0] and a.scale_to.tolist() == [3, 5, 1]
-    assert p.keep_alive[0] == 3600.0
+    assert keep_alive[0] == 3600.0
     # The share is over the whole run: 3 of 13 is below 0.3, so f0 is left as decided again.
-    a = tick([10, 0, 0], [0, 0, 0], [3, 2, 3])
-    assert a.keep_alive_s[0] == 600.0 and a.prewarm_delay_s[0] == 120.0 and a.scale_to[0] == 1
+    held, a, _ = tick([10, 0, 0], [0, 0, 0], [3, 2, 3])
+    assert not held.any() and a.keep_alive_s[0] == 600.0 and a.scale_to[0] == 1
+    # Held under hybrid's windows: no release-and-prewarm (hybrid's 120 s delay) for f2 once it is over the share.
+    p.fair_gb_s = np.inf
+    held, a, _ = tick([0, 0, 1], [0, 0, 1], [0, 0, 1], HYBRID)
+    assert held.tolist() == [False, False, True] and a.prewarm_delay_s.tolist() == [120.0, 120.0, 0.0]
     with pytest.raises(ValueError, match="share of cold starts"):
         MARLPolicy(fair=1.5)
     assert policy_factory("marl:fair=0.33,fair_window=1h,fair_gb_s=4e4")().fair_gb_s == 40000.0

@@ -46,7 +46,8 @@ FORECAST_HOLD_S = 300.0  # instances idle after a forecast tick: long enough to 
 def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, prewarm_delay: np.ndarray,
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None,
                tracked: np.ndarray | None = None, hold_s: float = FORECAST_HOLD_S,
-               floor: np.ndarray | None = None) -> tuple[Actions, np.ndarray, np.ndarray]:
+               floor: np.ndarray | None = None, held: np.ndarray | None = None,
+               held_s: float = 0.0) -> tuple[Actions, np.ndarray, np.ndarray]:
     """Platform actions for each function's choice, and the (keep-alive, prewarm delay) now in force.
 
     `hybrid` holds the shadow hybrid policy's current windows (the `hybrid` and forecast choices use
@@ -56,7 +57,9 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     tick, so the next decision trims them; shorter lets unused ones go within the tick). `floor` (F,), if
     given, is a warm floor for forecast choices (`Actions.min_instances`, at most the forecast's pool): those
     instances are held whatever `hold_s` says, so a short `hold_s` lets only the ones above it go within the
-    tick, as hybrid lets a busy function's scale-out go; other choices lift any floor (0)."""
+    tick, as hybrid lets a busy function's scale-out go; other choices lift any floor (0). `held` (F,) bool, if
+    given, marks functions whose every instance stays at least `held_s` after it idles whatever the choice: no
+    release-and-prewarm, and a forecast may start instances but not trim them (`marl`'s cold-share guard)."""
     choice = np.asarray(choice, np.int64)
     if (choice == TRACKED).any():
         if tracked is None:
@@ -84,9 +87,15 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
         # its keep-alive (hybrid's), as for a rarely invoked function under hybrid.
         target = np.maximum(pool, np.minimum(obs.alive, 1))
         scale = np.where(forecast, target, -1).astype(np.int64)
+    if held is not None:
+        ka = np.where(held, np.maximum(np.nan_to_num(ka, nan=0.0), held_s), ka)
+        surplus = np.where(held, np.maximum(np.nan_to_num(surplus, nan=0.0), held_s), surplus)
+        pw = np.where(held, 0.0, pw)
+        scale = np.where(held & (scale >= 0), np.maximum(scale, obs.alive), scale)
     new_ka = np.where(np.isnan(ka), keep_alive, ka)
     new_pw = np.where(np.isnan(pw), prewarm_delay, pw)
-    release = np.where(choice == RELEASE, np.iinfo(np.int32).max, 0).astype(np.int64)
+    release = np.where((choice == RELEASE) & (True if held is None else ~held), np.iinfo(np.int32).max,
+                       0).astype(np.int64)
     floored = None
     if floor is not None:
         floored = np.where(forecast, np.minimum(np.asarray(floor, np.int64), np.maximum(scale, 0)), 0)

@@ -112,7 +112,7 @@ class MARLPolicy(Policy):
         self.lag = lag
         # With `fair`, a function whose share of cold starts so far is at least `fair` keeps every instance
         # `fair_window_s` after it idles and none is trimmed, as long as holding its instances that long costs
-        # at most `fair_gb_s` (`guard_cold_share`): p75's third-quartile function is a rarely invoked one
+        # at most `fair_gb_s` (`cold_share_held`): p75's third-quartile function is a rarely invoked one
         # whose gaps outlast the windows it is given.
         if fair is not None and not 0 < fair <= 1:
             raise ValueError(f"fair is a share of cold starts in (0, 1], got {fair!r}")
@@ -254,35 +254,21 @@ class MARLPolicy(Policy):
         actions, self.keep_alive, self.prewarm_delay = to_actions(choice, obs, self.keep_alive, self.prewarm_delay,
                                                                   self._capped(self.hybrid_actions), quantiles,
                                                                   self.tracker.best(),
-                                                                  self.hold_s, self.floor_instances(obs, quantiles))
-        if self.fair is not None:
-            self.guard_cold_share(obs, actions)
+                                                                  self.hold_s, self.floor_instances(obs, quantiles),
+                                                                  self.cold_share_held(obs), self.fair_window_s)
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 
-    def guard_cold_share(self, obs: Observation, actions: Actions) -> None:
-        """Hold the instances of functions whose share of cold starts so far is at least `fair`: each keeps
-        `fair_window_s` after it idles (no release-and-prewarm) and a forecast's `scale_to` may start instances
-        but not trim them, where the function's alive instances (at least one) held that long cost at most
-        `fair_gb_s`."""
+    def cold_share_held(self, obs: Observation) -> np.ndarray | None:
+        """(F,) the functions the cold-share guard holds this tick (None without `fair`): a share of cold starts so
+        far of at least `fair`, where holding the function's alive instances (at least one) `fair_window_s` costs
+        at most `fair_gb_s`. `to_actions` keeps their instances that long after they idle and trims none."""
+        if self.fair is None:
+            return None
         self.arrived += obs.arrivals
         self.cold += obs.cold_starts
-        gb = self.memory_mb / 1024.0
-        g = (self.arrived > 0) & (self.cold >= self.fair * self.arrived)
-        g &= gb * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s
-        if not g.any():
-            return
-        for name in ("keep_alive_s", "surplus_keep_alive_s"):
-            a = getattr(actions, name)
-            a[g] = np.maximum(np.nan_to_num(a[g], nan=0.0), self.fair_window_s)
-        actions.prewarm_delay_s[g] = 0.0
-        if actions.scale_to is not None:
-            s = actions.scale_to
-            s[g] = np.where(s[g] >= 0, np.maximum(s[g], obs.alive[g]), -1)
-        if actions.release_idle is not None:
-            actions.release_idle[g] = 0
-        self.keep_alive[g] = actions.keep_alive_s[g]
-        self.prewarm_delay[g] = 0.0
+        held = (self.arrived > 0) & (self.cold >= self.fair * self.arrived)
+        return held & (self.memory_mb / 1024.0 * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s)
 
     def floor_instances(self, obs: Observation, quantiles: np.ndarray) -> np.ndarray | None:
         """(F,) the warm floor of a forecast choice this tick (None without `floor`): the instances held for the

@@ -404,7 +404,10 @@ def in_row_blocks(fn, x: torch.Tensor, rows: int = ROW_BLOCK) -> torch.Tensor:
     return torch.cat([fn(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
-def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray, min_rate: float = 0.2,
+PAIR_MIN_RATE = 0.2  # arrivals per tick below which a function gives no training pairs (`training_pairs`)
+
+
+def training_pairs(peaks: np.ndarray, arrivals: np.ndarray, memory_mb: np.ndarray, min_rate: float = PAIR_MIN_RATE,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, next peak / s, s) for every (function, tick) of a recorded run, newest-last arrays (F, T).
 

@@ -74,9 +74,8 @@ def print_simulated(simulated: dict, measured: bool = True) -> None:
         if sim.get("sidecar_late_s"):
             verdict = f" (sidecar started {sim['sidecar_late_s']:g} s after the first request: not comparable)"
         per = sim.get("startup_per_starting_s") or 0.0
-        table.add_row(label, sim["policy"], f"all{verdict}", f"+{per:.3f}/other" if per else "",
-                      *((str(sim["measured_cold_starts"]),) if measured
-                                                                    else ()),
+        shown = (str(sim["measured_cold_starts"]),) if measured else ()
+        table.add_row(label, sim["policy"], f"all{verdict}", f"+{per:.3f}/other" if per else "", *shown,
                       str(sim["predicted_cold_starts"]), end_section=True)
     _console().print(table)
 

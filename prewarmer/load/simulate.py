@@ -122,7 +122,9 @@ def fit_startups(workers: dict, names: list[str]) -> tuple[np.ndarray, float, fl
     for i in np.unique(f):
         # A function's own start-up from the starts its requests made where there are any: those the policy made
         # all fall at its ticks, where the fit's two terms share what they explain.
-        m = (f == i) & by_request if ((f == i) & by_request).any() else f == i
+        m = f == i
+        if (m & by_request).any():
+            m &= by_request
         base[i] = max(float(np.median(rest[m])), 0.0)
     return base, per, policy
 
