@@ -258,3 +258,37 @@ def test_the_cold_share_guard_keeps_bursts_that_outlast_the_windows_warm() -> No
     assert cold_plain[0] > 0.5 * calls and cold_fair[0] <= 0.3 * calls + 4
     assert cold_fair[1] == cold_plain[1]
     assert fair.fs[0, E.S_WASTE] > plain.fs[0, E.S_WASTE]  # the warm bursts are paid for in idle memory
+
+
+def test_the_cold_share_guards_budget_holds_only_while_the_fleet_idles_less_than_that_share_of_hybrids() -> None:
+    """With `fair_budget`, the guard holds only while the fleet's idle GB-s so far are at most that fraction of what
+    the shadow hybrid would have idled (`shadow_hybrid_idle`: here its scale-out, the tick's peak in flight less
+    the average, a minute at 1 GB per instance), and not before the price's warm-up has scored its ticks."""
+    from prewarmer.agents.marl import PRICE_WARMUP
+    from prewarmer.observation import Observation
+
+    p = MARLPolicy(fair=0.3, fair_budget=0.5)
+    p.reset(_table([1024.0, 1024.0]), 0.0)
+    hybrid = Actions(keep_alive_s=np.full(2, 600.0), surplus_keep_alive_s=np.full(2, 300.0),
+                     prewarm_delay_s=np.zeros(2))
+
+    def held(peak: list[int], wasted: float) -> list[bool]:
+        a, z = np.array(peak, np.int64), np.zeros(2, np.int64)
+        obs = Observation(now=60.0, dt=60.0, arrivals=a, cold_starts=a, completions=a, timed_out=z, alive=a,
+                          starting=z, busy=z, idle_warm=a, in_flight=z, peak_in_flight=a, concurrency=np.zeros(2),
+                          wasted_gb_s=np.array([wasted, 0.0]), busy_gb_s=np.zeros(2), memory_mb=p.memory_mb,
+                          idle_time_func=np.empty(0, np.int32), idle_time_s=np.empty(0))
+        return p.cold_share_held(obs, hybrid).tolist()
+
+    p.tracker.scored = PRICE_WARMUP - 1
+    assert held([2, 0], 0.0) == [False, False]  # every call cold, but the sums have too little history yet
+    p.tracker.scored = PRICE_WARMUP
+    # So far: hybrid 2 x 60 + 2 x 60 = 240 GB-s, the fleet 100: within half of it; f1 was never invoked.
+    assert held([2, 0], 100.0) == [True, False]
+    # 100 + 60 = 160 against half of 240 + 60: over the budget, nothing is held, whatever the shares.
+    assert held([1, 0], 60.0) == [False, False]
+    assert held([4, 0], 0.0) == [True, False]  # 160 against half of 540: held again
+    with pytest.raises(ValueError, match="fair_budget must be positive"):
+        MARLPolicy(fair=0.3, fair_budget=0.0)
+    assert policy_factory("marl:fair=0.33,fair_budget=1.05")().fair_budget == 1.05
+    assert policy_factory("marl:fair=0.33")().fair_budget is None

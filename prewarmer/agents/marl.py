@@ -49,6 +49,7 @@ LAG = True
 FAIR_SHARE: float | None = None
 FAIR_WINDOW_S = 7200.0
 FAIR_GB_S = float("inf")
+FAIR_BUDGET: float | None = None
 PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
 PRICE_WARMUP = 30  # ticks scored before the price moves
 PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
@@ -65,7 +66,7 @@ class MARLPolicy(Policy):
                  waste_target: float | None = WASTE_TARGET, floor: float | str | None = FLOOR,
                  low: bool = LOW_QUANTILES, lag: bool = LAG, fair: float | None = FAIR_SHARE,
                  fair_window_s: float = FAIR_WINDOW_S, fair_gb_s: float = FAIR_GB_S,
-                 keep_logp: bool | None = None) -> None:
+                 fair_budget: float | None = FAIR_BUDGET, keep_logp: bool | None = None) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -119,6 +120,12 @@ class MARLPolicy(Policy):
         if not (fair_window_s > 0 and fair_gb_s > 0):
             raise ValueError(f"fair_window and fair_gb_s must be positive, got {fair_window_s!r}, {fair_gb_s!r}")
         self.fair, self.fair_window_s, self.fair_gb_s = fair, fair_window_s, fair_gb_s
+        # With `fair_budget`, the guard holds only while the fleet's idle GB-s so far are at most that fraction of
+        # what the shadow hybrid would have idled (`shadow_hybrid_idle`): it spends the waste headroom against
+        # hybrid on p75, and where there is none it stays off.
+        if fair_budget is not None and not fair_budget > 0:
+            raise ValueError(f"fair_budget must be positive, got {fair_budget!r}")
+        self.fair_budget = fair_budget
         self.price = self.idle_gb_tick_cost
 
     def __setstate__(self, state: dict) -> None:
@@ -133,6 +140,9 @@ class MARLPolicy(Policy):
             self.fair, self.fair_window_s, self.fair_gb_s = FAIR_SHARE, FAIR_WINDOW_S, FAIR_GB_S
             if "keep_alive" in state:
                 self.arrived, self.cold = np.zeros(len(self.keep_alive)), np.zeros(len(self.keep_alive))
+        # ... or before its budget: none, and the sums start now.
+        if "fair_budget" not in state:
+            self.fair_budget, self.idle_so_far, self.hybrid_idle_so_far = FAIR_BUDGET, 0.0, 0.0
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
         n = len(functions)
@@ -146,6 +156,7 @@ class MARLPolicy(Policy):
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         self.arrived, self.cold = np.zeros(n), np.zeros(n)
+        self.idle_so_far = self.hybrid_idle_so_far = 0.0
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
         self.hybrid = HybridHistogramPolicy()
         self.hybrid_actions = self.hybrid.reset(functions, now)
@@ -255,19 +266,27 @@ class MARLPolicy(Policy):
                                                                   self._capped(self.hybrid_actions), quantiles,
                                                                   self.tracker.best(),
                                                                   self.hold_s, self.floor_instances(obs, quantiles),
-                                                                  self.cold_share_held(obs), self.fair_window_s)
+                                                                  self.cold_share_held(obs, in_force),
+                                                                  self.fair_window_s)
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 
-    def cold_share_held(self, obs: Observation) -> np.ndarray | None:
+    def cold_share_held(self, obs: Observation, hybrid: Actions | None = None) -> np.ndarray | None:
         """(F,) the functions the cold-share guard holds this tick (None without `fair`): a share of cold starts so
         far of at least `fair`, where holding the function's alive instances (at least one) `fair_window_s` costs
-        at most `fair_gb_s`. `to_actions` keeps their instances that long after they idle and trims none."""
+        at most `fair_gb_s`, and, with `fair_budget`, none while the fleet's idle GB-s so far exceed that fraction
+        of the shadow hybrid's (`hybrid`: its windows in force during the tick). `to_actions` keeps their
+        instances that long after they idle and trims none."""
         if self.fair is None:
             return None
         self.arrived += obs.arrivals
         self.cold += obs.cold_starts
         held = (self.arrived > 0) & (self.cold >= self.fair * self.arrived)
+        if self.fair_budget is not None and hybrid is not None:
+            self.idle_so_far += float(obs.wasted_gb_s.sum())
+            self.hybrid_idle_so_far += float(shadow_hybrid_idle(obs, hybrid).sum())
+            if self.tracker.scored < PRICE_WARMUP or self.idle_so_far > self.fair_budget * self.hybrid_idle_so_far:
+                return np.zeros_like(held)
         return held & (self.memory_mb / 1024.0 * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s)
 
     def floor_instances(self, obs: Observation, quantiles: np.ndarray) -> np.ndarray | None:
@@ -287,7 +306,8 @@ class MARLPolicy(Policy):
                 "idle_gb_tick_cost": self.idle_gb_tick_cost, "keep_alive_cap_s": self.keep_alive_cap_s,
                 "hold_s": self.hold_s, "cold_target": self.cold_target, "waste_target": self.waste_target,
                 "floor": self.floor, "low": self.low, "lag": self.lag, "fair": self.fair,
-                "fair_window_s": self.fair_window_s, "fair_gb_s": self.fair_gb_s, "price_now": self.price}
+                "fair_window_s": self.fair_window_s, "fair_gb_s": self.fair_gb_s,
+                "fair_budget": self.fair_budget, "price_now": self.price}
 
 
 def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:
