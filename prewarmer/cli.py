@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--fold", metavar="I", type=int, help="with --folds K: replay fold I's functions only")
     rp.add_argument("--json", metavar="OUT", help="write the JSON report here")
     rp.add_argument("--plot", metavar="OUT.png", help="write the plot here")
+    rp.add_argument("--series", metavar="OUT.csv",
+                    help="write every policy's fleet per minute here: arrivals, cold starts, timeouts, instances "
+                         "alive, peak memory (CSV)")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
     rp.add_argument("--force", action="store_true",
                     help="run even when the replay is estimated to take more than an hour")
@@ -399,6 +402,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(args.plot, results, metrics, workload.functions.names)
         console.print(f"wrote {args.plot}")
+    if args.series:
+        report.write_series(args.series, results, metrics)
+        console.print(f"wrote {args.series}")
     return 0
 
 

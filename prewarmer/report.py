@@ -1,15 +1,18 @@
-"""Replay reports: the metrics table, the JSON document and the plot."""
+"""Replay reports: the metrics table, the JSON document, the per-minute series and the plot."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from prewarmer.sim.replay import SimResult
+from prewarmer.sim.result import SAMPLED_NAMES
 
 REFERENCE = "fixed"  # fixed keep-alive 10 minutes: every ratio is against it (BENCHMARKS.md)
 
@@ -60,6 +63,28 @@ def _jsonable(o):
     if hasattr(o, "tolist"):
         return o.tolist()
     return str(o)
+
+
+SERIES_COLUMNS = ("policy", "t_s", *SAMPLED_NAMES, "instances_alive", "peak_memory_gb")
+
+
+def write_series(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dict[str, float]]) -> None:
+    """Every policy's fleet over time, one row per sample interval ending at `t_s`: the arrivals, cold starts and
+    timeouts in it, the instances alive at its end and the peak memory within it. A last row at the run's end
+    holds the tail (requests still running at the horizon, and what timed out while they drained), so each
+    column sums to the report's total."""
+    with open(path, "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(SERIES_COLUMNS)
+        for spec, r in results.items():
+            total = np.array([metrics[spec]["invocations"], metrics[spec]["cold_starts"], metrics[spec]["timed_out"]])
+            cum = np.vstack([r.counts_total, total[None, :]]) if len(r.counts_total) else total[None, :]
+            counts = np.diff(cum, axis=0, prepend=np.zeros((1, cum.shape[1]), np.int64))
+            times = [*r.sample_t.tolist(), r.t_final]
+            alive = [*r.alive_total.tolist(), ""]
+            for k, t in enumerate(times):
+                peak = float(r.interval_peak_gb[k]) if k < len(r.interval_peak_gb) else 0.0
+                w.writerow([spec, f"{t:g}", *(int(c) for c in counts[k]), alive[k], f"{peak:.3f}"])
 
 
 def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dict[str, float]],

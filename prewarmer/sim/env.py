@@ -16,7 +16,7 @@ import numpy as np
 from prewarmer.actions import Actions
 from prewarmer.observation import Observation
 from prewarmer.sim import engine as E
-from prewarmer.sim.result import ReplayConfig, SimResult, pick_top
+from prewarmer.sim.result import SAMPLED_COUNTS, ReplayConfig, SimResult, pick_top
 from prewarmer.sim.state import SimState
 from prewarmer.workloads.base import ArrivalChunk, FunctionTable, Workload
 
@@ -63,6 +63,7 @@ class ReplayEnv:
         self._sample_t: list[float] = []
         self._peaks: list[float] = []
         self._alive_tot: list[int] = []
+        self._counts: list[np.ndarray] = []  # cumulative arrivals, cold starts, timeouts at each sample
         self._alive_top: list[np.ndarray] = []
         self._chunks: Iterator[ArrivalChunk] = self.workload.chunks(
             cfg.seed, cfg.chunk_s, None if len(self.idx) == len(self.workload.functions) else self.idx)
@@ -162,6 +163,7 @@ class ReplayEnv:
         self._sample_t.append(self.now)
         self._peaks.append(st.take_peak_memory_gb())
         self._alive_tot.append(int(st.fi[:, E.F_ALIVE].sum()))
+        self._counts.append(st.fi[:, SAMPLED_COUNTS].sum(axis=0))
         self._alive_top.append(st.fi[self._local[self.top], E.F_ALIVE].copy())
         self._next_sample += self.cfg.sample_s
         if math.isinf(self.tick_s):
@@ -187,4 +189,5 @@ class ReplayEnv:
             horizon_s=self.horizon, t_final=self.t_final, sample_t=np.asarray(self._sample_t),
             interval_peak_gb=np.asarray(self._peaks), alive_total=np.asarray(self._alive_tot), top=self.top,
             alive_top=np.asarray(self._alive_top).reshape(len(self._sample_t), len(self.top)),
+            counts_total=np.asarray(self._counts, np.int64).reshape(len(self._sample_t), len(SAMPLED_COUNTS)),
             events=events or [], state=st if keep_state else None)

@@ -38,6 +38,11 @@ class ReplayConfig(BaseModel):
                 "memory": "app AverageAllocatedMb held for the instance's whole life"}
 
 
+#: The engine's per-function counters summed over the fleet at every sample (`SimResult.counts_total`), in order.
+SAMPLED_COUNTS = [E.F_ARRIVALS, E.F_COLD, E.F_TIMEOUT]
+SAMPLED_NAMES = ("arrivals", "cold_starts", "timed_out")
+
+
 @dataclass
 class SimResult:
     """Raw outcome of one replay (possibly merged from shards); `metrics()` turns it into the report."""
@@ -54,6 +59,8 @@ class SimResult:
     top: np.ndarray  # global indices of the sampled busiest functions
     alive_top: np.ndarray  # (samples, len(top))
     events: list[str] = field(default_factory=list)
+    #: (samples, len(SAMPLED_COUNTS)) the fleet's arrivals, cold starts and timeouts so far at each sample.
+    counts_total: np.ndarray = field(default_factory=lambda: np.zeros((0, len(SAMPLED_COUNTS)), np.int64))
     #: The shard's simulator, kept (parallel replay only) so that it can be run on to the merged end.
     state: SimState | None = field(default=None, repr=False, compare=False)
 
@@ -83,6 +90,7 @@ class SimResult:
             interval_peak_gb=np.sum([p.interval_peak_gb for p in parts], axis=0),
             alive_total=np.sum([p.alive_total for p in parts], axis=0),
             top=top, alive_top=np.concatenate([p.alive_top for p in parts], axis=1),
+            counts_total=np.sum([p.counts_total for p in parts], axis=0),
             events=[e for p in parts for e in p.events])
 
     # ------------------------------------------------------------------ metrics
