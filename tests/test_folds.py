@@ -188,3 +188,38 @@ def test_the_forecast_frontier_scores_each_quantiles_pool_in_instances_short_and
     assert [tau for tau, _, _ in rows] == list(TAUS)
     assert rows[0][1:] == (2.0, 60.0)  # 2 short on the second tick; one idle GB for a minute on the first
     assert rows[-1][1:] == (0.0, 180.0)  # pool 4: none short, 3 idle GB-minutes on the first tick
+
+
+def test_the_shadow_accuracy_script_measures_hybrid_unchanged_and_the_estimate_by_its_parts() -> None:
+    """scripts/shadow_accuracy.py: hybrid measured while the estimate is summed idles exactly what hybrid replayed
+    alone idles; the estimate's parts are `marl.shadow_hybrid_idle`'s (the scale-out term of a function with one
+    instance at a time is its instance idling within the ticks it is called in); the table's classes add up."""
+    import importlib.util
+
+    from prewarmer.registry import policy_factory
+    from prewarmer.sim import engine as E
+    from prewarmer.sim.replay import ReplayConfig, replay
+    from prewarmer.workloads.base import FunctionTable, MinuteCountWorkload
+
+    path = Path(__file__).parents[1] / "scripts" / "shadow_accuracy.py"
+    spec = importlib.util.spec_from_file_location("shadow_accuracy", path)
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    counts = np.zeros((2, 240), np.int32)
+    counts[0, 5::20] = 1  # one 1-s call every 20 minutes, 1 GB
+    counts[1, :] = 30  # 30 a minute, 0.5 GB
+    table = FunctionTable(names=["rare", "busy"], apps=np.arange(2, dtype=np.int32), app_names=["rare", "busy"],
+                          memory_mb=np.array([1024.0, 512.0]), cold_start_s=np.full(2, np.nan))
+    w = MinuteCountWorkload(table, counts, np.full((2, 7), 1e3))
+    m = accuracy.measure(w)
+    alone = replay(w, policy_factory("hybrid"), ReplayConfig(seed=0))
+    np.testing.assert_array_equal(m["real"], alone.fs[:, E.S_WASTE])
+    assert m["real"][1] > 0 and (m["last"] >= 0).all() and (m["scale_out"] >= 0).all()
+    # 12 calls, each in its own tick: 1 GB idle for the 59 s of the tick it does not run, less the 1-s start-up of
+    # its cold starts (the call is in the system while it waits).
+    cold = int(alone.fi[0, E.F_COLD])
+    assert cold >= 1 and m["scale_out"][0] == 12 * 59.0 - cold * 1.0
+    rows = [r.split("|")[1:-1] for r in accuracy.table(w, m)]
+    number = [[float(c.replace(",", "")) for c in r[1:4]] for r in rows]  # n, real, estimate
+    # (each figure rounded to a GB-s)
+    assert number[0] == pytest.approx([a + b + c for a, b, c in zip(*number[1:], strict=True)], abs=2)

@@ -324,10 +324,17 @@ def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:
     On the shared sample's folds (minutes 720:1440, hybrid replayed) the estimate is 0.93-1.02 x hybrid's
     real idle GB-s on three folds and 0.90 on the fourth; on the training minutes 0:720, 0.84: a target
     against it is a target against hybrid up to that error (`waste_target` is chosen on the folds)."""
+    last, scale_out = shadow_hybrid_idle_parts(obs, hybrid)
+    return last + scale_out
+
+
+def shadow_hybrid_idle_parts(obs: Observation, hybrid: Actions) -> tuple[np.ndarray, np.ndarray]:
+    """(F,), (F,): the last instance's and the scale-out's terms of `shadow_hybrid_idle` (scripts/shadow_accuracy.py
+    measures each against hybrid's real idle GB-s)."""
     gb = np.asarray(obs.memory_mb, np.float64) / 1024.0
     f, g = obs.idle_time_func, np.asarray(obs.idle_time_s, np.float64)
     pw, ka = hybrid.prewarm_delay_s[f], hybrid.keep_alive_s[f]
     gap_idle = window_idle_s(g, pw, ka)
     last = np.bincount(f, weights=gap_idle * gb[f], minlength=len(gb))
     scale_out = np.maximum(obs.peak_in_flight - obs.concurrency, 0.0) * obs.dt * gb
-    return last + scale_out
+    return last, scale_out
