@@ -66,6 +66,7 @@ def _jsonable(o):
 
 
 SERIES_COLUMNS = ("policy", "t_s", *SAMPLED_NAMES, "instances_alive", "peak_memory_gb")
+REPORT_TOTALS = {"arrivals": "invocations", "cold_starts": "cold_starts", "timed_out": "timed_out"}  # series -> report
 
 
 def write_series(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dict[str, float]]) -> None:
@@ -77,7 +78,7 @@ def write_series(path: str | Path, results: dict[str, SimResult], metrics: dict[
         w = csv.writer(out)
         w.writerow(SERIES_COLUMNS)
         for spec, r in results.items():
-            total = np.array([metrics[spec]["invocations"], metrics[spec]["cold_starts"], metrics[spec]["timed_out"]])
+            total = np.array([metrics[spec][REPORT_TOTALS[name]] for name in SAMPLED_NAMES])
             cum = np.vstack([r.counts_total, total[None, :]]) if len(r.counts_total) else total[None, :]
             counts = np.diff(cum, axis=0, prepend=np.zeros((1, cum.shape[1]), np.int64))
             times = [*r.sample_t.tolist(), r.t_final]
@@ -121,16 +122,17 @@ def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dic
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax = axes[0, 2]
+    bin_s = 3600.0 if first.horizon_s >= 3 * 3600.0 else 600.0  # a run of hours in hours, a short one in 10 minutes
     for spec, r in results.items():
         if len(r.counts_total) < 2:
             continue
-        # Cold starts per hour, from the cumulative counts sampled every minute: where in the run a policy gains.
+        # Cold starts per bin, from the cumulative counts sampled every minute: where in the run a policy gains.
         t, cold = r.sample_t, r.counts_total[:, SAMPLED_NAMES.index("cold_starts")]
-        step = max(1, int(round(3600.0 / max(t[1] - t[0], 1e-9))))
-        ends = np.arange(step - 1, len(t), step)
-        per_hour = np.diff(cold[ends], prepend=0)
-        ax.stairs(per_hour, np.concatenate([[0.0], t[ends]]) / 3600, baseline=None, label=spec, lw=1)
-    ax.set_title("cold starts per hour, all functions")
+        step = max(1, int(round(bin_s / (t[1] - t[0]))))
+        ends = np.arange(min(step, len(t)) - 1, len(t), step)
+        ax.stairs(np.diff(cold[ends], prepend=0), np.concatenate([[0.0], t[ends]]) / 3600, baseline=None,
+                  label=spec, lw=1)
+    ax.set_title(f"cold starts per {'hour' if bin_s == 3600.0 else '10 minutes'}, all functions")
     ax.set_xlabel("trace time (h)")
     ax.grid(alpha=0.3)
     for k, ax in enumerate([axes[1, 0], axes[1, 1], axes[1, 2]]):

@@ -321,8 +321,8 @@ def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:
       idles (the 99th percentile of a busy function's idle times is its first bin), so over a tick it
       holds about the peak of requests in flight: idle (peak - average in flight) x the tick.
 
-    On the shared sample's folds (minutes 720:1440, hybrid replayed) the estimate is 0.93-1.02 x hybrid's
-    real idle GB-s on three folds and 0.90 on the fourth; on the training minutes 0:720, 0.84: a target
+    On the shared sample's folds (minutes 720:1440, hybrid replayed) the estimate is 1.009 / 0.999 / 0.901 / 0.890
+    x hybrid's real idle GB-s (`scripts/shadow_accuracy.py`); on the training minutes 0:720, 0.84: a target
     against it is a target against hybrid up to that error (`waste_target` is chosen on the folds)."""
     last, scale_out = shadow_hybrid_idle_parts(obs, hybrid)
     return last + scale_out
