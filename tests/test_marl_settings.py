@@ -292,3 +292,43 @@ def test_the_cold_share_guards_budget_holds_only_while_the_fleet_idles_less_than
         MARLPolicy(fair=0.3, fair_budget=0.0)
     assert policy_factory("marl:fair=0.33,fair_budget=1.05")().fair_budget == 1.05
     assert policy_factory("marl:fair=0.33")().fair_budget is None
+
+
+def test_a_shorter_tick_keeps_every_duration_of_the_policy_in_time() -> None:
+    """`tick`: the agents act every `tick_s`; what the policy measures in ticks keeps its length in time (the 10-minute
+    keep-alive option spans 10 minutes of peaks, the tracker's and the price's memories and warm-ups their minutes)
+    and the idle price per GB-minute is charged pro rata per tick. Replay ticks at that period."""
+    from prewarmer.agents.experts import KEEP_ALIVE_TICKS, TRACKER_WARMUP
+
+    p = policy_factory("marl:tick=20s")()
+    assert p.tick_s == 20.0 and MARLPolicy.tick_s == 60.0  # the setting is the instance's, not the class's
+    p.reset(_table([1024.0]), 0.0)
+    assert p.tracker.keep_alive_ticks == 30 and p.tracker.warmup == 3 * TRACKER_WARMUP
+    assert p.tracker.idle_cost == pytest.approx(p.price / 3)
+    # The keep-alive option's pool: the largest peak of the last 30 ticks (10 minutes), not of the last 10.
+    peaks = np.zeros((1, 60))
+    peaks[0, 25] = 7.0
+    p.tracker.propose(np.zeros((1, 6)), peaks)
+    assert p.tracker.pools[0, -1] == 7.0
+    minute = MARLPolicy()
+    minute.reset(_table([1024.0]), 0.0)
+    assert minute.tracker.keep_alive_ticks == KEEP_ALIVE_TICKS == 10
+    minute.tracker.propose(np.zeros((1, 6)), peaks)
+    assert minute.tracker.pools[0, -1] == 0.0
+    for bad in ("5s", "2m"):
+        with pytest.raises(ValueError, match="tick must be between"):
+            policy_factory(f"marl:tick={bad}")()
+    # Replay asks the policy every 20 s: 30 decisions in 10 minutes.
+    counts = np.zeros((1, 10), np.int32)
+    counts[0, :] = 3
+    w = MinuteCountWorkload(_table([512.0]), counts, np.full((1, 7), 500.0))
+    calls = []
+
+    def make() -> MARLPolicy:
+        policy = policy_factory("marl:tick=20s")()
+        decide = policy.decide
+        policy.decide = lambda now, obs: calls.append(now) or decide(now, obs)
+        return policy
+
+    replay(w, make, ReplayConfig(seed=0))
+    assert calls == [20.0 * k for k in range(1, 31)]

@@ -27,13 +27,17 @@ from numba import njit
 from prewarmer.agents.action_space import FORECAST, KA10, LOW, forecast_pools, newsvendor_choice
 from prewarmer.policies.base import pad
 
-KEEP_ALIVE_TICKS = 10  # the keep-alive option's pool: the largest peak of this many ticks
+KEEP_ALIVE_S = 600.0  # the keep-alive option: a 10-minute keep-alive, whose pool is the largest peak of its ticks
+KEEP_ALIVE_TICKS = 10  # ... at minute-long ticks
+TRACKER_HALFLIFE = 120.0  # ticks (minutes) over which an option's costs halve
+TRACKER_WARMUP = 60  # ticks (minutes) scored before the scores choose
 OPTION_CHOICES = np.concatenate([FORECAST, [KA10]])  # the choice each option is carried out by
 
 
 class ProvisioningTracker:
     def __init__(self, memory_mb: np.ndarray, idle_gb_tick_cost: float, cold_start_cost: float = 1.0,
-                 halflife: float = 120.0, warmup: int = 60, low: bool = False, lag: bool = False) -> None:
+                 halflife: float = TRACKER_HALFLIFE, warmup: int = TRACKER_WARMUP, low: bool = False,
+                 lag: bool = False, keep_alive_ticks: int = KEEP_ALIVE_TICKS) -> None:
         self.gb = np.asarray(memory_mb, np.float64) / 1024.0
         # With `low`, the quantiles below the network's (`action_space.LOW`) are options too: where idle memory
         # is dear, q75 is not the least a function may provision. The keep-alive option stays last.
@@ -41,6 +45,7 @@ class ProvisioningTracker:
         self.idle_cost, self.cold_cost = idle_gb_tick_cost, cold_start_cost
         self.decay = 0.5 ** (1.0 / halflife)
         self.warmup = warmup
+        self.keep_alive_ticks = keep_alive_ticks  # the ticks of peaks the keep-alive option's pool spans
         # Decayed sums of instances short (cold starts) and idle GB-ticks per option: the score is their
         # priced sum, so a new idle price applies to the whole history at once.
         self.short = np.zeros((len(self.gb), len(self.options)))
@@ -59,6 +64,7 @@ class ProvisioningTracker:
         state.setdefault("lag", False)
         state.setdefault("before", None)
         state.setdefault("in_flight", None)
+        state.setdefault("keep_alive_ticks", KEEP_ALIVE_TICKS)  # ... or before `marl`'s `tick`: minute-long ticks
         self.__dict__.update(state)
 
     def grow(self, memory_mb: np.ndarray) -> None:
@@ -102,8 +108,8 @@ class ProvisioningTracker:
 
     def propose(self, quantiles: np.ndarray, recent_peaks: np.ndarray) -> None:
         """Record each option's pool for the coming tick: the forecast (F, len(TAUS)) and the peaks
-        of the last ticks (F, >= KEEP_ALIVE_TICKS, newest first)."""
-        keep_alive_pool = _row_max(recent_peaks, KEEP_ALIVE_TICKS)[:, None]
+        of the last ticks (F, >= keep_alive_ticks, newest first)."""
+        keep_alive_pool = _row_max(recent_peaks, self.keep_alive_ticks)[:, None]
         if self.lag:
             held = np.zeros((len(recent_peaks), len(self.options))) if self.pools is None else self.pools
             self.before = np.maximum(held, np.asarray(recent_peaks[:, :1], np.float64))

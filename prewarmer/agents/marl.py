@@ -20,11 +20,11 @@ import torch
 from prewarmer.actions import Actions
 from prewarmer.agents import checkpoint
 from prewarmer.agents.action_space import FORECAST_HOLD_S, N_CHOICES, pool_size, teacher_choice, to_actions
-from prewarmer.agents.experts import ProvisioningTracker
+from prewarmer.agents.experts import KEEP_ALIVE_S, TRACKER_HALFLIFE, TRACKER_WARMUP, ProvisioningTracker
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.keep_alive import priced_keep_alive, window_idle_s
 from prewarmer.agents.network import ActorCritic
-from prewarmer.forecast.peak import N_PEAKS, TAUS, PeakHistory, in_row_blocks, predict
+from prewarmer.forecast.peak import HISTORY, N_PEAKS, TAUS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
 from prewarmer.policies.base import Policy, pad
 from prewarmer.policies.hybrid import HybridHistogramPolicy
@@ -50,14 +50,19 @@ FAIR_SHARE: float | None = None
 FAIR_WINDOW_S = 7200.0
 FAIR_GB_S = float("inf")
 FAIR_BUDGET: float | None = None
+TICK_S = 60.0  # the control period the agents were trained at
+# The price's time constants, in minute-long ticks (a shorter `tick` scales them so that they keep their duration):
 PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
 PRICE_WARMUP = 30  # ticks scored before the price moves
 PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
 PRICE_RANGE = (0.01, 2.0)
 
 
+MIN_TICK_S = 600.0 / HISTORY  # the 10-minute keep-alive option's pool needs that many ticks of peaks
+
+
 class MARLPolicy(Policy):
-    tick_s = 60.0
+    tick_s = TICK_S
 
     def __init__(self, model: ActorCritic | None = None, path: str | Path | None = None,
                  sample: bool = False, seed: int = 0, teacher: bool = False, teacher_acts: bool = True,
@@ -66,7 +71,8 @@ class MARLPolicy(Policy):
                  waste_target: float | None = WASTE_TARGET, floor: float | str | None = FLOOR,
                  low: bool = LOW_QUANTILES, lag: bool = LAG, fair: float | None = FAIR_SHARE,
                  fair_window_s: float = FAIR_WINDOW_S, fair_gb_s: float = FAIR_GB_S,
-                 fair_budget: float | None = FAIR_BUDGET, keep_logp: bool | None = None) -> None:
+                 fair_budget: float | None = FAIR_BUDGET, tick_s: float = TICK_S,
+                 keep_logp: bool | None = None) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -126,6 +132,13 @@ class MARLPolicy(Policy):
         if fair_budget is not None and not fair_budget > 0:
             raise ValueError(f"fair_budget must be positive, got {fair_budget!r}")
         self.fair_budget = fair_budget
+        # With `tick`, the agents act every `tick_s` instead of every minute: a forecast pool is held for a shorter
+        # time. Every duration the policy keeps in ticks keeps its length in time (the price's sums, warm-up and
+        # speed, the tracker's memory and the 10-minute keep-alive it compares with), and the idle price, per
+        # GB-minute, is charged per tick pro rata. The network and forecaster are used as trained (on minutes).
+        if not MIN_TICK_S <= tick_s <= TICK_S:
+            raise ValueError(f"tick must be between {MIN_TICK_S:g} s and {TICK_S:g} s, got {tick_s!r}")
+        self.tick_s = tick_s
         self.price = self.idle_gb_tick_cost
 
     def __setstate__(self, state: dict) -> None:
@@ -152,7 +165,10 @@ class MARLPolicy(Policy):
         self.price = self.idle_gb_tick_cost
         self.cold_sum = self.keep_alive_cold_sum = 0.0
         self.waste_sum = self.hybrid_waste_sum = 0.0
-        self.tracker = ProvisioningTracker(self.memory_mb, self.price, low=self.low, lag=self.lag)
+        per_min = TICK_S / self.tick_s  # ticks a minute
+        self.tracker = ProvisioningTracker(self.memory_mb, self.price / per_min, low=self.low, lag=self.lag,
+                                           halflife=TRACKER_HALFLIFE * per_min, warmup=round(TRACKER_WARMUP * per_min),
+                                           keep_alive_ticks=round(KEEP_ALIVE_S / self.tick_s))
         self.keep_alive = np.full(n, 600.0)
         self.prewarm_delay = np.zeros(n)
         self.arrived, self.cold = np.zeros(n), np.zeros(n)
@@ -194,14 +210,15 @@ class MARLPolicy(Policy):
         pools = self.tracker.pools
         if (self.cold_target is None and self.waste_target is None) or pools is None:
             return
-        d = 0.5 ** (1.0 / PRICE_HALFLIFE)
+        per_min = TICK_S / self.tick_s
+        d = 0.5 ** (1.0 / (PRICE_HALFLIFE * per_min))
         keep_alive_short = float(np.maximum(obs.peak_in_flight - pools[:, -1], 0.0).sum())
         self.cold_sum = d * self.cold_sum + float(obs.cold_starts.sum())
         self.keep_alive_cold_sum = d * self.keep_alive_cold_sum + keep_alive_short
         if self.waste_target is not None and hybrid is not None:
             self.waste_sum = d * self.waste_sum + float(obs.wasted_gb_s.sum())
             self.hybrid_waste_sum = d * self.hybrid_waste_sum + float(shadow_hybrid_idle(obs, hybrid).sum())
-        if self.tracker.scored < PRICE_WARMUP:
+        if self.tracker.scored < PRICE_WARMUP * per_min:
             return
         cold = None if self.cold_target is None else float(
             np.log((self.cold_sum + 1.0) / (self.cold_target * self.keep_alive_cold_sum + 1.0)))
@@ -211,8 +228,9 @@ class MARLPolicy(Policy):
             waste = float(np.log((self.waste_sum + 1.0) / (self.waste_target * self.hybrid_waste_sum + 1.0)))
             # The error is in cold starts: waste above its target asks for fewer idle GB (a higher price).
             error = -waste if cold is None else (cold if cold > 0 else max(cold, -waste))
-        self.price = float(np.clip(self.price * np.exp(-PRICE_STEP * np.clip(error, -1.0, 1.0)), *PRICE_RANGE))
-        self.tracker.set_idle_cost(self.price)
+        step = PRICE_STEP / per_min * np.clip(error, -1.0, 1.0)
+        self.price = float(np.clip(self.price * np.exp(-step), *PRICE_RANGE))
+        self.tracker.set_idle_cost(self.price / per_min)
 
     def _capped(self, hybrid: Actions) -> Actions:
         """Hybrid's windows with the keep-alive capped: a fixed cap where hybrid does not prewarm, the priced
@@ -285,7 +303,8 @@ class MARLPolicy(Policy):
         if self.fair_budget is not None and hybrid is not None:
             self.idle_so_far += float(obs.wasted_gb_s.sum())
             self.hybrid_idle_so_far += float(shadow_hybrid_idle(obs, hybrid).sum())
-            if self.tracker.scored < PRICE_WARMUP or self.idle_so_far > self.fair_budget * self.hybrid_idle_so_far:
+            warming_up = self.tracker.scored < PRICE_WARMUP * TICK_S / self.tick_s
+            if warming_up or self.idle_so_far > self.fair_budget * self.hybrid_idle_so_far:
                 return np.zeros_like(held)
         return held & (self.memory_mb / 1024.0 * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s)
 
