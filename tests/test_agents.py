@@ -344,3 +344,23 @@ def test_shipped_checkpoint_is_small_and_runs() -> None:
     m1 = replay(w, policy_factory("marl"), ReplayConfig(seed=4)).metrics()
     m2 = replay(w, policy_factory("marl"), ReplayConfig(seed=4)).metrics()
     assert m1 == m2 and m1["invocations"] == int(w.counts.sum())
+
+
+def test_training_at_a_shorter_tick_records_its_peaks_and_its_policies_act_at_it(tmp_path) -> None:
+    """`TrainConfig.tick_s`: the forecaster learns from peaks of that period, the episodes tick at it, and a
+    `marl` policy of the checkpoint takes it by default (`tick=` overrides it)."""
+    from prewarmer.agents.train import record_peaks
+
+    w = periodic_workload(n=4, minutes=30, period=5, memory_mb=512.0)
+    peaks, arrivals = record_peaks(w, tick_s=20.0)
+    minute_peaks, minute_arrivals = record_peaks(w)
+    assert peaks.shape[1] == 3 * minute_peaks.shape[1] - 2  # 90 ticks and the tail, against 30 and the tail
+    assert arrivals.sum() == minute_arrivals.sum() > 0
+    cfg = TrainConfig(episodes=1, window_minutes=20, functions_per_episode=4, seed=0, minibatch=256,
+                      forecaster_steps=20, clone_episodes=1, tick_s=20.0)
+    roll = run_episode(ActorCritic(N_CHOICES, hidden=cfg.hidden), w, np.arange(4), cfg, seed=0)
+    assert roll["features"].shape[0] == 90  # one decision per 20-s tick of the 30 minutes
+    train(w, cfg, tmp_path / "m.pt")
+    assert policy_factory(f"marl:{tmp_path / 'm.pt'}")().tick_s == 20.0
+    assert policy_factory(f"marl:{tmp_path / 'm.pt'},tick=60s")().tick_s == 60.0
+    assert MARLPolicy().tick_s == 60.0  # the shipped checkpoint: minutes

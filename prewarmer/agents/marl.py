@@ -71,7 +71,7 @@ class MARLPolicy(Policy):
                  waste_target: float | None = WASTE_TARGET, floor: float | str | None = FLOOR,
                  low: bool = LOW_QUANTILES, lag: bool = LAG, fair: float | None = FAIR_SHARE,
                  fair_window_s: float = FAIR_WINDOW_S, fair_gb_s: float = FAIR_GB_S,
-                 fair_budget: float | None = FAIR_BUDGET, tick_s: float = TICK_S,
+                 fair_budget: float | None = FAIR_BUDGET, tick_s: float | None = None,
                  keep_logp: bool | None = None) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
@@ -135,7 +135,9 @@ class MARLPolicy(Policy):
         # With `tick`, the agents act every `tick_s` instead of every minute: a forecast pool is held for a shorter
         # time. Every duration the policy keeps in ticks keeps its length in time (the price's sums, warm-up and
         # speed, the tracker's memory and the 10-minute keep-alive it compares with), and the idle price, per
-        # GB-minute, is charged per tick pro rata. The network and forecaster are used as trained (on minutes).
+        # GB-minute, is charged per tick pro rata. By default, the period the checkpoint was trained at.
+        if tick_s is None:  # the period the checkpoint was trained at
+            tick_s = float((self.meta.get("config") or {}).get("tick_s", TICK_S))
         if not MIN_TICK_S <= tick_s <= TICK_S:
             raise ValueError(f"tick must be between {MIN_TICK_S:g} s and {TICK_S:g} s, got {tick_s!r}")
         self.tick_s = tick_s

@@ -62,6 +62,8 @@ class TrainConfig(BaseModel):
     clone_coef: float = Field(0.5, ge=0, description="weight of the rule's cross-entropy kept in the PPO loss: PPO "
                                                      "departs from the rule only where the advantage pays for it")
     window_minutes: int = Field(360, ge=10)
+    tick_s: float = Field(60.0, ge=10.0, le=60.0, description="the control period the agents act at (`marl`'s "
+                                                              "`tick`); a checkpoint's policies take it by default")
     functions_per_episode: int = Field(256, ge=1)
     gamma: float = 0.95
     gae_lambda: float = 0.9
@@ -107,12 +109,13 @@ def window(workload: Workload, m0: int, m1: int) -> Workload:
                                start_minute=workload.start_minute + m0, description=workload.describe())
 
 
-def record_peaks(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(peaks, arrivals), each (functions, ticks): one replay of the workload under a 10-minute keep-alive.
+def record_peaks(workload: Workload, seed: int = 0, tick_s: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    """(peaks, arrivals), each (functions, ticks of `tick_s`): one replay of the workload under a 10-minute
+    keep-alive.
 
     A function's peak of requests in flight hardly depends on the policy (without a memory cap), so
     one replay serves as the forecaster's training data."""
-    env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0), tick_s=60.0)
+    env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0), tick_s=tick_s)
     env.reset()
     policy = KeepAlivePolicy(600.0)
     begin(policy, env, env.functions, 0.0)
@@ -140,12 +143,12 @@ def run_episode(model: ActorCritic, workload: Workload, idx: np.ndarray, cfg: Tr
     capped = cfg.memory_cap_gb is not None
     env = ReplayEnv(workload, ReplayConfig(seed=seed, top_functions=0, memory_cap_gb=cfg.memory_cap_gb,
                                            queue_deadline_s=cfg.queue_deadline_s if capped else None),
-                    idx=idx, tick_s=60.0)
+                    idx=idx, tick_s=cfg.tick_s)
     env.reset()
     # Trained at the fixed price of the reward, with hybrid's windows as they are: the inference-time
     # settings (adaptive price, priced keep-alive cap) act on top of what the network learned.
     policy = MARLPolicy(model=model, sample=sample, seed=seed, teacher=True, teacher_acts=teacher,
-                        cold_target=None, keep_alive_cap_s=None, lag=False, keep_logp=True)
+                        cold_target=None, keep_alive_cap_s=None, lag=False, keep_logp=True, tick_s=cfg.tick_s)
     driver = CoordinatedPolicy(policy) if cfg.coordinated else policy
     begin(driver, env, env.functions, 0.0)
     feats, choices, logps, rules, rewards, colds, wastes, arrivals = [], [], [], [], [], [], [], []
@@ -286,7 +289,7 @@ def pretrain(model: ActorCritic, workload: Workload, cfg: TrainConfig, rng: np.r
     out: dict = {}
     if cfg.forecaster_steps > 0:
         t0 = time.perf_counter()
-        peaks, arrivals = record_peaks(workload, seed=cfg.seed)
+        peaks, arrivals = record_peaks(workload, seed=cfg.seed, tick_s=cfg.tick_s)
         stats = peak_forecast.fit(model.forecaster, peaks, arrivals, workload.functions.memory_mb,
                                   steps=cfg.forecaster_steps, seed=cfg.seed)
         out["forecaster"] = {**stats, "taus": list(peak_forecast.TAUS), "wall_s": time.perf_counter() - t0}
