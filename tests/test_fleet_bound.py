@@ -21,7 +21,7 @@ def mirror(spec: str, fleet_bound: int | None) -> tuple[int, int, int]:
     """(function-ticks that differ, compared, ticks where replay had requests waiting at the bound): replay under
     BOUND, the fleet under `fleet_bound`, fed the requests as they complete and the same actions."""
     policy = make(spec)
-    w = workload(60.0)
+    w = workload(policy.tick_s or 60.0)  # each request within one of the policy's ticks
     env = ReplayEnv(w, ReplayConfig(max_instances=BOUND), tick_s=policy.tick_s or 60.0, record_requests=True)
     env.reset()
     fleet = WarmFleet(env.n_functions, env.functions.memory_mb, max_instances=fleet_bound)

@@ -70,7 +70,7 @@ def test_a_floor_keeps_a_short_hold_from_letting_the_tick_s_pool_go() -> None:
     the tick runs cold; under a floor at the median forecast those stay, and only the ones above it go. Either
     way less idle memory than the default 5-minute hold (which the next tick's scale-to trims)."""
     w, cfg = _busy_functions(), ReplayConfig(seed=0)
-    run = {s: replay(w, policy_factory(f"marl:cold_target=off{s}"), cfg).metrics()
+    run = {s: replay(w, policy_factory(f"marl:cold_target=off,tick=60s{s}"), cfg).metrics()  # minute-long ticks
            for s in ("", ",hold=20s", ",hold=20s,floor=q50")}
     floored, short, default = run[",hold=20s,floor=q50"], run[",hold=20s"], run[""]
     assert floored["cold_starts"] < 0.3 * short["cold_starts"]

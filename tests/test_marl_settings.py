@@ -99,7 +99,7 @@ def _obs(cold: int, peak: int, n: int = 2):
 def test_the_price_adapts_towards_the_cold_start_target(cold: int, direction: int) -> None:
     from prewarmer.workloads.base import FunctionTable
 
-    p = MARLPolicy(cold_target=0.5)
+    p = MARLPolicy(cold_target=0.5, tick_s=60.0)  # minute-long ticks, as the observations below
     p.reset(FunctionTable(names=["a", "b"], apps=np.arange(2, dtype=np.int32), app_names=["a", "b"],
                           memory_mb=np.full(2, 1024.0), cold_start_s=np.full(2, np.nan)), 0.0)
     start = p.price
@@ -139,7 +139,7 @@ def test_shadow_hybrid_idle_counts_the_last_instance_and_the_scale_out() -> None
     (1, 10.0, -1),  # both under target: the price falls, spending the waste headroom on cold starts
 ])
 def test_the_waste_target_moves_the_price_within_the_cold_target(cold: int, waste: float, direction: int) -> None:
-    p = MARLPolicy(cold_target=1.0, waste_target=1.0)
+    p = MARLPolicy(cold_target=1.0, waste_target=1.0, tick_s=60.0)
     p.reset(_two_functions(), 0.0)
     start = p.price
     p.tracker.pools = np.full((2, p.tracker.short.shape[1]), 2.0)  # the keep-alive: 2 short per function
@@ -251,8 +251,8 @@ def test_the_cold_share_guard_keeps_bursts_that_outlast_the_windows_warm() -> No
     w = MinuteCountWorkload(_table([1024.0, 8192.0]), counts,
                             np.tile(np.array([20e3, 20e3, 25e3, 30e3, 35e3, 40e3, 40e3]), (2, 1)))
     cfg = ReplayConfig(seed=0)
-    plain = replay(w, policy_factory("marl"), cfg)
-    fair = replay(w, policy_factory("marl:fair=0.3,fair_window=1h,fair_gb_s=20000"), cfg)
+    plain = replay(w, policy_factory("marl:tick=60s"), cfg)  # the bursts fall on minute-long ticks
+    fair = replay(w, policy_factory("marl:fair=0.3,fair_window=1h,fair_gb_s=20000,tick=60s"), cfg)
     cold_plain, cold_fair = plain.fi[:, E.F_COLD], fair.fi[:, E.F_COLD]
     calls = int(counts[0].sum())
     assert cold_plain[0] > 0.5 * calls and cold_fair[0] <= 0.3 * calls + 4
@@ -267,7 +267,7 @@ def test_the_cold_share_guards_budget_holds_only_while_the_fleet_idles_less_than
     from prewarmer.agents.marl import PRICE_WARMUP
     from prewarmer.observation import Observation
 
-    p = MARLPolicy(fair=0.3, fair_budget=0.5)
+    p = MARLPolicy(fair=0.3, fair_budget=0.5, tick_s=60.0)
     p.reset(_table([1024.0, 1024.0]), 0.0)
     hybrid = Actions(keep_alive_s=np.full(2, 600.0), surplus_keep_alive_s=np.full(2, 300.0),
                      prewarm_delay_s=np.zeros(2))
@@ -310,7 +310,7 @@ def test_a_shorter_tick_keeps_every_duration_of_the_policy_in_time() -> None:
     peaks[0, 25] = 7.0
     p.tracker.propose(np.zeros((1, 6)), peaks)
     assert p.tracker.pools[0, -1] == 7.0
-    minute = MARLPolicy()
+    minute = MARLPolicy(tick_s=60.0)
     minute.reset(_table([1024.0]), 0.0)
     assert minute.tracker.keep_alive_ticks == KEEP_ALIVE_TICKS == 10
     minute.tracker.propose(np.zeros((1, 6)), peaks)
