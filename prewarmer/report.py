@@ -78,14 +78,12 @@ def write_series(path: str | Path, results: dict[str, SimResult], metrics: dict[
         w = csv.writer(out)
         w.writerow(SERIES_COLUMNS)
         for spec, r in results.items():
-            total = np.array([metrics[spec][REPORT_TOTALS[name]] for name in SAMPLED_NAMES])
-            cum = np.vstack([r.counts_total, total[None, :]]) if len(r.counts_total) else total[None, :]
-            counts = np.diff(cum, axis=0, prepend=np.zeros((1, cum.shape[1]), np.int64))
-            times = [*r.sample_t.tolist(), r.t_final]
-            alive = [*r.alive_total.tolist(), ""]
-            for k, t in enumerate(times):
-                peak = float(r.interval_peak_gb[k]) if k < len(r.interval_peak_gb) else 0.0
-                w.writerow([spec, f"{t:g}", *(int(c) for c in counts[k]), alive[k], f"{peak:.3f}"])
+            total = [metrics[spec][REPORT_TOTALS[name]] for name in SAMPLED_NAMES]
+            counts = np.diff(np.vstack([r.counts_total, total]), axis=0, prepend=0)
+            # `interval_peak_gb` has one entry per sample interval and one for the tail.
+            for t, c, alive, peak in zip([*r.sample_t, r.t_final], counts, [*r.alive_total, ""], r.interval_peak_gb,
+                                         strict=True):
+                w.writerow([spec, f"{t:g}", *(int(x) for x in c), alive, f"{peak:.3f}"])
 
 
 def plot(path: str | Path, results: dict[str, SimResult], metrics: dict[str, dict[str, float]],

@@ -18,6 +18,7 @@ import numpy as np
 
 from prewarmer.actions import Actions
 from prewarmer.agents.marl import shadow_hybrid_idle_parts
+from prewarmer.agents.train import window
 from prewarmer.observation import Observation
 from prewarmer.policies.hybrid import HybridHistogramPolicy
 from prewarmer.sim import engine as E
@@ -89,8 +90,7 @@ def main() -> None:
     print("| fold / functions | n | hybrid's idle GB-s | estimate | estimate / real | last instance | scale-out |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for fold in which:
-        w = held_out(full, args.folds, fold)
-        w = MinuteCountWorkload(w.functions, w.counts[:, lo:hi], w.duration_pct_ms, w.start_minute + lo)
+        w = window(held_out(full, args.folds, fold), lo, hi)
         for row in table(w, measure(w, args.seed)):
             print(row.replace("| ", f"| {fold}: ", 1), flush=True)
 

@@ -51,14 +51,12 @@ FAIR_WINDOW_S = 7200.0
 FAIR_GB_S = float("inf")
 FAIR_BUDGET: float | None = None
 TICK_S = 60.0  # the control period the agents were trained at
+MIN_TICK_S = 600.0 / HISTORY  # the 10-minute keep-alive option's pool needs that many ticks of peaks
 # The price's time constants, in minute-long ticks (a shorter `tick` scales them so that they keep their duration):
 PRICE_HALFLIFE = 60.0  # ticks over which the adaptive price compares cold starts
 PRICE_WARMUP = 30  # ticks scored before the price moves
 PRICE_STEP = 0.05  # log-price step per tick at a cold-start ratio off by a factor e
 PRICE_RANGE = (0.01, 2.0)
-
-
-MIN_TICK_S = 600.0 / HISTORY  # the 10-minute keep-alive option's pool needs that many ticks of peaks
 
 
 class MARLPolicy(Policy):
@@ -167,7 +165,7 @@ class MARLPolicy(Policy):
         self.price = self.idle_gb_tick_cost
         self.cold_sum = self.keep_alive_cold_sum = 0.0
         self.waste_sum = self.hybrid_waste_sum = 0.0
-        per_min = TICK_S / self.tick_s  # ticks a minute
+        per_min = self.ticks_per_minute
         self.tracker = ProvisioningTracker(self.memory_mb, self.price / per_min, low=self.low, lag=self.lag,
                                            halflife=TRACKER_HALFLIFE * per_min, warmup=round(TRACKER_WARMUP * per_min),
                                            keep_alive_ticks=round(KEEP_ALIVE_S / self.tick_s))
@@ -196,6 +194,17 @@ class MARLPolicy(Policy):
                        prewarm_delay_s=np.zeros(n)).only_from(first)
 
     @property
+    def ticks_per_minute(self) -> float:
+        """Ticks of `tick_s` in a minute: what the durations kept in minute-long ticks are scaled by."""
+        return TICK_S / self.tick_s
+
+    @property
+    def price_warming_up(self) -> bool:
+        """Whether the tracker has scored fewer ticks than `PRICE_WARMUP` minutes' worth: the price's sums (and the
+        guard's budget) do not act yet."""
+        return self.tracker.scored < PRICE_WARMUP * self.ticks_per_minute
+
+    @property
     def idle_gb_tick_cost(self) -> float:
         """What an idle GB held one tick costs, in cold starts (the tick is a minute), to start with."""
         return float(self.model.idle_gb_tick_cost) if self.idle_price is None else self.idle_price
@@ -212,7 +221,7 @@ class MARLPolicy(Policy):
         pools = self.tracker.pools
         if (self.cold_target is None and self.waste_target is None) or pools is None:
             return
-        per_min = TICK_S / self.tick_s
+        per_min = self.ticks_per_minute
         d = 0.5 ** (1.0 / (PRICE_HALFLIFE * per_min))
         keep_alive_short = float(np.maximum(obs.peak_in_flight - pools[:, -1], 0.0).sum())
         self.cold_sum = d * self.cold_sum + float(obs.cold_starts.sum())
@@ -220,7 +229,7 @@ class MARLPolicy(Policy):
         if self.waste_target is not None and hybrid is not None:
             self.waste_sum = d * self.waste_sum + float(obs.wasted_gb_s.sum())
             self.hybrid_waste_sum = d * self.hybrid_waste_sum + float(shadow_hybrid_idle(obs, hybrid).sum())
-        if self.tracker.scored < PRICE_WARMUP * per_min:
+        if self.price_warming_up:
             return
         cold = None if self.cold_target is None else float(
             np.log((self.cold_sum + 1.0) / (self.cold_target * self.keep_alive_cold_sum + 1.0)))
@@ -305,8 +314,7 @@ class MARLPolicy(Policy):
         if self.fair_budget is not None and hybrid is not None:
             self.idle_so_far += float(obs.wasted_gb_s.sum())
             self.hybrid_idle_so_far += float(shadow_hybrid_idle(obs, hybrid).sum())
-            warming_up = self.tracker.scored < PRICE_WARMUP * TICK_S / self.tick_s
-            if warming_up or self.idle_so_far > self.fair_budget * self.hybrid_idle_so_far:
+            if self.price_warming_up or self.idle_so_far > self.fair_budget * self.hybrid_idle_so_far:
                 return np.zeros_like(held)
         return held & (self.memory_mb / 1024.0 * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s)
 
