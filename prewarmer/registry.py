@@ -118,13 +118,14 @@ _MARL = {"price": ("idle_price", _price), "cap": ("keep_alive_cap_s", _cap), "ho
          "cap_gaps": ("cap_gaps", int), "floor": ("floor", _floor_spec),
          "low": ("low", _on_off), "lag": ("lag", _on_off),
          "fair": ("fair", _target), "fair_window": ("fair_window_s", parse_duration), "fair_gb_s": ("fair_gb_s", float),
-         "fair_budget": ("fair_budget", _target), "tick": ("tick_s", parse_duration)}
+         "fair_budget": ("fair_budget", _target), "tick": ("tick_s", parse_duration),
+         "timers": ("timers", _on_off)}
 
 
 def _marl(rest: str, online: bool) -> Maker:
     """`marl[:CHECKPOINT][,price=P][,cap=DURATION|priced|off][,hold=DURATION][,cold_target=R|off]
     [,waste_target=W|off][,cap_gaps=N][,floor=qNN|inflight|off][,low=on|off][,lag=on|off]
-    [,fair=SHARE|off][,fair_window=DURATION][,fair_gb_s=GB_S][,fair_budget=R|off][,tick=DURATION]`:
+    [,fair=SHARE|off][,fair_window=DURATION][,fair_gb_s=GB_S][,fair_budget=R|off][,tick=DURATION][,timers=on|off]`:
     the checkpoint, then inference-time settings."""
     from prewarmer.agents import checkpoint
 

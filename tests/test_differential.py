@@ -82,7 +82,7 @@ def make(spec: str, budget_gb: float = BUDGET_GB) -> Policy:
 
 @pytest.mark.parametrize("spec", ["fixed", "fixed:1m", "hybrid", "kpa", "always-warm", "marl", "fixed+bid",
                                   "marl+bid", "marl:hold=20s,floor=q50", "marl:low=on,price=2", "marl:fair=0.2",
-                                  "marl:tick=20s"])
+                                  "marl:tick=60s", "marl:timers=on"])
 def test_the_live_fleet_holds_what_replay_holds_at_every_tick(spec):
     policy = make(spec)
     differ, compared, first = replay_and_mirror(policy, workload(policy.tick_s or 60.0))

@@ -47,7 +47,7 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
                hybrid: Actions | None = None, peak_quantiles: np.ndarray | None = None,
                tracked: np.ndarray | None = None, hold_s: float = FORECAST_HOLD_S,
                floor: np.ndarray | None = None, held: np.ndarray | None = None,
-               held_s: float = 0.0) -> tuple[Actions, np.ndarray, np.ndarray]:
+               held_s: float = 0.0, timer: np.ndarray | None = None) -> tuple[Actions, np.ndarray, np.ndarray]:
     """Platform actions for each function's choice, and the (keep-alive, prewarm delay) now in force.
 
     `hybrid` holds the shadow hybrid policy's current windows (the `hybrid` and forecast choices use
@@ -59,7 +59,9 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
     instances are held whatever `hold_s` says, so a short `hold_s` lets only the ones above it go within the
     tick, as hybrid lets a busy function's scale-out go; other choices lift any floor (0). `held` (F,) bool, if
     given, marks functions whose every instance stays at least `held_s` after it idles whatever the choice: no
-    release-and-prewarm, and a forecast may start instances but not trim them (`marl`'s cold-share guard)."""
+    release-and-prewarm, and a forecast may start instances but not trim them (`marl`'s cold-share guard).
+    `timer` (F,), if given, is a pool each function holds at least this tick whatever the choice (`marl`'s
+    timer pools): missing instances start now, and none is released below it."""
     choice = np.asarray(choice, np.int64)
     if (choice == TRACKED).any():
         if tracked is None:
@@ -92,10 +94,14 @@ def to_actions(choice: np.ndarray, obs: Observation, keep_alive: np.ndarray, pre
         surplus = np.where(held, np.maximum(np.nan_to_num(surplus, nan=0.0), held_s), surplus)
         pw = np.where(held, 0.0, pw)
         scale = np.where(held & (scale >= 0), np.maximum(scale, obs.alive), scale)
+    keeps = np.zeros(n, bool) if held is None else held.copy()
+    if timer is not None:
+        want = np.asarray(timer, np.int64)
+        scale = np.where(forecast, np.maximum(scale, want), np.where(want > obs.alive, want, scale))
+        keeps |= want > 0
     new_ka = np.where(np.isnan(ka), keep_alive, ka)
     new_pw = np.where(np.isnan(pw), prewarm_delay, pw)
-    release = np.where((choice == RELEASE) & (True if held is None else ~held), np.iinfo(np.int32).max,
-                       0).astype(np.int64)
+    release = np.where((choice == RELEASE) & ~keeps, np.iinfo(np.int32).max, 0).astype(np.int64)
     floored = None
     if floor is not None:
         floored = np.where(forecast, np.minimum(np.asarray(floor, np.int64), np.maximum(scale, 0)), 0)

@@ -24,6 +24,7 @@ from prewarmer.agents.experts import KEEP_ALIVE_S, TRACKER_HALFLIFE, TRACKER_WAR
 from prewarmer.agents.features import FeatureBuilder
 from prewarmer.agents.keep_alive import priced_keep_alive, window_idle_s
 from prewarmer.agents.network import ActorCritic
+from prewarmer.agents.timers import TimerPools
 from prewarmer.forecast.peak import HISTORY, N_PEAKS, TAUS, PeakHistory, in_row_blocks, predict
 from prewarmer.observation import Observation
 from prewarmer.policies.base import Policy, pad
@@ -51,6 +52,7 @@ FAIR_SHARE: float | None = None
 FAIR_WINDOW_S = 7200.0
 FAIR_GB_S = float("inf")
 FAIR_BUDGET: float | None = None
+TIMERS = False
 TICK_S = 60.0  # the control period the agents were trained at
 MIN_TICK_S = 600.0 / HISTORY  # the 10-minute keep-alive option's pool needs that many ticks of peaks
 # The price's time constants, in minute-long ticks (a shorter `tick` scales them so that they keep their duration):
@@ -71,7 +73,7 @@ class MARLPolicy(Policy):
                  low: bool = LOW_QUANTILES, lag: bool = LAG, fair: float | None = FAIR_SHARE,
                  fair_window_s: float = FAIR_WINDOW_S, fair_gb_s: float = FAIR_GB_S,
                  fair_budget: float | None = FAIR_BUDGET, tick_s: float | None = None,
-                 keep_logp: bool | None = None) -> None:
+                 timers: bool = TIMERS, keep_logp: bool | None = None) -> None:
         if model is None:
             model, doc = checkpoint.load(path or checkpoint.DEFAULT_CHECKPOINT)
             self.meta = doc.get("meta", {})
@@ -140,6 +142,9 @@ class MARLPolicy(Policy):
         if not MIN_TICK_S <= tick_s <= TICK_S:
             raise ValueError(f"tick must be between {MIN_TICK_S:g} s and {TICK_S:g} s, got {tick_s!r}")
         self.tick_s = tick_s
+        # With `timers`, a function whose bursts start at equal intervals holds its last bursts' pool from a tick
+        # before the next is due until it comes (`timers.TimerPools`), whatever its choice.
+        self.timers = timers
         self.price = self.idle_gb_tick_cost
 
     def __setstate__(self, state: dict) -> None:
@@ -157,6 +162,9 @@ class MARLPolicy(Policy):
         # ... or before its budget: none, and the sums start now.
         if "fair_budget" not in state:
             self.fair_budget, self.idle_so_far, self.hybrid_idle_so_far = FAIR_BUDGET, 0.0, 0.0
+        # ... or before timer pools: off.
+        if "timers" not in state:
+            self.timers, self.timer_pools = False, None
 
     def reset(self, functions: FunctionTable, now: float) -> Actions:
         n = len(functions)
@@ -174,6 +182,7 @@ class MARLPolicy(Policy):
         self.prewarm_delay = np.zeros(n)
         self.arrived, self.cold = np.zeros(n), np.zeros(n)
         self.idle_so_far = self.hybrid_idle_so_far = 0.0
+        self.timer_pools = TimerPools(n, self.tick_s) if self.timers else None
         # The hybrid histogram windows of every function, kept current: one of the agents' choices.
         self.hybrid = HybridHistogramPolicy()
         self.hybrid_actions = self.hybrid.reset(functions, now)
@@ -189,6 +198,8 @@ class MARLPolicy(Policy):
         self.keep_alive = pad(self.keep_alive, n, 600.0)
         self.prewarm_delay = pad(self.prewarm_delay, n, 0.0)
         self.arrived, self.cold = pad(self.arrived, n, 0.0), pad(self.cold, n, 0.0)
+        if self.timer_pools is not None:
+            self.timer_pools.grow(n)
         self.hybrid.grow(functions, now)
         self.hybrid_actions = self.hybrid.current()
         return Actions(keep_alive_s=self.keep_alive.copy(), surplus_keep_alive_s=self.keep_alive.copy(),
@@ -297,7 +308,7 @@ class MARLPolicy(Policy):
                                                                   self.tracker.best(),
                                                                   self.hold_s, self.floor_instances(obs, quantiles),
                                                                   self.cold_share_held(obs, in_force),
-                                                                  self.fair_window_s)
+                                                                  self.fair_window_s, self.timer_due(now, obs))
         self.last = {"features": feats, "choice": choice, "logp": logp, "rule": rule}
         return actions
 
@@ -319,6 +330,14 @@ class MARLPolicy(Policy):
                 return np.zeros_like(held)
         return held & (self.memory_mb / 1024.0 * self.fair_window_s * np.maximum(obs.alive, 1) <= self.fair_gb_s)
 
+    def timer_due(self, now: float, obs: Observation) -> np.ndarray | None:
+        """(F,) the pool each function holds during the coming tick for a timer's burst due in it (None without
+        `timers`)."""
+        if self.timer_pools is None:
+            return None
+        self.timer_pools.update(now, obs.dt, obs.arrivals, obs.peak_in_flight)
+        return self.timer_pools.due(now, self.tick_s)
+
     def floor_instances(self, obs: Observation, quantiles: np.ndarray) -> np.ndarray | None:
         """(F,) the warm floor of a forecast choice this tick (None without `floor`): the instances held for the
         whole tick, while those above it go after `hold_s` idle."""
@@ -337,7 +356,7 @@ class MARLPolicy(Policy):
                 "hold_s": self.hold_s, "cold_target": self.cold_target, "waste_target": self.waste_target,
                 "floor": self.floor, "low": self.low, "lag": self.lag, "fair": self.fair,
                 "fair_window_s": self.fair_window_s, "fair_gb_s": self.fair_gb_s,
-                "fair_budget": self.fair_budget, "price_now": self.price}
+                "fair_budget": self.fair_budget, "timers": self.timers, "price_now": self.price}
 
 
 def shadow_hybrid_idle(obs: Observation, hybrid: Actions) -> np.ndarray:
