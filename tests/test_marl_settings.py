@@ -42,6 +42,7 @@ def test_marl_spec_settings_parse_and_reach_the_policy() -> None:
     assert (p.idle_gb_tick_cost, p.keep_alive_cap_s, p.hold_s) == (0.2, "priced", 60.0)
     p = policy_factory("marl")()  # the defaults chosen on the folds
     assert (p.keep_alive_cap_s, p.cold_target, p.waste_target) == (None, 0.95, None)
+    assert (p.fair, p.fair_budget, p.timers) == (0.33, 0.9, True)
     p = policy_factory("marl:cap=off,cold_target=off")()
     assert (p.keep_alive_cap_s, p.cold_target) == (None, None)
     p = policy_factory("marl:cap=2h")()
@@ -78,8 +79,8 @@ def _rare_big_functions() -> MinuteCountWorkload:
 def test_a_priced_cap_lets_big_rarely_used_instances_go() -> None:
     w = _rare_big_functions()
     cfg = ReplayConfig(seed=0)
-    plain = replay(w, policy_factory("marl:cap=off,cold_target=off"), cfg).metrics()
-    priced = replay(w, policy_factory("marl:cap=priced,cold_target=off"), cfg).metrics()
+    plain = replay(w, policy_factory("marl:cap=off,cold_target=off,fair=off,timers=off"), cfg).metrics()
+    priced = replay(w, policy_factory("marl:cap=priced,cold_target=off,fair=off,timers=off"), cfg).metrics()
     # 4 GB idle for 20-120 minutes costs 5.6-34 cold starts at 0.07: not worth one.
     assert priced["wasted_gb_s"] < 0.5 * plain["wasted_gb_s"]
     assert priced["cold_starts"] >= plain["cold_starts"]
@@ -251,8 +252,10 @@ def test_the_cold_share_guard_keeps_bursts_that_outlast_the_windows_warm() -> No
     w = MinuteCountWorkload(_table([1024.0, 8192.0]), counts,
                             np.tile(np.array([20e3, 20e3, 25e3, 30e3, 35e3, 40e3, 40e3]), (2, 1)))
     cfg = ReplayConfig(seed=0)
-    plain = replay(w, policy_factory("marl:tick=60s"), cfg)  # the bursts fall on minute-long ticks
-    fair = replay(w, policy_factory("marl:fair=0.3,fair_window=1h,fair_gb_s=20000,tick=60s"), cfg)
+    # The bursts fall on minute-long ticks; the guard unbounded by a budget, no timer pools (they would hold them).
+    plain = replay(w, policy_factory("marl:tick=60s,fair=off,timers=off"), cfg)
+    fair = replay(w, policy_factory("marl:fair=0.3,fair_window=1h,fair_gb_s=20000,fair_budget=off,tick=60s,timers=off"),
+                  cfg)
     cold_plain, cold_fair = plain.fi[:, E.F_COLD], fair.fi[:, E.F_COLD]
     calls = int(counts[0].sum())
     assert cold_plain[0] > 0.5 * calls and cold_fair[0] <= 0.3 * calls + 4
@@ -291,7 +294,7 @@ def test_the_cold_share_guards_budget_holds_only_while_the_fleet_idles_less_than
     with pytest.raises(ValueError, match="fair_budget must be positive"):
         MARLPolicy(fair=0.3, fair_budget=0.0)
     assert policy_factory("marl:fair=0.33,fair_budget=1.05")().fair_budget == 1.05
-    assert policy_factory("marl:fair=0.33")().fair_budget is None
+    assert policy_factory("marl:fair=0.33,fair_budget=off")().fair_budget is None
 
 
 def test_a_shorter_tick_keeps_every_duration_of_the_policy_in_time() -> None:

@@ -76,8 +76,8 @@ def cold_after(result, minute: float) -> int:
 def test_timer_pools_take_the_cold_starts_out_of_a_timers_bursts(tick: str) -> None:
     w = timer_workload()
     cfg = ReplayConfig(seed=1)
-    plain = replay(w, policy_factory(f"marl:cold_target=off,tick={tick}"), cfg)
-    timers = replay(w, policy_factory(f"marl:cold_target=off,tick={tick},timers=on"), cfg)
+    plain = replay(w, policy_factory(f"marl:cold_target=off,fair=off,tick={tick},timers=off"), cfg)
+    timers = replay(w, policy_factory(f"marl:cold_target=off,fair=off,tick={tick},timers=on"), cfg)
     assert timers.metrics()["invocations"] == plain.metrics()["invocations"] == int(w.counts.sum())
     assert plain.fi[:, E.F_COLD].sum() == plain.counts_total[-1, 1]
     # Once every function has had three bursts (two equal intervals, by minute 45), a timer's bursts start

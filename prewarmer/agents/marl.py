@@ -47,12 +47,17 @@ KEEP_ALIVE_CAP: float | str | None = None
 FLOOR: float | str | None = None
 LOW_QUANTILES = False
 LAG = True
-# The cold-start share guard (`fair`), measured on the folds and not chosen (docs/results.md): off.
-FAIR_SHARE: float | None = None
+# The cold-start share guard on a waste budget and the timer pools (session 15, docs/policies.md): with the checkpoint
+# trained at 20-s ticks, `fair=0.33,fair_budget=0.9` with `timers` meets issue 14's bar on all four folds, as does the
+# guard alone (which the folds' rule ranks first over all folds, worst ratio 0.955 against 0.962). The timer pools
+# were chosen for issue 13's load-test cells (bursty 10 min x0.25 the gateway's cold starts against x0.44) and lower
+# cold starts and p75 on every fold; the budget's 0.9 leaves room for the estimate of hybrid's idle memory, which read
+# up to 1.009 x the real one on the folds. Nested, fold 2 still ties hybrid's p75 (the guard acts only there).
+FAIR_SHARE: float | None = 0.33
 FAIR_WINDOW_S = 7200.0
 FAIR_GB_S = float("inf")
-FAIR_BUDGET: float | None = None
-TIMERS = False
+FAIR_BUDGET: float | None = 0.9
+TIMERS = True
 TICK_S = 60.0  # the control period the agents were trained at
 MIN_TICK_S = 600.0 / HISTORY  # the 10-minute keep-alive option's pool needs that many ticks of peaks
 # The price's time constants, in minute-long ticks (a shorter `tick` scales them so that they keep their duration):
