@@ -32,37 +32,58 @@ class TimerPools:
         self.rise = np.zeros(n)  # from its start to the end of the tick that reached that peak
         self.done_peak = np.zeros((n, 2))  # the two bursts before it
         self.done_rise = np.zeros((n, 2))
+        # What `due` reads, recomputed only where a burst starts: whether the function is a timer, when its
+        # next burst is due, the pool it holds, and until when a burst under way is held while it rises.
+        self.periodic = np.zeros(n, bool)
+        self.next_at = np.full(n, np.nan)
+        self.pool = np.ones(n)
+        self.rise_end = np.full(n, -np.inf)
 
     def grow(self, n: int) -> None:
         m = len(self.peak)
-        self.starts = np.concatenate([self.starts, np.full((n - m, self.intervals + 1), np.nan)])
-        self.last_arrival = np.concatenate([self.last_arrival, np.full(n - m, -np.inf)])
-        self.peak, self.rise = (np.concatenate([a, np.zeros(n - m)]) for a in (self.peak, self.rise))
-        self.done_peak, self.done_rise = (np.concatenate([a, np.zeros((n - m, 2))]) for a in (self.done_peak,
-                                                                                               self.done_rise))
+
+        def pad(a: np.ndarray, value: float) -> np.ndarray:
+            return np.concatenate([a, np.full((n - m, *a.shape[1:]), value, a.dtype)])
+
+        self.starts, self.next_at = pad(self.starts, np.nan), pad(self.next_at, np.nan)
+        self.last_arrival, self.rise_end = pad(self.last_arrival, -np.inf), pad(self.rise_end, -np.inf)
+        self.peak, self.rise, self.done_peak, self.done_rise = (pad(a, 0.0) for a in (self.peak, self.rise,
+                                                                                       self.done_peak, self.done_rise))
+        self.periodic, self.pool = pad(self.periodic, False), pad(self.pool, 1.0)
 
     def update(self, now: float, dt: float, arrivals: np.ndarray, peak_in_flight: np.ndarray) -> None:
         """Record the tick [now - dt, now) that just ended."""
         begin = now - dt
         need = np.asarray(peak_in_flight, np.float64)
         active = np.asarray(arrivals) > 0
-        start = active & (begin - self.last_arrival >= self.quiet_s)
-        for a, latest in ((self.starts, begin), (self.done_peak, self.peak), (self.done_rise, self.rise)):
-            a[start] = np.roll(a[start], 1, axis=1)
-            a[start, 0] = latest[start] if isinstance(latest, np.ndarray) else latest
+        started = np.flatnonzero(active & (begin - self.last_arrival >= self.quiet_s))
+        if len(started):
+            for a, latest in ((self.starts, begin), (self.done_peak, self.peak[started]),
+                              (self.done_rise, self.rise[started])):
+                a[started, 1:] = a[started, :-1]
+                a[started, 0] = latest
+            self._judge(started)
         higher = need > self.peak
-        self.rise = np.where(start, dt, np.where(higher, now - self.starts[:, 0], self.rise))
-        self.peak = np.where(start, need, np.maximum(self.peak, need))
+        self.rise = np.where(higher, now - self.starts[:, 0], self.rise)
+        self.peak = np.maximum(self.peak, need)
+        self.rise[started] = dt
+        self.peak[started] = need[started]
         self.last_arrival = np.where(active, now, self.last_arrival)
+
+    def _judge(self, rows: np.ndarray) -> None:
+        """Whether the functions `rows`, whose burst just started, are timers, and what `due` holds for them."""
+        starts = self.starts[rows]
+        gaps = -np.diff(starts, axis=1)  # NaN until enough bursts
+        periodic = np.all(np.isfinite(gaps), axis=1)
+        gaps = np.where(periodic[:, None], gaps, 0.0)
+        periodic &= (gaps.max(axis=1) - gaps.min(axis=1) <= self.tick_s) & (gaps.min(axis=1) >= 2 * self.quiet_s)
+        self.periodic[rows] = periodic
+        self.next_at[rows] = starts[:, 0] + gaps.mean(axis=1)
+        self.pool[rows] = np.maximum(self.done_peak[rows].max(axis=1), 1.0)
+        self.rise_end[rows] = starts[:, 0] + self.done_rise[rows].max(axis=1)
 
     def due(self, now: float, dt: float) -> np.ndarray:
         """(F,) instances to hold during the tick [now, now + dt) for a timer's burst (0: none)."""
-        gaps = -np.diff(self.starts, axis=1)  # (F, intervals), NaN until enough bursts
-        periodic = np.all(np.isfinite(gaps), axis=1)
-        gaps = np.where(periodic[:, None], gaps, 0.0)
-        periodic &= (gaps.max(axis=1) - gaps.min(axis=1) <= dt) & (gaps.min(axis=1) >= 2 * self.quiet_s)
-        pool = np.maximum(self.done_peak.max(axis=1), 1.0)
-        nxt = self.starts[:, 0] + gaps.mean(axis=1)
-        before = (now >= nxt - dt) & (now <= nxt + dt)
-        rising = (now < self.starts[:, 0] + self.done_rise.max(axis=1) + dt) & (self.peak < pool)
-        return np.where(periodic & (before | rising), pool, 0.0)
+        before = (now >= self.next_at - dt) & (now <= self.next_at + dt)
+        rising = (now < self.rise_end + dt) & (self.peak < self.pool)
+        return np.where(self.periodic & (before | rising), self.pool, 0.0)
