@@ -1,15 +1,15 @@
-"""Timer pools: a function whose bursts start at equal intervals (a timer trigger) gets its last burst's pool
+"""Timer pools: a function whose bursts start at equal intervals (a timer trigger) gets its last bursts' pool
 warm just before the next one is due.
 
 A burst starts at a tick with arrivals after at least `QUIET_S` without any. When a function's last `INTERVALS`
-intervals between burst starts agree within a tick, the next burst is due one interval after the last start;
-from a tick before it until a tick after it, and once it has started until it reaches the pool or has risen as long
-as the last bursts did, the function holds as many instances as the larger of the last two bursts needed at its
-peak. Neither the forecaster (which predicts the next tick from the last ones, and a
-timer's next tick looks like the quiet ones) nor hybrid's windows (which speak for one instance, and whose
-idle-time histogram is dominated by the gaps within a burst) start a pool ahead of a timer's burst; a
-keep-alive long enough to outlive the interval holds the whole pool the whole interval. This holds it for
-about three ticks an interval.
+intervals between burst starts agree within a tick, the next burst is due one interval after the last start. From
+the tick before it to the tick after it, and once it has started until it reaches the pool or has risen as long as
+the last bursts did, the function holds as many instances as the larger of its last two bursts needed at their peak.
+
+Why a rule of its own: the forecaster predicts the next tick from the last ones, and a timer's next tick looks like
+the quiet ones before it; hybrid's windows speak for one instance, and its idle-time histogram is dominated by the
+gaps within a burst. Neither starts a pool ahead of a timer's burst, and a keep-alive long enough to outlive the
+interval holds the whole pool for the whole interval, where this holds it about three ticks an interval.
 
 State is per function and the rule reads only the tick's observation and `now`, so it runs the same in replay
 and live.
