@@ -243,6 +243,18 @@ def test_coordinating_under_a_cap_that_barely_binds_loses_no_more_requests_than_
     assert bid["cold_starts"] <= plain["cold_starts"]
 
 
+def test_the_shortage_gate_keeps_its_minutes_at_any_tick():
+    """10 minutes of shortage before awards apply and 3 calm ones before they stop, in ticks of the inner policy."""
+    from prewarmer.coord.policy import CoordinatedPolicy
+
+    minute = CoordinatedPolicy(KeepAlivePolicy(600.0))
+    assert (minute.tick_s, minute.short_ticks, minute.calm_ticks) == (60.0, 10, 3)
+    marl = policy_factory("marl+bid")()  # the shipped checkpoint acts every 20 s
+    assert (marl.tick_s, marl.short_ticks, marl.calm_ticks) == (20.0, 30, 9)
+    assert policy_factory("marl:tick=60s+bid")().short_ticks == 10
+    assert CoordinatedPolicy(KeepAlivePolicy(600.0), short_ticks=3).short_ticks == 3
+
+
 def test_memory_is_short_after_several_ticks_of_requests_that_fill_the_cap_until_several_calm_ones():
     from types import SimpleNamespace
 
