@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_table
 
 from prewarmer.agents.timers import TimerPools
 from prewarmer.registry import policy_factory
 from prewarmer.sim import engine as E
 from prewarmer.sim.replay import ReplayConfig, replay
-from prewarmer.workloads.base import FunctionTable, MinuteCountWorkload
+from prewarmer.workloads.base import MinuteCountWorkload
 
 TICK = 20.0
 
@@ -58,9 +59,7 @@ def timer_workload(n: int = 4, minutes: int = 180, period: int = 15, burst: int 
     counts = np.zeros((n, minutes), np.int32)
     for f in range(n):
         counts[f, (3 * f) % period::period] = burst
-    table = FunctionTable(names=[f"t{f}" for f in range(n)], apps=np.arange(n, dtype=np.int32),
-                          app_names=[f"t{f}" for f in range(n)], memory_mb=np.full(n, 512.0),
-                          cold_start_s=np.full(n, np.nan))
+    table = make_table([(f"t{f}", 512.0) for f in range(n)])
     pct = np.tile(np.array([5000, 5000, 6000, 7000, 7500, 8000, 8000], float), (n, 1))
     return MinuteCountWorkload(table, counts, pct)
 

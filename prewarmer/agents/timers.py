@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from prewarmer.policies.base import pad
+
 QUIET_S = 60.0  # a burst starts after this long without arrivals
 INTERVALS = 2  # equal intervals between burst starts before the next is expected
 
@@ -40,16 +42,11 @@ class TimerPools:
         self.rise_end = np.full(n, -np.inf)
 
     def grow(self, n: int) -> None:
-        m = len(self.peak)
-
-        def pad(a: np.ndarray, value: float) -> np.ndarray:
-            return np.concatenate([a, np.full((n - m, *a.shape[1:]), value, a.dtype)])
-
-        self.starts, self.next_at = pad(self.starts, np.nan), pad(self.next_at, np.nan)
-        self.last_arrival, self.rise_end = pad(self.last_arrival, -np.inf), pad(self.rise_end, -np.inf)
-        self.peak, self.rise, self.done_peak, self.done_rise = (pad(a, 0.0) for a in (self.peak, self.rise,
-                                                                                       self.done_peak, self.done_rise))
-        self.periodic, self.pool = pad(self.periodic, False), pad(self.pool, 1.0)
+        self.starts, self.next_at = pad(self.starts, n, np.nan), pad(self.next_at, n, np.nan)
+        self.last_arrival, self.rise_end = pad(self.last_arrival, n, -np.inf), pad(self.rise_end, n, -np.inf)
+        self.peak, self.rise = pad(self.peak, n, 0.0), pad(self.rise, n, 0.0)
+        self.done_peak, self.done_rise = pad(self.done_peak, n, 0.0), pad(self.done_rise, n, 0.0)
+        self.periodic, self.pool = pad(self.periodic, n, False), pad(self.pool, n, 1.0)
 
     def update(self, now: float, dt: float, arrivals: np.ndarray, peak_in_flight: np.ndarray) -> None:
         """Record the tick [now - dt, now) that just ended."""
