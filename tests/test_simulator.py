@@ -258,6 +258,52 @@ def test_a_prewarm_never_takes_memory_a_waiting_request_can_use() -> None:
     assert lat_sum(res) == pytest.approx([0.0, 3.5])
 
 
+class _PrewarmAt(Policy):
+    """At the tick at `at` s, ask for one prewarm of function 0."""
+
+    tick_s = 1.0
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def reset(self, functions, now: float) -> Actions:
+        self.n = len(functions)
+        return Actions(keep_alive_s=np.full(self.n, 600.0))
+
+    def decide(self, now: float, obs) -> Actions:
+        return Actions(prewarm=np.eye(self.n, dtype=np.int64)[0]) if now == self.at else Actions.none()
+
+
+def test_a_prewarm_takes_free_memory_only_and_a_request_evicts() -> None:
+    # Cap 1 GB, two 1 GB functions. b's call at 0 (1 s) leaves B idle from 2 under a 600-s keep-alive.
+    # The prewarm of a at the 5 s tick finds no free memory: it does not evict B (a guess does not take a warm
+    # instance from a function that is using it), so b's call at 10 is warm. a's own call at 20 is demand: it
+    # evicts B (LRU idle) and starts cold.
+    w = ListWorkload([("a", GB), ("b", GB)], [(0.0, 1, 1.0), (10.0, 1, 1.0), (20.0, 0, 1.0)], 40.0)
+    res = run(w, _PrewarmAt(5.0), memory_cap_gb=1.0)
+    assert res.fi[0, E.F_STARTS] == 1  # a's call, not the prewarm
+    assert res.fi[:, E.F_COLD].tolist() == [1, 1]
+    assert res.fi[1, E.F_RELEASED] == 1  # evicted for a's call at 20
+    # With room for both the same prewarm starts at 5, and a's call at 20 is warm.
+    roomy = run(w, _PrewarmAt(5.0), memory_cap_gb=2.0)
+    assert roomy.fi[0, E.F_STARTS] == 1 and roomy.fi[:, E.F_COLD].tolist() == [0, 1]
+
+
+def test_a_prewarm_does_not_fill_memory_a_larger_waiting_request_needs() -> None:
+    # Cap 2 GB: c (1 GB, asked to prewarm at the 3 s tick), a (1 GB) and b (2 GB). a's call at 0 runs 1..11. b's
+    # call at 2 needs 2 GB with 1 free: it waits. The 1 GB left would fit c's prewarm, but a request waits for
+    # memory, so the prewarm does not start. At 11 a idles, b evicts it and starts.
+    fleet = [("c", GB), ("a", GB), ("b", 2 * GB)]
+    w = ListWorkload(fleet, [(0.0, 1, 10.0), (2.0, 2, 1.0)], 40.0)
+    res = run(w, _PrewarmAt(3.0), memory_cap_gb=2.0)
+    assert res.fi[0, E.F_STARTS] == 0
+    assert res.fi[2, E.F_QUEUED] == 1 and res.fi[2, E.F_DONE] == 1
+    assert lat_sum(res)[2] == pytest.approx(9.0 + 1.0 + 1.0)  # 9 s waiting, 1 s start-up, 1 s of work
+    # Nobody waiting at the tick (b calls at 4 instead): the prewarm takes the free GB.
+    early = run(ListWorkload(fleet, [(0.0, 1, 10.0), (4.0, 2, 1.0)], 40.0), _PrewarmAt(3.0), memory_cap_gb=2.0)
+    assert early.fi[0, E.F_STARTS] == 1
+
+
 # --------------------------------------------------------------------------------------------------
 # start-up models and container concurrency
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ ready instance with a free slot binds to a starting one (or starts one) and wait
 start. Idle instances expire after the function's keep-alive; with a prewarm delay an instance is
 released as soon as it idles and a fresh one is started that long after. With a memory cap,
 requests that cannot get memory (after evicting idle instances, least recently used first) queue
-in FIFO order and are dropped at the deadline.
+in FIFO order and are dropped at the deadline; a start the policy asks for takes free memory only.
 """
 
 from __future__ import annotations
@@ -407,10 +407,18 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, by_policy):
     if fi[f, F_ALIVE] >= fi[f, F_MAXINST]:
         return -2
     k = fi[f, F_TENANT]
-    if k >= 0 and not _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
-        return -2
-    if gf[G_CAP] < np.inf and not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
-        return -1
+    if k >= 0:
+        if by_policy and gf[NGF + 2 * k] + fs[f, S_MEM_GB] > gf[NGF + 2 * k + 1] + 1e-9:
+            return -2
+        if not _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
+            return -2
+    if gf[G_CAP] < np.inf:
+        # A policy's start takes free memory only: demand evicts idle instances, a guess does not (a
+        # platform's scale-up waits for room rather than preempt another function's warm pods).
+        if by_policy and gf[G_MEM] + fs[f, S_MEM_GB] > gf[G_CAP] + 1e-9:
+            return -1
+        if not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
+            return -1
     i = gi[G_FREE]
     if i < 0:
         gi[G_OVERFLOW] += 1
@@ -568,7 +576,8 @@ def _unqueue(fi, rqi, gi, qh, qt, r):
 @njit(cache=True, _nrt=False)
 def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
     """Give freed memory to queued requests in arrival order (head of line blocks the rest, except
-    requests of a function or tenant at its own limit: they wait without holding the others up)."""
+    requests of a function or tenant at its own limit: they wait without holding the others up). True when a
+    request is left waiting for memory (then no start the policy asks for may take what memory is free)."""
     r = gi[G_QHEAD]
     while r >= 0:
         nxt = rqi[r, R_GNEXT]
@@ -578,10 +587,11 @@ def _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
             r = nxt
             continue
         if i < 0:
-            return
+            return True
         _unqueue(fi, rqi, gi, qh, qt, r)
         _bind(fs, fi, isi, lh, lt, rqi, r, i)
         r = nxt
+    return False
 
 
 # ---------------------------------------------------------------- one arrival
@@ -704,6 +714,8 @@ def _event(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqf, rqi, qh, qt, lat_hist,
         if ver == (fi[f, F_PGEN] & VER_MASK):
             k = fi[f, F_PEND]
             fi[f, F_PEND] = 0
+            if capped and _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
+                k = 0  # requests wait for memory: the window's prewarm does not go ahead of them
             for _ in range(k):
                 if _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, True) < 0:
                     break
@@ -841,8 +853,8 @@ def apply_actions(t, keep_alive, surplus_keep_alive, prewarm_delay, prewarm, sca
                 break
             _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t)
             drop -= 1
-    if gf[G_CAP] < np.inf:
-        _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t)
+    if gf[G_CAP] < np.inf and _drain_queue(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, rqi, qh, qt, t):
+        return  # requests still wait for memory: no prewarm, scale-up or floor goes ahead of them
     for f in range(nf):
         want = 0
         if prewarm.shape[0] and prewarm[f] > 0:
