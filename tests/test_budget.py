@@ -232,7 +232,7 @@ def test_coordinating_under_a_cap_that_barely_binds_loses_no_more_requests_than_
     # 93 and 49 requests time out without coordination. Limiting the long function to its award whenever a bid was
     # refused made its own requests wait out the deadline (at 38 GB 111 timed out with the trial of limits, 154
     # at 37); awards now apply only where the requests need at least 0.9 of the cap, ten ticks running, and here
-    # they never do: the platform evicts idle instances for every start.
+    # they never do: the platform evicts idle instances for every request that needs memory.
     wl = _long_and_short()
     cfg = ReplayConfig(memory_cap_gb=cap, queue_deadline_s=10.0, seed=1)
     plain = run_shard(wl, policy_factory("fixed")(), cfg).metrics()
