@@ -41,7 +41,7 @@ def test_marl_spec_settings_parse_and_reach_the_policy() -> None:
     p = policy_factory("marl:price=0.2,cap=priced,hold=1m")()
     assert (p.idle_gb_tick_cost, p.keep_alive_cap_s, p.hold_s) == (0.2, "priced", 60.0)
     p = policy_factory("marl")()  # the defaults chosen on the folds
-    assert (p.keep_alive_cap_s, p.cold_target, p.waste_target) == (3600.0, 0.95, None)
+    assert (p.keep_alive_cap_s, p.cold_target, p.waste_target) == (5400.0, 0.95, None)
     assert (p.fair, p.fair_budget, p.timers) == (0.33, 0.9, True)
     p = policy_factory("marl:cap=off,cold_target=off")()
     assert (p.keep_alive_cap_s, p.cold_target) == (None, None)

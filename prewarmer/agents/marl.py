@@ -43,11 +43,11 @@ from prewarmer.workloads.base import FunctionTable
 # minute (docs/live-vs-replay.md).
 COLD_TARGET: float | None = 0.95
 WASTE_TARGET: float | None = None
-# A one-hour cap on hybrid's keep-alive where hybrid does not prewarm (session 16): hybrid keeps a function with a
+# A 90-minute cap on hybrid's keep-alive where hybrid does not prewarm (session 16): hybrid keeps a function with a
 # flat idle-time histogram for its whole 4-hour range, and rarely called functions cost 6,000-10,000 GB-s a cold
 # start saved that way. Chosen by scripts/folds.py's rule over 3h / 2h / 90m / 1h / off (the other settings as
-# they are): 1h ranks first over all four folds, and each fold's choice on the other three meets the bar on it.
-KEEP_ALIVE_CAP: float | str | None = 3600.0
+# they are): 90m ranks first over all four folds, and each fold's choice on the other three meets the bar on it.
+KEEP_ALIVE_CAP: float | str | None = 5400.0
 FLOOR: float | str | None = None
 LOW_QUANTILES = False
 LAG = True
