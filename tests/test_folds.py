@@ -13,6 +13,16 @@ from prewarmer.cli import main
 from prewarmer.workloads import folds
 from prewarmer.workloads.detect import open_trace
 
+
+def load_script(name: str):
+    """A module of scripts/ (not a package), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 OWNERS = [f"owner{i}" for i in range(12)]
 
 
@@ -116,11 +126,7 @@ def test_folds_of_a_generated_workload_are_refused(capsys: pytest.CaptureFixture
 
 
 def test_selection_breaks_a_worst_fold_tie_on_the_next_worst_fold() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("folds_script", Path(__file__).parents[1] / "scripts" / "folds.py")
-    folds_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(folds_script)
+    folds_script = load_script("folds")
 
     def fold(a: tuple[float, float, float], b: tuple[float, float, float]) -> dict[str, dict[str, float]]:
         keys = ("cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s")
@@ -135,11 +141,7 @@ def test_selection_breaks_a_worst_fold_tie_on_the_next_worst_fold() -> None:
 
 
 def test_selection_prefers_fewer_misses_of_the_bar_to_a_smaller_worst_miss() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("folds_script", Path(__file__).parents[1] / "scripts" / "folds.py")
-    folds_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(folds_script)
+    folds_script = load_script("folds")
     keys = ("cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s")
     one = dict.fromkeys(keys, 1.0)
     # a misses on one fold by 8%, b on both by 3% (a smaller worst miss, but more of them); fixed = hybrid here.
@@ -152,11 +154,7 @@ def test_selection_prefers_fewer_misses_of_the_bar_to_a_smaller_worst_miss() -> 
 
 
 def test_selection_counts_scores_within_a_tolerance_as_a_tie_and_then_takes_the_lower_mean() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("folds_script", Path(__file__).parents[1] / "scripts" / "folds.py")
-    folds_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(folds_script)
+    folds_script = load_script("folds")
     keys = ("cold_start_rate", "p75_function_cold_start_pct", "wasted_gb_s")
     one = dict.fromkeys(keys, 1.0)
     # a's worst fold is 0.001 better than b's (a tie within TIE); on the other fold a is 0.02 worse: b wins. c is
@@ -179,13 +177,9 @@ def test_a_kept_report_replayed_under_other_defaults_is_not_read_as_todays() -> 
     """A spec names defaults (`marl` is whatever the package's are): a fold report kept from before a default
     changed must be replayed again, not tabulated under today's name (session 11: `marl` read a report of before
     `lag` was on). The settings learned while running (the adaptive price) do not count."""
-    import importlib.util
-
     from prewarmer.registry import policy_factory
 
-    spec = importlib.util.spec_from_file_location("folds_script", Path(__file__).parents[1] / "scripts" / "folds.py")
-    folds_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(folds_script)
+    folds_script = load_script("folds")
     now = policy_factory("marl")().describe()
     report = {"runs": {"marl": {"policy": {**now, "price_now": 0.5}},
                        "fixed": {"policy": policy_factory("fixed")().describe()}}}
@@ -196,14 +190,9 @@ def test_a_kept_report_replayed_under_other_defaults_is_not_read_as_todays() -> 
 
 
 def test_the_forecast_frontier_scores_each_quantiles_pool_in_instances_short_and_idle_gb_s() -> None:
-    import importlib.util
-
     from prewarmer.forecast.peak import TAUS
 
-    path = Path(__file__).parents[1] / "scripts" / "forecast_frontier.py"
-    spec = importlib.util.spec_from_file_location("forecast_frontier", path)
-    frontier = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(frontier)
+    frontier = load_script("forecast_frontier")
     # Two ticks: peaks 1 (1 GB) and 4 (2 GB). Every quantile forecasts 2.03 (a pool of 2: within 0.05 of an
     # integer) except the last, 3.5 (a pool of 4).
     q = np.full((2, len(TAUS)), 2.03)
@@ -218,17 +207,12 @@ def test_the_shadow_accuracy_script_measures_hybrid_unchanged_and_the_estimate_b
     """scripts/shadow_accuracy.py: hybrid measured while the estimate is summed idles exactly what hybrid replayed
     alone idles; the estimate's parts are `marl.shadow_hybrid_idle`'s (the scale-out term of a function with one
     instance at a time is its instance idling within the ticks it is called in); the table's classes add up."""
-    import importlib.util
-
     from prewarmer.registry import policy_factory
     from prewarmer.sim import engine as E
     from prewarmer.sim.replay import ReplayConfig, replay
     from prewarmer.workloads.base import FunctionTable, MinuteCountWorkload
 
-    path = Path(__file__).parents[1] / "scripts" / "shadow_accuracy.py"
-    spec = importlib.util.spec_from_file_location("shadow_accuracy", path)
-    accuracy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(accuracy)
+    accuracy = load_script("shadow_accuracy")
     counts = np.zeros((2, 240), np.int32)
     counts[0, 5::20] = 1  # one 1-s call every 20 minutes, 1 GB
     counts[1, :] = 30  # 30 a minute, 0.5 GB
