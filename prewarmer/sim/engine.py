@@ -368,22 +368,25 @@ def _release(fs, fi, isf, isi, gi, gf, lh, lt, i, t):
 
 
 @njit(cache=True, _nrt=False)
-def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
-    """Make room for one instance of f by evicting idle instances (LRU); False if impossible."""
+def _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf, evict):
+    """Make room for one instance of f, evicting idle instances (LRU) if `evict`; False if impossible."""
     need = fs[f, S_MEM_GB]
     while gf[G_MEM] + need > gf[G_CAP] + 1e-9:
         v = gi[G_GHEAD]
-        if v < 0:
+        if v < 0 or not evict:
             return False
         _release(fs, fi, isf, isi, gi, gf, lh, lt, v, t)
     return True
 
 
 @njit(cache=True, _nrt=False)
-def _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
-    """Make room under tenant k's quota by evicting its own idle instances (the oldest); False if impossible."""
+def _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t, evict):
+    """Make room under tenant k's quota, evicting its own idle instances (the oldest) if `evict`; False if
+    impossible."""
     need = fs[f, S_MEM_GB]
     while gf[NGF + 2 * k] + need > gf[NGF + 2 * k + 1] + 1e-9:
+        if not evict:
+            return False
         v = lh[f * NLISTS + L_IDLE]
         if v < 0:
             best_t = np.inf
@@ -406,19 +409,13 @@ def _start(fs, fi, isf, isi, gi, gf, lh, lt, hk, hp, f, t, by_policy):
     start)."""
     if fi[f, F_ALIVE] >= fi[f, F_MAXINST]:
         return -2
+    # A policy's start takes free memory only: demand evicts idle instances, a guess does not (a platform's
+    # scale-up waits for room rather than preempt another function's warm pods).
     k = fi[f, F_TENANT]
-    if k >= 0:
-        if by_policy and gf[NGF + 2 * k] + fs[f, S_MEM_GB] > gf[NGF + 2 * k + 1] + 1e-9:
-            return -2
-        if not _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t):
-            return -2
-    if gf[G_CAP] < np.inf:
-        # A policy's start takes free memory only: demand evicts idle instances, a guess does not (a
-        # platform's scale-up waits for room rather than preempt another function's warm pods).
-        if by_policy and gf[G_MEM] + fs[f, S_MEM_GB] > gf[G_CAP] + 1e-9:
-            return -1
-        if not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf):
-            return -1
+    if k >= 0 and not _tenant_fits(fs, fi, isf, isi, gi, gf, lh, lt, f, k, t, not by_policy):
+        return -2
+    if gf[G_CAP] < np.inf and not _fits(fs, fi, isi, gi, gf, lh, lt, f, t, isf, not by_policy):
+        return -1
     i = gi[G_FREE]
     if i < 0:
         gi[G_OVERFLOW] += 1
