@@ -291,3 +291,31 @@ async def test_not_ready_until_the_policy_is_warmed_up_on_its_clock(redis_server
         stop.set()
         await asyncio.wait_for(task, 30)
         await r.aclose()
+
+
+async def test_a_policy_tick_observes_the_replicas_the_platform_runs_at_the_tick(redis_server, tmp_path):
+    """Replay's policy sees its engine's instances at every tick; the live one sees the platform's last read. The
+    periodic read (`status_interval_s`, 5 real seconds by default) is 150 policy seconds at 30x, so a tick reads too."""
+    import json
+
+    from prewarmer.actuators.base import FunctionStatus
+
+    r = aioredis.Redis.from_url(redis_server.url)
+    clock = [1_000_000.0]
+    record = tmp_path / "decisions.jsonl"
+    actuator = DryRunActuator()
+    actuator.set_functions([FunctionStatus("fn0", "openfaas-fn", 1, 1, 0.0, 128.0)])
+    opts = SidecarOptions(replica_id="t", n_shards=N_SHARDS, checkpoint_interval_s=0.0, status_interval_s=3600.0,
+                          policy_spec="hybrid", time_scale=30.0, interval_s=1.0, record=record)
+    sc = Sidecar(opts, policy_factory("hybrid"), actuator, r, clock=lambda: clock[0])
+    await sc.start()
+    await sc.iterate()  # the first read of the platform (periodic): fn0 with 1 replica; the first tick sees it
+    actuator.set_functions([FunctionStatus("fn0", "openfaas-fn", 7, 5, 0.0, 128.0)])  # it scaled meanwhile
+    clock[0] += 2.0  # 60 policy seconds: the next tick is due; the periodic read is an hour away
+    await sc.iterate()
+    await sc.shutdown()
+    seen = [(row["policy_now"], row["obs"]["alive"], row["obs"]["starting"])
+            for row in map(json.loads, record.read_text().splitlines())
+            if row["type"] == "decision" and row["function"] == "fn0"]
+    assert [(round(t), alive, starting) for t, alive, starting in seen] == [(0, 1, 0), (60, 7, 2)]
+    await r.aclose()
