@@ -319,3 +319,43 @@ async def test_a_policy_tick_observes_the_replicas_the_platform_runs_at_the_tick
             if row["type"] == "decision" and row["function"] == "fn0"]
     assert [(round(t), alive, starting) for t, alive, starting in seen] == [(0, 1, 0), (60, 7, 2)]
     await r.aclose()
+
+
+async def test_a_tick_does_not_read_a_platform_that_is_down_the_periodic_read_probes_it(redis_server):
+    """The read a tick makes is for fresh counts; a gateway that is down is probed every `status_interval_s` only,
+    not at every tick (at 30x, a tick comes every 0.67 real seconds)."""
+    from prewarmer.actuators.base import ActuatorError, FunctionStatus
+
+    class Flaky(DryRunActuator):
+        down, reads = False, 0
+
+        async def list_functions(self):
+            self.reads += 1
+            if self.down:
+                raise ActuatorError("gateway unreachable")
+            return await super().list_functions()
+
+    r = aioredis.Redis.from_url(redis_server.url)
+    clock = [1_000_000.0]
+    actuator = Flaky()
+    actuator.set_functions([FunctionStatus("fn0", "openfaas-fn", 1, 1, 0.0, 128.0)])
+    opts = SidecarOptions(replica_id="t", n_shards=N_SHARDS, checkpoint_interval_s=0.0, status_interval_s=10.0,
+                          policy_spec="hybrid", time_scale=30.0, interval_s=1.0)
+    sc = Sidecar(opts, policy_factory("hybrid"), actuator, r, clock=lambda: clock[0])
+    await sc.start()
+    await sc.iterate()  # the periodic read
+    clock[0] += 2.0  # the next tick (60 policy seconds), the periodic read 8 real seconds away
+    await sc.iterate()
+    assert actuator.reads == 2  # the tick read the platform
+    actuator.down = True
+    clock[0] += 2.0
+    await sc.iterate()  # the tick's read finds the gateway down
+    assert actuator.reads == 3 and not sc.reachability.gateway_ok
+    clock[0] += 2.0
+    await sc.iterate()  # another tick: the platform is down, and the periodic read is not due yet (6 s since it)
+    assert actuator.reads == 3
+    clock[0] += 4.0
+    await sc.iterate()  # 10 s since the last periodic read: it probes again
+    assert actuator.reads == 4
+    await sc.shutdown()
+    await r.aclose()

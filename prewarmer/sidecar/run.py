@@ -189,10 +189,11 @@ class Sidecar:
             await self.platform.read(now)
             await self.intake.read_lag()
             self.platform.polled_at = real
-        elif self.ts.policy(self.clock()) >= self.slots.next_tick():
+        elif self.reachability.gateway_ok and self.ts.policy(self.clock()) >= self.slots.next_tick():
             # A tick observes the replicas the platform runs now, as replay's observes its engine at the tick. A
             # count read up to `status_interval_s` ago is several ticks old under a compressed clock (a load test at
-            # 30x: 150 policy seconds, where the policy had asked for 14 instances and still saw 5).
+            # 30x: 150 policy seconds, where the policy had asked for 14 instances and still saw 5). A platform
+            # that is down is probed by the periodic read alone, as before.
             await self.platform.read(now)
         if self.rules_file is not None:
             self.rules_file.sync(self.slots, real, self.platform.functions, self.platform.listed_at)
