@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import redis.asyncio as aioredis
 from helpers import checkpointed_events
 
 from prewarmer.actuators import DryRunActuator
+from prewarmer.actuators.base import ActuatorError, FunctionStatus
 from prewarmer.registry import policy_factory
 from prewarmer.sidecar.run import Sidecar, SidecarOptions
 from prewarmer.sim import engine as E
@@ -36,11 +39,12 @@ async def produce(url: str, events: list[InvocationEvent]) -> None:
     assert producer.buffered == 0
 
 
-def sidecar(redis: aioredis.Redis, replica: str = "r1", policy: str = "fixed:10m", **kw) -> Sidecar:
+def sidecar(redis: aioredis.Redis, replica: str = "r1", policy: str = "fixed:10m",
+            actuator: DryRunActuator | None = None, clock: Callable[[], float] = time.time, **kw) -> Sidecar:
     opts = SidecarOptions(replica_id=replica, n_shards=N_SHARDS, claim_min_idle_ms=kw.pop("claim_ms", 200),
                           lease_ttl_ms=kw.pop("lease_ms", 2000), checkpoint_interval_s=kw.pop("ckpt", 0.0),
-                          status_interval_s=0.0, policy_spec=policy, **kw)
-    return Sidecar(opts, policy_factory(policy), DryRunActuator(), redis)
+                          status_interval_s=kw.pop("status_interval_s", 0.0), policy_spec=policy, **kw)
+    return Sidecar(opts, policy_factory(policy), actuator or DryRunActuator(), redis, clock=clock)
 
 
 async def counted(redis: aioredis.Redis) -> int:
@@ -220,8 +224,6 @@ async def test_two_replicas_share_one_budget_through_redis_and_never_exceed_it(r
 
 
 async def test_dry_run_records_decisions_predictions_and_scale_requests(redis_server, tmp_path):
-    import json
-
     r = aioredis.Redis.from_url(redis_server.url)
     await produce(redis_server.url, make_events(40, time.time(), functions=4))
     record = tmp_path / "decisions.jsonl"
@@ -296,18 +298,13 @@ async def test_not_ready_until_the_policy_is_warmed_up_on_its_clock(redis_server
 async def test_a_policy_tick_observes_the_replicas_the_platform_runs_at_the_tick(redis_server, tmp_path):
     """Replay's policy sees its engine's instances at every tick; the live one sees the platform's last read. The
     periodic read (`status_interval_s`, 5 real seconds by default) is 150 policy seconds at 30x, so a tick reads too."""
-    import json
-
-    from prewarmer.actuators.base import FunctionStatus
-
     r = aioredis.Redis.from_url(redis_server.url)
     clock = [1_000_000.0]
     record = tmp_path / "decisions.jsonl"
     actuator = DryRunActuator()
     actuator.set_functions([FunctionStatus("fn0", "openfaas-fn", 1, 1, 0.0, 128.0)])
-    opts = SidecarOptions(replica_id="t", n_shards=N_SHARDS, checkpoint_interval_s=0.0, status_interval_s=3600.0,
-                          policy_spec="hybrid", time_scale=30.0, interval_s=1.0, record=record)
-    sc = Sidecar(opts, policy_factory("hybrid"), actuator, r, clock=lambda: clock[0])
+    sc = sidecar(r, "t", "hybrid", actuator, lambda: clock[0], status_interval_s=3600.0, time_scale=30.0,
+                 interval_s=1.0, record=record)
     await sc.start()
     await sc.iterate()  # the first read of the platform (periodic): fn0 with 1 replica; the first tick sees it
     actuator.set_functions([FunctionStatus("fn0", "openfaas-fn", 7, 5, 0.0, 128.0)])  # it scaled meanwhile
@@ -324,8 +321,6 @@ async def test_a_policy_tick_observes_the_replicas_the_platform_runs_at_the_tick
 async def test_a_tick_does_not_read_a_platform_that_is_down_the_periodic_read_probes_it(redis_server):
     """The read a tick makes is for fresh counts; a gateway that is down is probed every `status_interval_s` only,
     not at every tick (at 30x, a tick comes every 0.67 real seconds)."""
-    from prewarmer.actuators.base import ActuatorError, FunctionStatus
-
     class Flaky(DryRunActuator):
         down, reads = False, 0
 
@@ -339,9 +334,7 @@ async def test_a_tick_does_not_read_a_platform_that_is_down_the_periodic_read_pr
     clock = [1_000_000.0]
     actuator = Flaky()
     actuator.set_functions([FunctionStatus("fn0", "openfaas-fn", 1, 1, 0.0, 128.0)])
-    opts = SidecarOptions(replica_id="t", n_shards=N_SHARDS, checkpoint_interval_s=0.0, status_interval_s=10.0,
-                          policy_spec="hybrid", time_scale=30.0, interval_s=1.0)
-    sc = Sidecar(opts, policy_factory("hybrid"), actuator, r, clock=lambda: clock[0])
+    sc = sidecar(r, "t", "hybrid", actuator, lambda: clock[0], status_interval_s=10.0, time_scale=30.0, interval_s=1.0)
     await sc.start()
     await sc.iterate()  # the periodic read
     clock[0] += 2.0  # the next tick (60 policy seconds), the periodic read 8 real seconds away

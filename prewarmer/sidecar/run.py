@@ -185,16 +185,11 @@ class Sidecar:
             self.reachability.publish()
             return
         await self.intake.read(now, self.ts)
-        if real - self.platform.polled_at >= self.opts.status_interval_s:
+        polled = real - self.platform.polled_at >= self.opts.status_interval_s
+        if polled:
             await self.platform.read(now)
             await self.intake.read_lag()
             self.platform.polled_at = real
-        elif self.reachability.gateway_ok and self.ts.policy(self.clock()) >= self.slots.next_tick():
-            # A tick observes the replicas the platform runs now, as replay's observes its engine at the tick. A
-            # count read up to `status_interval_s` ago is several ticks old under a compressed clock (a load test at
-            # 30x: 150 policy seconds, where the policy had asked for 14 instances and still saw 5). A platform
-            # that is down is probed by the periodic read alone, as before.
-            await self.platform.read(now)
         if self.rules_file is not None:
             self.rules_file.sync(self.slots, real, self.platform.functions, self.platform.listed_at)
         if self.policies is not None:
@@ -207,6 +202,12 @@ class Sidecar:
         # that a slow read (a backlog, a loaded machine) does not fold requests that arrived or ended after it into
         # a tick dated before them.
         now = max(now, self.ts.policy(self.clock()))
+        if not polled and self.reachability.gateway_ok and now >= self.slots.next_tick():
+            # The tick observes the replicas the platform runs at its `now`, as replay's observes its engine. The
+            # periodic read can be several ticks old under a compressed clock (a load test at 30x: 150 policy
+            # seconds, where the policy had asked for 14 instances and still saw 5). A platform that is down is
+            # probed by the periodic read alone.
+            await self.platform.read(now)
         await self.decider.decide(now, self.ts.seconds(self.opts.interval_s))
         await self.scaler.apply()
         if self.policies is not None:
